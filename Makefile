@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_CPU := torch==2.13.0
+TORCH_INDEX := https://download.pytorch.org/whl/cpu
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# Install the CPU torch wheel first so the broad `torch>=2.1` requirement is already met
+# and pip never resolves the 5.5 GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_CPU) || \
+		$(BIN)/python -m pip install -q --index-url $(TORCH_INDEX) $(TORCH_CPU)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/sfpk oneshot --data mnist1d --model cnn1d --method sfpk --sparsity 0.95 \
+		--demo --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/step_cost.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

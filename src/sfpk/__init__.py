@@ -1,0 +1,54 @@
+"""sfpk: probabilistic neural-network pruning (SFPK, SpODE and baselines) for any nn.Module.
+
+Conventions: ``sparsity`` is the fraction of prunable weights removed; ``density`` the
+fraction kept (see :mod:`sfpk.masks`).
+"""
+
+from .api import prune as prune
+from .batchnorm import recalibrate_bn as recalibrate_bn
+from .errors import (
+    CheckpointError as CheckpointError,
+)
+from .errors import (
+    ConfigError as ConfigError,
+)
+from .errors import (
+    DataError as DataError,
+)
+from .errors import (
+    MaskMismatchError as MaskMismatchError,
+)
+from .errors import (
+    SfpkError as SfpkError,
+)
+from .errors import (
+    UnknownNameError as UnknownNameError,
+)
+from .masks import Masks as Masks
+from .masks import load_masks as load_masks
+from .masks import prunable_parameters as prunable_parameters
+from .pruners import create_pruner as create_pruner
+from .pruners import methods as methods
+from .pruners import pruner_class as pruner_class
+from .selection import select_topk as select_topk
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "MaskMismatchError",
+    "Masks",
+    "SfpkError",
+    "UnknownNameError",
+    "__version__",
+    "create_pruner",
+    "load_masks",
+    "methods",
+    "prunable_parameters",
+    "prune",
+    "pruner_class",
+    "recalibrate_bn",
+    "select_topk",
+]

@@ -1,0 +1,132 @@
+"""The one-call pruning API: ``sfpk.prune(model, data, method=..., sparsity=...)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import check_choice, check_fraction
+from .masks import SCOPES, STRUCTURES, Masks, Scope, Structure
+from .pruners.base import Batch, PruneContext, create_pruner
+from .selection import check_achieved_sparsity
+
+__all__ = ["prune"]
+
+log = logging.getLogger(__name__)
+
+
+def prune(
+    model: nn.Module,
+    data: Iterable[Batch] | None,
+    *,
+    method: str,
+    sparsity: float,
+    scope: Scope = "global",
+    structure: Structure | None = None,
+    seed: int = 0,
+    masks: Masks | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    include_bias: bool = False,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Masks:
+    """Prune ``model`` to ``sparsity`` with ``method`` and return the masks.
+
+    The model is left as it was (weights, BatchNorm statistics, train/eval mode): apply the
+    result with ``masks.apply(model)`` and, for BN models, ``sfpk.recalibrate_bn``.
+
+    Args:
+        model: any ``nn.Module`` made of standard layers; its conv and linear weights are
+            pruned (see :func:`sfpk.masks.prunable_parameters` and ``include``/``exclude``).
+        data: an iterable of ``(inputs, targets)`` batches (a DataLoader or a list). Data-free
+            methods (rand, mag, synflow) need only one batch, for the input shape.
+        method: one of :func:`sfpk.methods` (rand, mag, snip, grasp, synflow, spode, sfpk).
+        sparsity: fraction of prunable weights removed, in (0, 1); 0.95 keeps 5 %.
+        scope: ``"global"`` (one ranking over all layers) or ``"local"`` (each layer alone).
+        structure: None or ``"unstructured"``, ``"filter"`` (output filters/neurons) or
+            ``"channel"`` (input channels/features).
+        seed: seeds every random choice of this call (the caller's RNG state is restored).
+        masks: starting masks (iterative pruning); entries already pruned stay pruned.
+        include, exclude, include_bias: choose the prunable parameters.
+        loss_fn: the loss for data-driven methods (mean cross-entropy by default).
+        progress: show a progress bar for long methods.
+        **options: the method's own options (``sfpk.pruner_class(method).Options``).
+
+    Returns:
+        0/1 :class:`Masks` whose achieved sparsity has been checked, globally and per layer.
+
+    Raises:
+        UnknownNameError: unknown method, scope or structure.
+        ConfigError: sparsity outside (0, 1), an unknown option, or a bad option value.
+
+    Example:
+        >>> masks = sfpk.prune(model, loader, method="sfpk", sparsity=0.9)  # doctest: +SKIP
+        >>> masks.apply(model)  # doctest: +SKIP
+    """
+    pruner = create_pruner(method, **options)
+    sparsity = check_fraction("sparsity", sparsity)
+    check_choice("scope", scope, SCOPES)
+    structure = structure or "unstructured"
+    check_choice("structure", structure, STRUCTURES)
+    if masks is None:
+        masks = Masks.ones(
+            model,
+            structure=structure,
+            include=include,
+            exclude=exclude,
+            include_bias=include_bias,
+        )
+    else:
+        masks.check_fits(model)
+    device = next(model.parameters()).device
+    ctx = PruneContext(device=device, seed=seed, progress=progress)
+    if loss_fn is not None:
+        ctx.loss_fn = loss_fn
+    saved = _ModelState(model)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            result = pruner.prune(
+                model,
+                data if data is not None else [],
+                masks,
+                sparsity=sparsity,
+                scope=scope,
+                ctx=ctx,
+            )
+    finally:
+        saved.restore(model)
+    result.method = pruner.name
+    result.target_sparsity = sparsity
+    result.scope = scope
+    check_achieved_sparsity(result, sparsity, scope)
+    log.info(
+        "%s: %.4f of %d weights removed", pruner.name, result.sparsity(), result.total_weights()
+    )
+    return result
+
+
+class _ModelState:
+    """Mode, buffers and requires_grad flags of a model, to restore after pruning."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.training = model.training
+        self.modes = {name: m.training for name, m in model.named_modules()}
+        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        self.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module) -> None:
+        for name, module in model.named_modules():
+            module.training = self.modes.get(name, self.training)
+        for name, buffer in model.named_buffers():
+            if name in self.buffers:
+                buffer.copy_(self.buffers[name])
+        for name, param in model.named_parameters():
+            param.requires_grad_(self.requires_grad.get(name, True))

@@ -1,0 +1,422 @@
+"""Masks: which parameters are prunable, mask shapes, exact top-k selection and mask files.
+
+Conventions used everywhere in sfpk (written once, here):
+
+* ``sparsity`` is the fraction of prunable **weights removed**, in (0, 1); ``density`` is the
+  fraction kept, ``1 - sparsity``. Both are counted in weights, also for structured masks.
+* A mask is keyed by the parameter's qualified name (``"layer1.0.conv1.weight"``) and
+  broadcasts against that parameter: ``unstructured`` has the parameter's shape, ``filter``
+  masks whole output filters/neurons (shape ``[C_out, 1, ...]``) and ``channel`` masks whole
+  input channels/features (shape ``[1, C_in, ...]``). Bias masks are always element-wise.
+* Selection keeps exactly ``P - floor(sparsity * P)`` entries (unstructured), breaking ties
+  deterministically: among equal scores, the entry that comes first in the flattened order
+  (mask names in model order, each flattened row-major) is removed first.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError, ConfigError, MaskMismatchError, check_choice
+
+__all__ = [
+    "Structure",
+    "Scope",
+    "STRUCTURES",
+    "SCOPES",
+    "Masks",
+    "prunable_parameters",
+    "default_filter",
+    "mask_shape",
+    "reduce_to_mask",
+    "removal_count",
+    "load_masks",
+]
+
+Structure = Literal["unstructured", "filter", "channel"]
+Scope = Literal["global", "local"]
+STRUCTURES: tuple[str, ...] = ("unstructured", "filter", "channel")
+SCOPES: tuple[str, ...] = ("global", "local")
+_FORMAT = "sfpk-masks"
+_FORMAT_VERSION = 1
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+FilterFn = Callable[[str, nn.Module, str], bool]
+
+
+def default_filter(module_name: str, module: nn.Module, tensor_name: str) -> bool:
+    """The default prunable rule: weights of every conv and linear layer.
+
+    The first conv and the classifier are included (method spec §1.1, §9.3). Biases are not
+    pruned by default; see ``include_bias`` of :func:`prunable_parameters`.
+    """
+    return tensor_name == "weight" and isinstance(module, (*_CONV_TYPES, nn.Linear))
+
+
+def prunable_parameters(
+    model: nn.Module,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    include_bias: bool = False,
+    filter_fn: FilterFn | None = None,
+) -> dict[str, nn.Parameter]:
+    """Return the prunable parameters of ``model`` by qualified name, in model order.
+
+    Args:
+        model: any module.
+        include: glob patterns (``fnmatch``) of parameter names to prune *instead of* the
+            default rule, e.g. ``["features.*.weight"]``.
+        exclude: glob patterns removed from the selection, e.g. ``["fc.weight"]``.
+        include_bias: also prune linear-layer biases, as the reference implementation does.
+        filter_fn: ``(module_name, module, tensor_name) -> bool``; replaces the default rule.
+
+    Raises:
+        ConfigError: if nothing is prunable, or a pattern matches no parameter.
+    """
+    rule = filter_fn or default_filter
+    selected: dict[str, nn.Parameter] = {}
+    all_names: list[str] = []
+    for module_name, module in model.named_modules():
+        for tensor_name, param in module.named_parameters(recurse=False):
+            name = f"{module_name}.{tensor_name}" if module_name else tensor_name
+            all_names.append(name)
+            if include is not None:
+                chosen = any(fnmatch.fnmatchcase(name, p) for p in include)
+            else:
+                chosen = rule(module_name, module, tensor_name) or (
+                    include_bias and tensor_name == "bias" and isinstance(module, nn.Linear)
+                )
+            if chosen:
+                selected[name] = param
+    for pattern in [*(include or []), *(exclude or [])]:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in all_names):
+            raise ConfigError(f"pattern {pattern!r} matches no parameter of the model")
+    if exclude:
+        selected = {
+            n: p for n, p in selected.items() if not any(fnmatch.fnmatchcase(n, e) for e in exclude)
+        }
+    if not selected:
+        raise ConfigError("the model has no prunable parameters (no conv/linear weights selected)")
+    return selected
+
+
+def _is_bias(name: str, shape: Sequence[int]) -> bool:
+    return name.rsplit(".", 1)[-1] == "bias" or len(shape) < 2
+
+
+def mask_shape(name: str, shape: Sequence[int], structure: Structure) -> tuple[int, ...]:
+    """Shape of the mask of parameter ``name`` (of ``shape``) under ``structure``."""
+    shape = tuple(shape)
+    if structure == "unstructured" or _is_bias(name, shape):
+        return shape
+    if structure == "filter":
+        return (shape[0],) + (1,) * (len(shape) - 1)
+    if structure == "channel":
+        return (1, shape[1]) + (1,) * (len(shape) - 2)
+    raise ConfigError(f"structure={structure!r}; choose one of {', '.join(STRUCTURES)}")
+
+
+def reduce_to_mask(score: Tensor, shape: Sequence[int]) -> Tensor:
+    """Sum an element-wise score over the dims a structured mask broadcasts along."""
+    dims = [d for d, (s, m) in enumerate(zip(score.shape, shape, strict=True)) if m == 1 and s != 1]
+    return score.sum(dim=dims, keepdim=True) if dims else score
+
+
+def removal_count(total: int, sparsity: float) -> int:
+    """``floor(sparsity * total)``, robust to float error (0.29 * 100 is 28.999...)."""
+    return min(total, math.floor(sparsity * total + 1e-9))
+
+
+class Masks(Mapping[str, Tensor]):
+    """A set of masks keyed by parameter name, with its structure and provenance.
+
+    It maps names to float tensors of 0/1 values (or continuous values while a particle
+    simulation runs) that broadcast against the named parameters. ``shapes`` records the
+    parameter shapes so a mask file can be checked against a model without it.
+
+    Example:
+        >>> masks = sfpk.prune(model, loader, method="mag", sparsity=0.9)
+        >>> masks.sparsity()        # doctest: +SKIP
+        0.9
+        >>> masks.apply(model)      # zeros the pruned weights in place
+    """
+
+    def __init__(
+        self,
+        tensors: Mapping[str, Tensor],
+        *,
+        shapes: Mapping[str, Sequence[int]],
+        structure: Structure = "unstructured",
+        method: str | None = None,
+        target_sparsity: float | None = None,
+        scope: Scope | None = None,
+        tied_biases: Mapping[str, str] | None = None,
+    ) -> None:
+        check_choice("structure", structure, STRUCTURES)
+        if set(tensors) != set(shapes):
+            raise MaskMismatchError("mask names and parameter-shape names differ")
+        self._tensors: dict[str, Tensor] = dict(tensors)
+        self.shapes: dict[str, tuple[int, ...]] = {n: tuple(s) for n, s in shapes.items()}
+        for name, tensor in self._tensors.items():
+            expected = mask_shape(name, self.shapes[name], structure)
+            if tuple(tensor.shape) != expected:
+                raise MaskMismatchError(
+                    f"mask {name!r} has shape {tuple(tensor.shape)}, expected {expected} "
+                    f"for a {structure} mask of a parameter of shape {self.shapes[name]}"
+                )
+        self.structure: Structure = structure
+        self.method = method
+        self.target_sparsity = target_sparsity
+        self.scope = scope
+        # Filter masks also silence the bias of the same layer (a removed filter must not
+        # keep emitting its constant bias): bias name -> weight name.
+        self.tied_biases: dict[str, str] = dict(tied_biases or {})
+        self.history: list[dict[str, Any]] = []
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def ones(
+        cls,
+        model: nn.Module,
+        *,
+        structure: Structure = "unstructured",
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        include_bias: bool = False,
+        filter_fn: FilterFn | None = None,
+    ) -> Masks:
+        """All-ones masks for the prunable parameters of ``model`` (see prunable_parameters)."""
+        check_choice("structure", structure, STRUCTURES)
+        params = prunable_parameters(
+            model, include=include, exclude=exclude, include_bias=include_bias, filter_fn=filter_fn
+        )
+        tensors = {
+            n: torch.ones(mask_shape(n, p.shape, structure), device=p.device, dtype=p.dtype)
+            for n, p in params.items()
+        }
+        tied = _tied_biases(model, params) if structure == "filter" else {}
+        return cls(
+            tensors,
+            shapes={n: p.shape for n, p in params.items()},
+            structure=structure,
+            tied_biases=tied,
+        )
+
+    def with_tensors(self, tensors: Mapping[str, Tensor], **info: Any) -> Masks:
+        """A new mask set with the same names/shapes/structure and new tensors."""
+        out = Masks(
+            tensors,
+            shapes=self.shapes,
+            structure=self.structure,
+            method=info.get("method", self.method),
+            target_sparsity=info.get("target_sparsity", self.target_sparsity),
+            scope=info.get("scope", self.scope),
+            tied_biases=self.tied_biases,
+        )
+        return out
+
+    # -- Mapping protocol ---------------------------------------------------------------
+    def __getitem__(self, name: str) -> Tensor:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __repr__(self) -> str:
+        return (
+            f"Masks({len(self)} tensors, structure={self.structure}, "
+            f"sparsity={self.sparsity():.4f}, method={self.method})"
+        )
+
+    # -- counting -----------------------------------------------------------------------
+    def weights_per_entry(self, name: str) -> int:
+        """How many weights one entry of mask ``name`` controls (1 when unstructured)."""
+        return math.prod(self.shapes[name]) // self._tensors[name].numel()
+
+    def total_weights(self) -> int:
+        """Number of prunable weights."""
+        return sum(math.prod(s) for s in self.shapes.values())
+
+    def kept_weights(self, name: str | None = None) -> int:
+        """Number of weights the mask keeps (non-zero), overall or for one parameter."""
+        names = [name] if name is not None else list(self)
+        return sum(
+            int(torch.count_nonzero(self._tensors[n])) * self.weights_per_entry(n) for n in names
+        )
+
+    def density(self) -> float:
+        """Fraction of prunable weights kept."""
+        return self.kept_weights() / self.total_weights()
+
+    def sparsity(self) -> float:
+        """Fraction of prunable weights removed."""
+        return 1.0 - self.density()
+
+    def layer_report(self) -> list[dict[str, Any]]:
+        """Per-parameter rows: name, shape, total, kept, sparsity."""
+        rows = []
+        for name in self:
+            total = math.prod(self.shapes[name])
+            kept = self.kept_weights(name)
+            rows.append(
+                {
+                    "name": name,
+                    "shape": list(self.shapes[name]),
+                    "total": total,
+                    "kept": kept,
+                    "sparsity": 1.0 - kept / total,
+                }
+            )
+        return rows
+
+    # -- using masks with a model -------------------------------------------------------
+    def check_fits(self, model: nn.Module) -> None:
+        """Raise MaskMismatchError unless every mask names a parameter of the right shape."""
+        params = dict(model.named_parameters())
+        missing = [n for n in self if n not in params]
+        if missing:
+            raise MaskMismatchError(
+                f"the masks name parameters the model does not have: {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}"
+            )
+        wrong = [
+            f"{n} (mask for {self.shapes[n]}, model has {tuple(params[n].shape)})"
+            for n in self
+            if tuple(params[n].shape) != self.shapes[n]
+        ]
+        if wrong:
+            raise MaskMismatchError(f"mask/model shape mismatch: {'; '.join(wrong[:5])}")
+
+    def binary(self) -> Masks:
+        """These masks as exact 0/1 tensors (non-zero -> 1)."""
+        return self.with_tensors({n: (m != 0).to(m.dtype) for n, m in self.items()})
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Mutates ``model``: multiplies each masked parameter by its (0/1) mask in place.
+
+        Zeros are baked into the weights; keep them zero during training with
+        :meth:`mask_gradients_` (the Trainer does this) or :meth:`reapply_`.
+        """
+        self.check_fits(model)
+        params = dict(model.named_parameters())
+        for name, mask in self.effective_masks().items():
+            p = params[name]
+            p.mul_((mask != 0).to(device=p.device, dtype=p.dtype))
+        return model
+
+    reapply_ = apply
+
+    @torch.no_grad()
+    def mask_gradients_(self, model: nn.Module) -> None:
+        """Mutates the gradients of ``model``: zeros the gradient of every pruned entry."""
+        params = dict(model.named_parameters())
+        for name, mask in self.effective_masks().items():
+            grad = params[name].grad
+            if grad is not None:
+                grad.mul_((mask != 0).to(device=grad.device, dtype=grad.dtype))
+
+    def effective_masks(self) -> dict[str, Tensor]:
+        """Masks for every parameter they act on, including tied biases of pruned filters."""
+        out = dict(self._tensors)
+        for bias, weight in self.tied_biases.items():
+            if bias not in out:
+                out[bias] = self._tensors[weight].reshape(-1)
+        return out
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Masks:
+        """A copy on another device / dtype."""
+        return self.with_tensors({n: m.to(device=device, dtype=dtype) for n, m in self.items()})
+
+    # -- files --------------------------------------------------------------------------
+    def header(self) -> dict[str, Any]:
+        """The JSON header written with the tensors."""
+        return {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "method": self.method,
+            "target_sparsity": self.target_sparsity,
+            "achieved_sparsity": self.sparsity(),
+            "structure": self.structure,
+            "scope": self.scope,
+            "shapes": {n: list(s) for n, s in self.shapes.items()},
+            "tied_biases": self.tied_biases,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the masks to a safetensors file (atomically: temp file, then rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tensors = {n: m.detach().to("cpu").contiguous() for n, m in self.items()}
+        save_file(tensors, str(tmp), metadata={"sfpk": json.dumps(self.header())})
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> Masks:
+        """Read a mask file written by :meth:`save`; check it against ``model`` if given.
+
+        Raises:
+            CheckpointError: missing, corrupted or foreign file.
+            MaskMismatchError: the masks do not fit ``model``.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"mask file {str(path)!r} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+            header = json.loads(meta["sfpk"])
+            if header.get("format") != _FORMAT:
+                raise ValueError("not an sfpk mask file")
+        except Exception as exc:  # safetensors raises several unrelated types
+            raise CheckpointError(f"cannot read mask file {str(path)!r}: {exc}") from exc
+        masks = cls(
+            tensors,
+            shapes=header["shapes"],
+            structure=header["structure"],
+            method=header.get("method"),
+            target_sparsity=header.get("target_sparsity"),
+            scope=header.get("scope"),
+            tied_biases=header.get("tied_biases"),
+        )
+        if model is not None:
+            masks.check_fits(model)
+        return masks
+
+
+def load_masks(path: str | os.PathLike, model: nn.Module | None = None) -> Masks:
+    """Read a mask file; see :meth:`Masks.load`."""
+    return Masks.load(path, model)
+
+
+def _tied_biases(model: nn.Module, params: Mapping[str, nn.Parameter]) -> dict[str, str]:
+    """bias name -> weight name, for layers whose weight gets a filter mask."""
+    tied = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        weight, bias = prefix + "weight", prefix + "bias"
+        if weight in params and getattr(module, "bias", None) is not None and bias not in params:
+            if isinstance(module.bias, nn.Parameter):
+                tied[bias] = weight
+    return tied
