@@ -69,10 +69,14 @@ _ALLOWED_GLOBALS = {
 
 class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
-        module = module.replace("numpy.core.", "numpy._core.", 1)
-        if (module, name) not in _ALLOWED_GLOBALS:
+        # The official files were written by numpy 1 ("numpy.core"); numpy 2 renamed it.
+        canonical = module.replace("numpy.core.", "numpy._core.", 1)
+        if (canonical, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-        return super().find_class(module, name)
+        try:
+            return super().find_class(canonical, name)
+        except (ImportError, AttributeError):  # numpy 1 has no numpy._core
+            return super().find_class(module, name)
 
 
 def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,135 @@
+"""The model registry: ``register_model``, ``create`` / ``create_model``, ``list_models``.
+
+A builder is a function ``name(*, num_classes, input_shape=None, **options) -> nn.Module``.
+Registering it under its function name makes it available to :func:`create`, the CLI and
+the model tests (which parametrize over :func:`list_models`). Names with a ``tv:`` or
+``timm:`` prefix are resolved by torchvision / timm when installed (see
+:mod:`sfpk.models.external`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+from ..errors import ConfigError, UnknownNameError
+from .external import EXTERNAL_PREFIXES, create_external
+
+__all__ = [
+    "register_model",
+    "create",
+    "create_model",
+    "list_models",
+    "count_parameters",
+    "image_channels",
+]
+
+Builder = Callable[..., nn.Module]
+B = TypeVar("B", bound=Builder)
+
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_model(fn: B | None = None, *, name: str | None = None) -> Any:
+    """Register a model builder under ``name`` (default: the function's name, lowercased).
+
+    Usable bare (``@register_model``) or with a name (``@register_model(name="wrn28x2")``).
+
+    Args:
+        fn: The builder, when used bare.
+        name: Registry key; lowercase.
+
+    Returns:
+        The builder, unchanged (or a decorator when called with only ``name``).
+
+    Raises:
+        ConfigError: If the name is already registered.
+    """
+
+    def decorate(builder: B) -> B:
+        key = (name or builder.__name__).lower()
+        if key in _REGISTRY:
+            raise ConfigError(f"model name {key!r} is already registered")
+        _REGISTRY[key] = builder
+        return builder
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def list_models() -> list[str]:
+    """Names of sfpk's own models, sorted (``tv:``/``timm:`` names are not listed)."""
+    return sorted(_REGISTRY)
+
+
+def _check_options(name: str, builder: Builder, options: dict[str, Any]) -> None:
+    parameters = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [p for p in parameters if p not in ("num_classes", "input_shape")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} got unknown option(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(accepted) or 'no options'}"
+        )
+
+
+def create(
+    name: str, *, num_classes: int, input_shape: tuple[int, ...] | None = None, **options: Any
+) -> nn.Module:
+    """Build a freshly initialised model by name.
+
+    Args:
+        name: A name from :func:`list_models` (case-insensitive), or ``tv:<name>`` /
+            ``timm:<name>`` for torchvision / timm models (needs ``sfpk[vision]``).
+        num_classes: Number of output classes.
+        input_shape: Shape of one input sample, e.g. ``(40,)`` or ``(3, 32, 32)``; sets the
+            input size of MLPs and the input channels of conv nets. ``None`` uses the
+            model's natural input.
+        **options: Model-specific options, e.g. ``depth`` and ``width`` for ``wrn``.
+
+    Returns:
+        The model, in training mode.
+
+    Raises:
+        UnknownNameError: If the name is not registered.
+        ConfigError: If an option is unknown or invalid, or an external library is missing.
+
+    Example:
+        >>> model = create("resnet20", num_classes=100)
+        >>> count_parameters(model) > 270_000
+        True
+    """
+    if num_classes < 1:
+        raise ConfigError(f"num_classes={num_classes!r} must be >= 1")
+    if name.split(":", 1)[0].lower() in EXTERNAL_PREFIXES and ":" in name:
+        return create_external(name, num_classes=num_classes, **options)
+    builder = _REGISTRY.get(name.lower())
+    if builder is None:
+        raise UnknownNameError("model", name, list_models())
+    _check_options(name, builder, options)
+    return builder(num_classes=num_classes, input_shape=input_shape, **options)
+
+
+create_model = create
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def image_channels(input_shape: tuple[int, ...] | None, default: int = 3) -> int:
+    """Input channels of an image model from ``input_shape`` ``(C, H, W)``; ``default`` if None.
+
+    Raises:
+        ConfigError: If the shape is not three-dimensional.
+    """
+    if input_shape is None:
+        return default
+    if len(input_shape) != 3:
+        raise ConfigError(f"image models need input_shape (C, H, W), got {tuple(input_shape)}")
+    return int(input_shape[0])

@@ -1,0 +1,105 @@
+"""Compare finished runs: a Markdown table and an accuracy-vs-sparsity figure.
+
+``sfpk report RUN [RUN ...] -o OUT`` groups runs by (method, sparsity), averages their
+accuracy over seeds and writes ``OUT/report.md``, ``OUT/report.csv`` and
+``OUT/accuracy_vs_sparsity.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .plots import plot_accuracy_vs_sparsity
+
+__all__ = ["load_summaries", "summarize_runs", "write_report", "ACCURACY_KEYS"]
+
+# Preferred accuracy figure first: the paper's protocol (mean of the last k fine-tune epochs).
+ACCURACY_KEYS = ("last_k_mean_test_acc", "final_test_acc", "best_val_test_acc")
+
+
+def load_summaries(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Read ``summary.json`` of each run directory.
+
+    Raises:
+        CheckpointError: a directory without a readable summary.json.
+    """
+    summaries = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "summary.json"
+        if not path.is_file():
+            raise CheckpointError(f"{str(run_dir)!r} has no summary.json (is the run finished?)")
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+        summary["_run_dir"] = str(run_dir)
+        summaries.append(summary)
+    return summaries
+
+
+def _accuracy(summary: dict[str, Any]) -> float:
+    for key in ACCURACY_KEYS:
+        if summary.get(key) is not None:
+            return float(summary[key])
+    raise CheckpointError(
+        f"summary of {summary['_run_dir']!r} has none of the accuracy fields {ACCURACY_KEYS}"
+    )
+
+
+def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, sparsity): seeds, number of runs, mean and std accuracy."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for summary in summaries:
+        key = (str(summary.get("method")), round(float(summary.get("sparsity", 0.0)), 6))
+        groups[key].append(summary)
+    rows = []
+    for (method, sparsity), runs in sorted(groups.items()):
+        accs = [_accuracy(r) for r in runs]
+        rows.append(
+            {
+                "method": method,
+                "sparsity": sparsity,
+                "runs": len(runs),
+                "seeds": sorted({r.get("seed") for r in runs if r.get("seed") is not None}),
+                "mean": statistics.fmean(accs),
+                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "achieved_sparsity": statistics.fmean(
+                    float(r.get("achieved_sparsity", sparsity)) for r in runs
+                ),
+            }
+        )
+    return rows
+
+
+def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Write report.md, report.csv and accuracy_vs_sparsity.png into ``out``; return the .md."""
+    rows = summarize_runs(load_summaries(run_dirs))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "| method | sparsity | achieved | seeds | accuracy (mean ± std) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        seeds = ", ".join(str(s) for s in r["seeds"]) or "-"
+        lines.append(
+            f"| {r['method']} | {r['sparsity']:.4f} | {r['achieved_sparsity']:.4f} | {seeds} "
+            f"| {100 * r['mean']:.2f} ± {100 * r['std']:.2f} % |"
+        )
+    md = out / "report.md"
+    md.write_text("\n".join(lines) + "\n")
+    with (out / "report.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["method"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "seeds": " ".join(str(s) for s in r["seeds"])})
+    plot_accuracy_vs_sparsity(rows, out / "accuracy_vs_sparsity.png")
+    return md
