@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import check_choice, check_fraction
+from .errors import ConfigError, check_choice, check_fraction
 from .masks import SCOPES, STRUCTURES, Masks, Scope, Structure
 from .pruners.base import Batch, PruneContext, create_pruner
 from .selection import check_achieved_sparsity
@@ -84,6 +84,11 @@ def prune(
         )
     else:
         masks.check_fits(model)
+        if masks.sparsity() > sparsity + 1e-9:
+            raise ConfigError(
+                f"the starting masks already remove {masks.sparsity():.4f} of the weights, "
+                f"more than the requested sparsity={sparsity}; pruned entries never revive"
+            )
     device = next(model.parameters()).device
     ctx = PruneContext(device=device, seed=seed, progress=progress)
     if loss_fn is not None:

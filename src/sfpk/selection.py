@@ -115,6 +115,10 @@ def select_topk(
         order = order[~torch.isin(order, best)]
         keep = torch.ones_like(flat)
         keep[_greedy_removal(order, weights, budget)] = 0.0
+    if keep_pruned:
+        # When the template already removes more than ``sparsity`` asks for, the ranking
+        # alone would revive some of its zeros; they must stay pruned.
+        keep = keep * (current.to(keep.device) != 0).to(keep.dtype)
     tensors = {
         n: piece.reshape(template[n].shape).to(device=template[n].device, dtype=template[n].dtype)
         for n, piece in zip(template, keep.split(sizes), strict=True)

@@ -1,0 +1,176 @@
+"""Clear errors: every bad name, value, pattern or file gets an sfpk error saying what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sfpk
+from helpers import conv_bn_net, mlp, model_and_batches, nested_net
+from sfpk.errors import check_choice, check_fraction, check_positive
+
+
+def test_error_hierarchy():
+    """Callers can catch SfpkError for everything, or ValueError/KeyError as Python expects."""
+    assert issubclass(sfpk.ConfigError, ValueError) and issubclass(sfpk.ConfigError, sfpk.SfpkError)
+    assert issubclass(sfpk.UnknownNameError, sfpk.ConfigError)
+    assert issubclass(sfpk.UnknownNameError, KeyError)
+    assert issubclass(sfpk.MaskMismatchError, sfpk.SfpkError)
+    assert issubclass(sfpk.CheckpointError, sfpk.SfpkError)
+
+
+def test_unknown_method_lists_choices_and_suggests_close_match():
+    """A typo in the method name must show every choice and the likely intended one."""
+    model, data = model_and_batches("mlp")
+    with pytest.raises(sfpk.UnknownNameError) as info:
+        sfpk.prune(model, data, method="snp", sparsity=0.5)
+    message = str(info.value)
+    assert "unknown method 'snp'" in message
+    assert all(name in message for name in sfpk.methods())
+    assert "Did you mean snip" in message
+    assert info.value.choices == sfpk.methods()
+
+
+def test_unknown_method_without_close_match_has_no_hint():
+    """The hint appears only when something is actually close."""
+    with pytest.raises(sfpk.UnknownNameError) as info:
+        sfpk.create_pruner("zzzzzz")
+    assert "Did you mean" not in str(info.value)
+
+
+def test_unknown_option_lists_allowed_options():
+    """An option the method lacks names itself and the method's real options."""
+    model, data = model_and_batches("mlp")
+    with pytest.raises(sfpk.ConfigError, match="no option.*rounds.*batches, train_mode"):
+        sfpk.prune(model, data, method="snip", sparsity=0.5, rounds=3)
+    with pytest.raises(sfpk.ConfigError, match=r"\(none\)"):
+        sfpk.prune(model, data, method="mag", sparsity=0.5, batches=3)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("rounds", 0), ("rounds", -1)], ids=["zero", "negative"]
+)
+def test_bad_option_value_raises_config_error(option, value):
+    """Option values are validated when the method is built, naming the value."""
+    with pytest.raises(sfpk.ConfigError, match=f"{option}={value}"):
+        sfpk.create_pruner("synflow", **{option: value})
+
+
+def test_bad_batches_and_temperature_raise():
+    """batches and temperature must be positive."""
+    with pytest.raises(sfpk.ConfigError, match="batches=0"):
+        sfpk.create_pruner("snip", batches=0)
+    with pytest.raises(sfpk.ConfigError, match="temperature=0"):
+        sfpk.create_pruner("grasp", temperature=0.0)
+
+
+@pytest.mark.parametrize("sparsity", [0, 1, -0.1, 1.5, "abc", None, float("nan")])
+def test_bad_sparsity_raises_config_error_mentioning_range(sparsity):
+    """Sparsity outside (0, 1) (or not a number) is rejected with the allowed range."""
+    model, data = model_and_batches("mlp")
+    with pytest.raises(sfpk.ConfigError, match=r"\(0, 1\)"):
+        sfpk.prune(model, data, method="mag", sparsity=sparsity)
+
+
+def test_unknown_scope_and_structure_list_choices():
+    """Scope and structure typos list the valid values."""
+    model, data = model_and_batches("mlp")
+    with pytest.raises(sfpk.UnknownNameError, match="global, local"):
+        sfpk.prune(model, data, method="mag", sparsity=0.5, scope="globl")
+    with pytest.raises(sfpk.UnknownNameError, match="channel, filter, unstructured"):
+        sfpk.prune(model, data, method="mag", sparsity=0.5, structure="filters")
+
+
+def test_pattern_matching_nothing_raises():
+    """A misspelt include/exclude pattern must not silently prune the default set."""
+    model, data = model_and_batches("nested")
+    with pytest.raises(sfpk.ConfigError, match="'feature.*'"):
+        sfpk.prune(model, data, method="mag", sparsity=0.5, include=["feature.*"])
+    with pytest.raises(sfpk.ConfigError, match="'fc.weight'"):
+        sfpk.prune(model, data, method="mag", sparsity=0.5, exclude=["fc.weight"])
+
+
+def test_empty_prunable_set_raises():
+    """Excluding everything (or a model without conv/linear) is a config error."""
+    with pytest.raises(sfpk.ConfigError, match="no prunable parameters"):
+        sfpk.prune(mlp(), None, method="mag", sparsity=0.5, exclude=["*"])
+    with pytest.raises(sfpk.ConfigError, match="no prunable parameters"):
+        sfpk.Masks.ones(nn.Sequential(nn.BatchNorm1d(3)))
+
+
+def test_synflow_without_data_raises():
+    """SynFlow needs one batch for the input shape; no data is a clear error."""
+    with pytest.raises(sfpk.ConfigError, match="input shape"):
+        sfpk.prune(mlp(), None, method="synflow", sparsity=0.5, rounds=1)
+
+
+def test_data_driven_method_without_batches_raises():
+    """SNIP on an empty loader cannot score; it must say the data yielded nothing."""
+    with pytest.raises(sfpk.SfpkError, match="no batch"):
+        sfpk.prune(mlp(), [], method="snip", sparsity=0.5, batches=2)
+
+
+def test_data_not_yielding_pairs_raises():
+    """Batches must be (inputs, targets); a bare tensor gets a helpful message."""
+    with pytest.raises(sfpk.SfpkError, match=r"\(inputs, targets\) pairs"):
+        sfpk.prune(mlp(), [torch.randn(4, 12)], method="snip", sparsity=0.5, batches=1)
+
+
+def test_mismatched_starting_masks_raise():
+    """Passing masks= built for another model names the problem parameter."""
+    masks = sfpk.Masks.ones(mlp())
+    with pytest.raises(sfpk.MaskMismatchError, match="0.weight"):
+        sfpk.prune(nested_net(), None, method="mag", sparsity=0.5, masks=masks)
+
+
+def test_loading_masks_against_wrong_model_names_parameter(tmp_path):
+    """Loading saved masks for a different architecture names the mismatched parameter."""
+    path = sfpk.prune(mlp(), None, method="mag", sparsity=0.5).save(tmp_path / "m.safetensors")
+    wider = nn.Sequential(
+        nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 9), nn.ReLU(), nn.Linear(9, 3)
+    )
+    with pytest.raises(sfpk.MaskMismatchError, match=r"2\.weight"):
+        sfpk.load_masks(path, wider)
+    with pytest.raises(sfpk.MaskMismatchError, match=r"does not have: \['2\.weight'\]"):
+        sfpk.load_masks(path, conv_bn_net())
+
+
+def test_loading_missing_mask_file_raises_checkpoint_error(tmp_path):
+    """A wrong path says the file does not exist."""
+    with pytest.raises(sfpk.CheckpointError, match="does not exist"):
+        sfpk.load_masks(tmp_path / "nope.safetensors")
+
+
+def test_loading_corrupted_mask_file_raises_checkpoint_error(tmp_path):
+    """A truncated file is reported as unreadable, not as a low-level exception."""
+    path = sfpk.prune(mlp(), None, method="mag", sparsity=0.5).save(tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(sfpk.CheckpointError, match="cannot read"):
+        sfpk.load_masks(path)
+    path.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(sfpk.CheckpointError, match="cannot read"):
+        sfpk.load_masks(path)
+
+
+def test_loading_foreign_safetensors_file_raises_checkpoint_error(tmp_path):
+    """A valid safetensors file that is not an sfpk mask file is rejected."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file({"0.weight": torch.ones(2, 2)}, str(path), metadata={"other": "1"})
+    with pytest.raises(sfpk.CheckpointError, match="cannot read"):
+        sfpk.load_masks(path)
+
+
+def test_validators_name_the_bad_value():
+    """The shared validators put the option name and the value in the message."""
+    assert check_fraction("sparsity", 0.25) == 0.25
+    with pytest.raises(sfpk.ConfigError, match="lr=-1"):
+        check_positive("lr", -1)
+    assert check_positive("lr", 0, allow_zero=True) == 0
+    with pytest.raises(sfpk.ConfigError, match="lr=0 must be > 0"):
+        check_positive("lr", 0)
+    with pytest.raises(sfpk.UnknownNameError, match="unknown color 'red'; choose one of: blue"):
+        check_choice("color", "red", ["blue"])
