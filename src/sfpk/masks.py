@@ -8,6 +8,10 @@ Conventions used everywhere in sfpk (written once, here):
   broadcasts against that parameter: ``unstructured`` has the parameter's shape, ``filter``
   masks whole output filters/neurons (shape ``[C_out, 1, ...]``) and ``channel`` masks whole
   input channels/features (shape ``[1, C_in, ...]``). Bias masks are always element-wise.
+  A grouped conv's weight is ``[C_out, C_in / groups, ...]``, so its channel mask has
+  ``C_in / groups`` entries. Weights with a single input channel per group (depthwise
+  convs, a first conv on one-channel inputs) get **no** channel mask: that one entry would
+  gate the whole layer, so it could never be pruned and would only blur the counts.
 * Selection keeps exactly ``P - floor(sparsity * P)`` entries (unstructured), breaking ties
   deterministically: among equal scores, the entry that comes first in the flattened order
   (mask names in model order, each flattened row-major) is removed first.
@@ -194,11 +198,26 @@ class Masks(Mapping[str, Tensor]):
         include_bias: bool = False,
         filter_fn: FilterFn | None = None,
     ) -> Masks:
-        """All-ones masks for the prunable parameters of ``model`` (see prunable_parameters)."""
+        """All-ones masks for the prunable parameters of ``model`` (see prunable_parameters).
+
+        With ``structure="channel"``, weights with one input channel per group (depthwise
+        convs, a conv on one-channel inputs) are left out: see the module docstring.
+
+        Raises:
+            ConfigError: if no parameter is left to mask.
+        """
         check_choice("structure", structure, STRUCTURES)
         params = prunable_parameters(
             model, include=include, exclude=exclude, include_bias=include_bias, filter_fn=filter_fn
         )
+        if structure == "channel":
+            params = {n: p for n, p in params.items() if _is_bias(n, p.shape) or p.shape[1] > 1}
+            if not params:
+                raise ConfigError(
+                    "no parameter can get a channel mask: every selected weight has a single "
+                    "input channel per group (depthwise or one-channel convs); use "
+                    "structure='filter' or 'unstructured'"
+                )
         tensors = {
             n: torch.ones(mask_shape(n, p.shape, structure), device=p.device, dtype=p.dtype)
             for n, p in params.items()

@@ -50,11 +50,22 @@ def _flat(scores: Mapping[str, Tensor], template: Masks) -> Tensor:
 
 
 def _keep_vector(values: Tensor, remove: int) -> Tensor:
-    """0/1 vector keeping all but the ``remove`` lowest values (stable: lower index goes first)."""
+    """0/1 vector keeping all but the ``remove`` lowest values (stable: lower index goes first).
+
+    The ``remove``-th smallest value is found with ``kthvalue`` instead of a full stable sort
+    (several times faster on the 10-25 M weights of ImageNet models); everything below it
+    goes, then the ties at it in index order, which is exactly what a stable sort removes.
+    """
     keep = torch.ones_like(values)
-    if remove > 0:
-        order = torch.sort(values, stable=True).indices
-        keep[order[:remove]] = 0.0
+    if remove <= 0:
+        return keep
+    if remove >= values.numel():
+        return torch.zeros_like(values)
+    threshold = torch.kthvalue(values, remove).values
+    below = values < threshold
+    keep[below] = 0.0
+    ties = torch.nonzero(values == threshold).reshape(-1)
+    keep[ties[: remove - int(below.sum())]] = 0.0
     return keep
 
 

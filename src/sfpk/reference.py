@@ -1,0 +1,398 @@
+"""Translate the reference implementation's command lines into sfpk's native config.
+
+``sfpk reference <flags of the reference's main.py>`` accepts the command lines of the SFPK
+reference README (``python main.py`` replaced by ``sfpk reference``) with the reference's
+meaning of every flag, and converts them once, here, at the edge:
+
+* ``--sparsity`` is the fraction of prunable entries **kept** (density) in the reference;
+  sfpk's ``prune.sparsity`` is the fraction removed: ``sparsity = 1 - density``.
+* ``--structural`` forces per-layer scope and the channel density ``sqrt(density)``
+  (method spec §1.4); sfpk then removes ``1 - sqrt(density)`` of every layer's channels
+  (``--mask_dim 1``, the default) or filters (``--mask_dim 0``).
+* The reference prunes linear biases, so ``prune.include_bias`` is turned on.
+* The reference's SynFlow schedule is pipeline rounds (``--prn_epochs``) of one scoring each.
+
+Flags that are not given take sfpk's defaults, which are the reference README's recipe
+(method spec §9.1), not the reference's argparse defaults. Flags that cannot be honoured are
+an error naming them; flags that had no effect in the reference either are accepted with a
+note. Every flag is mapped in the single table :data:`FLAGS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["FLAGS", "Translation", "translate", "native_command"]
+
+PRUNERS = {
+    "Rand": "rand",
+    "Randn": "rand",
+    "Mag": "mag",
+    "SNIP": "snip",
+    "GraSP": "grasp",
+    "SynFlow": "synflow",
+    "SpODE": "spode",
+    "SFPK": "sfpk",
+}
+OPTIMIZERS = {
+    "sgd": ("sgd", False),
+    "momentum": ("sgd", True),
+    "adam": ("adam", False),
+    "adamw": ("adamw", False),
+}
+MODELS = {"resnet50v2": "resnet50"}  # V2 weights come from --model_dir / --checkpoint
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in str(text).split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(float(v)) for v in str(text).split(",") if v.strip()]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One reference flag: its argparse kind and where its value goes in sfpk."""
+
+    kind: Any = str  # a type, "store_true", or a callable parser
+    target: str | None = None  # dotted config key, "option:<name>", or None (handled apart)
+    convert: Callable[[Any], Any] | None = None
+    note: str | None = None  # accepted without effect, with this note
+    unsupported: str | None = None  # rejected with this reason
+
+
+_NOOP = "had no effect in the reference either"
+FLAGS: dict[str, Flag] = {
+    "exp": Flag(str, None),
+    "seed": Flag(int, "run.seed"),
+    "cuda_idx": Flag(int, None),
+    "num_workers": Flag(int, "data.num_workers"),
+    "data": Flag(str, "data.dataset"),
+    "data_dir": Flag(str, "data.data_dir"),
+    "model_dir": Flag(str, None),
+    "out_dir": Flag(str, "run.out"),
+    "bsz": Flag(int, "train.batch_size"),
+    "model": Flag(str, "model.name", lambda v: MODELS.get(v, v)),
+    "use_init": Flag("store_true", None),
+    "opt": Flag(str, None),
+    "lr": Flag(float, "train.lr"),
+    "lr_min": Flag(float, "train.lr_min"),
+    "lr_scheduler": Flag(str, None, note=f"only cosine exists; the flag {_NOOP}"),
+    "lr_drop_rate": Flag(float, None, note=_NOOP),
+    "lr_milestones": Flag(str, None, note=_NOOP),
+    "tune_per_prn": Flag(_ints, "train.round_epochs"),
+    "itr_lr": Flag(_floats, "train.round_lr"),
+    "itr_lr_end": Flag(_floats, "train.round_lr_end"),
+    "weight_decay": Flag(float, "train.weight_decay"),
+    "momentum": Flag(float, "train.momentum"),
+    "label_smoothing": Flag(float, "train.label_smoothing"),
+    "n_grad_accum": Flag(int, "train.grad_accum_steps"),
+    "grad_n_accum": Flag(int, "train.grad_accum_steps"),  # the README's spelling
+    "grad_clip": Flag(float, "train.grad_clip"),
+    "pre_epochs": Flag(int, "pretrain.epochs"),
+    "prn_epochs": Flag(int, "prune.rounds"),
+    "ft_epochs": Flag(int, "train.epochs"),
+    "fixed_lr_epochs": Flag(int, "train.fixed_lr_epochs"),
+    "warmup_epochs": Flag(int, "train.warmup_epochs"),
+    "cold_start_lr": Flag(float, "train.cold_start_lr"),
+    "pruner": Flag(str, None),
+    "structural": Flag("store_true", None),
+    "mask_dim": Flag(int, None),
+    "prn_scope": Flag(str, "prune.scope"),
+    "prn_schedule": Flag(str, None),
+    "sparsity": Flag(float, None),
+    "free_bn": Flag("store_true", None, note="BatchNorm is never pruned"),
+    "free_Id": Flag("store_true", None, note="identity shortcuts are never pruned"),
+    "free_bias": Flag("store_true", None, note="conv biases are never pruned"),
+    "free_conv1": Flag("store_true", None),
+    "free_lastfc": Flag("store_true", None),
+    "N": Flag(int, "option:num_steps"),
+    "r": Flag(float, "option:radius_ratio"),
+    "ode_scope": Flag(str, "option:ode_scope"),
+    "energy_option": Flag(str, None),
+    "sparsity_option": Flag(str, "option:size_functional"),
+    "score_option": Flag(str, "option:score"),
+    "mask_option": Flag(str, None),
+    "schedule": Flag(str, "option:dt_schedule", lambda v: {"adaLin": "adalin"}.get(v, v)),
+    "rt_schedule": Flag(str, "option:radius_schedule"),
+    "mom": Flag(float, "option:momentum"),
+    "mask_proc_option": Flag(str, "option:processor"),
+    "mask_proc_eps": Flag(float, "option:processor_eps"),
+    "mask_proc_ratio": Flag(float, "option:processor_ratio"),
+    "mask_proc_score_option": Flag(str, None),
+    "mask_proc_mxp": Flag("store_true", None, note="ranking by |m*theta| is the default"),
+    "sfpk_n_mask": Flag(int, "option:num_particles"),
+    "sfpk_repl_mode": Flag(str, "option:repulsion"),
+    "sfpk_repl_lam": Flag(float, "option:repulsion_weight"),
+    "sfpk_repl_weighted": Flag("store_true", None, note="the weighted kernel is the default"),
+    "sfpk_vote_ratio": Flag(float, "option:vote_ratio"),
+    "sfpk_vote_mode": Flag(str, "option:vote"),
+    "save_ckpt": Flag("store_true", None, note="sfpk always saves model and masks"),
+    "description": Flag(str, None, note="run names come from --out_dir"),
+    "debug": Flag("store_true", None, note=_NOOP),
+    "use_wandb": Flag("store_true", None, unsupported="W&B logging; use --tensorboard"),
+    "resume_time_stamp": Flag(str, None, unsupported="use `sfpk resume RUN_DIR`"),
+    "force_re_prune": Flag("store_true", None, note=_NOOP),
+    "use_baseline": Flag("store_true", None, note=_NOOP),
+    "ckpt_freq": Flag(int, None, note="checkpoints are written every epoch"),
+    "save_dist": Flag("store_true", None, unsupported="per-particle distance dumps"),
+}
+_PARTICLE_ONLY = {
+    "N",
+    "r",
+    "ode_scope",
+    "sparsity_option",
+    "score_option",
+    "schedule",
+    "rt_schedule",
+    "mom",
+    "mask_proc_option",
+    "mask_proc_eps",
+    "mask_proc_ratio",
+    "sfpk_n_mask",
+    "sfpk_repl_mode",
+    "sfpk_repl_lam",
+    "sfpk_vote_ratio",
+    "sfpk_vote_mode",
+}
+_SFPK_ONLY = {"sfpk_n_mask", "sfpk_repl_mode", "sfpk_repl_lam", "sfpk_vote_ratio", "sfpk_vote_mode"}
+
+
+@dataclass
+class Translation:
+    """The native equivalent of one reference command line."""
+
+    pipeline: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # noqa: D102 - raise instead of exiting
+        raise ConfigError(f"sfpk reference: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sfpk reference", add_help=False, allow_abbrev=False)
+    for name, flag in FLAGS.items():
+        dest = name
+        if flag.kind == "store_true":
+            parser.add_argument(f"--{name}", dest=dest, action="store_true", default=None)
+        else:
+            parser.add_argument(f"--{name}", dest=dest, type=flag.kind, default=None)
+    return parser
+
+
+def _split_unknown(argv: Sequence[str]) -> list[str]:
+    known = {f"--{n}" for n in FLAGS}
+    return [
+        a.split("=", 1)[0] for a in argv if a.startswith("--") and a.split("=", 1)[0] not in known
+    ]
+
+
+def translate(argv: Sequence[str]) -> Translation:
+    """Map a reference command line to (pipeline, dotted config overrides, notes).
+
+    Raises:
+        ConfigError: an unknown or unsupported flag (all of them are named), or a value the
+            reference would reject (e.g. ``--sparsity`` outside (0, 1)).
+    """
+    unknown = _split_unknown(argv)
+    if unknown:
+        raise ConfigError(
+            f"sfpk reference: unknown reference flag(s) {', '.join(unknown)}; "
+            "see the reference README's flags (`sfpk reference --help`)"
+        )
+    given = {k: v for k, v in vars(_parser().parse_args(list(argv))).items() if v is not None}
+    refused = [f"--{k} ({FLAGS[k].unsupported})" for k in given if FLAGS[k].unsupported]
+    if refused:
+        raise ConfigError(f"sfpk reference: unsupported flag(s): {'; '.join(refused)}")
+    pipeline = given.get("exp", "oneshot")
+    if pipeline not in ("pretrain", "oneshot", "iterative"):
+        raise ConfigError(
+            f"--exp {pipeline!r} is not implemented; choose pretrain, oneshot or iterative"
+        )
+    out = Translation(pipeline)
+    for name, value in given.items():
+        flag = FLAGS[name]
+        if flag.note:
+            out.notes.append(f"--{name}: accepted, {flag.note}")
+        if flag.target is None:
+            continue
+        value = flag.convert(value) if flag.convert else value
+        if flag.target.startswith("option:"):
+            out.overrides.setdefault("prune.options", {})[flag.target[7:]] = value
+        else:
+            out.overrides[flag.target] = value
+    _pruning(given, out)
+    _training(given, out)
+    _device_and_weights(given, out)
+    return out
+
+
+def _pruning(given: dict[str, Any], out: Translation) -> None:
+    pruner = given.get("pruner", "SFPK")
+    if pruner not in PRUNERS:
+        raise ConfigError(
+            f"--pruner {pruner!r} is not supported; choose one of {', '.join(PRUNERS)}"
+        )
+    method = PRUNERS[pruner]
+    out.overrides["prune.method"] = method
+    options = out.overrides.get("prune.options", {})
+    particle = [k for k in given if k in _PARTICLE_ONLY] if method not in ("sfpk", "spode") else []
+    sfpk_only = [k for k in given if k in _SFPK_ONLY] if method == "spode" else []
+    for key in [*particle, *sfpk_only]:
+        out.notes.append(f"--{key}: accepted, it does not apply to --pruner {pruner}")
+        options.pop(FLAGS[key].target[7:], None)
+    if method == "synflow":  # the reference's SynFlow: one scoring per pipeline round
+        options.update(rounds=1, train_mode=True)
+    if method in ("snip", "grasp"):  # the reference scores on the whole pruning loader
+        options.update(batches=None)
+    if method in ("sfpk", "spode"):
+        options.setdefault("early_stop", True)
+    if options:
+        out.overrides["prune.options"] = options
+    out.overrides["prune.include_bias"] = True
+    for key, expected in (
+        ("energy_option", "CE"),
+        ("mask_option", "one"),
+        ("mask_proc_score_option", "Id"),
+        ("prn_schedule", "exponential"),
+    ):
+        if key in given and given[key] != expected:
+            raise ConfigError(f"--{key} {given[key]!r} is not supported; only {expected!r}")
+    density = given.get("sparsity", 0.7)  # the reference's argparse default
+    if not 0.0 < density < 1.0:
+        raise ConfigError(
+            f"--sparsity {density!r} must be in (0, 1) (in the reference it is the fraction KEPT)"
+        )
+    if given.get("structural"):
+        mask_dim = given.get("mask_dim", 1)
+        if mask_dim not in (0, 1):
+            raise ConfigError(f"--mask_dim {mask_dim!r} must be 0 (filters) or 1 (channels)")
+        out.overrides["prune.structure"] = "filter" if mask_dim == 0 else "channel"
+        out.overrides["prune.scope"] = "local"
+        out.overrides["prune.sparsity"] = 1.0 - math.sqrt(density)
+        out.notes.append(
+            f"--structural: per-layer channel density sqrt({density}) = {math.sqrt(density):.4f}"
+        )
+    else:
+        if "mask_dim" in given:
+            out.notes.append("--mask_dim: accepted, it only applies with --structural")
+        out.overrides["prune.sparsity"] = 1.0 - density
+    if given.get("free_conv1") or given.get("free_lastfc"):
+        out.overrides["prune.exclude"] = _freed_parameters(given, out)
+
+
+_INPUT_SHAPES = {
+    "mnist1d": (40,),
+    "digits": (1, 8, 8),
+    "tiny_imagenet": (3, 64, 64),
+    "imagenet": (3, 224, 224),
+}
+
+
+def _freed_parameters(given: dict[str, Any], out: Translation) -> list[str]:
+    """Parameters freed by ``--free_conv1`` (first conv) and ``--free_lastfc`` (last linear)."""
+    from torch import nn
+
+    from .models import create
+
+    dataset = out.overrides.get("data.dataset", "cifar100")
+    model = create(
+        out.overrides.get("model.name", "resnet20"),
+        num_classes=10,
+        input_shape=_INPUT_SHAPES.get(dataset, (3, 32, 32)),
+    )
+    names: list[str] = []
+    modules = list(model.named_modules())
+    if given.get("free_conv1"):
+        names += [f"{n}.weight" for n, m in modules if isinstance(m, nn.Conv1d | nn.Conv2d)][:1]
+    if given.get("free_lastfc"):
+        last = [(n, m) for n, m in modules if isinstance(m, nn.Linear)][-1:]
+        for name, layer in last:
+            names += [f"{name}.weight"] + ([f"{name}.bias"] if layer.bias is not None else [])
+    return names
+
+
+def _training(given: dict[str, Any], out: Translation) -> None:
+    if "opt" in given:
+        if given["opt"] not in OPTIMIZERS:
+            raise ConfigError(
+                f"--opt {given['opt']!r} is not supported; choose one of {', '.join(OPTIMIZERS)}"
+            )
+        optimizer, nesterov = OPTIMIZERS[given["opt"]]
+        out.overrides["train.optimizer"] = optimizer
+        out.overrides["train.nesterov"] = nesterov
+    if "bsz" in given:
+        out.overrides["data.eval_batch_size"] = given["bsz"]
+        out.overrides["pretrain.batch_size"] = given["bsz"]
+    if out.pipeline == "iterative" and ("warmup_epochs" in given or "cold_start_lr" in given):
+        out.notes.append("--warmup_epochs/--cold_start_lr: the reference's iterative ignores them")
+        out.overrides.pop("train.warmup_epochs", None)
+        out.overrides.pop("train.cold_start_lr", None)
+    if out.pipeline == "iterative":
+        out.overrides["train.warmup_epochs"] = 0
+
+
+def _device_and_weights(given: dict[str, Any], out: Translation) -> None:
+    import torch
+
+    if "cuda_idx" in given:
+        if torch.cuda.is_available():
+            out.overrides["run.device"] = f"cuda:{given['cuda_idx']}"
+        else:
+            out.overrides["run.device"] = "cpu"
+            out.notes.append("--cuda_idx: no CUDA device here, running on the CPU")
+    if given.get("use_init") and out.pipeline != "pretrain":
+        raise ConfigError(
+            "--use_init with --exp oneshot/iterative (pruning a random initialisation) is not "
+            "supported; give pretrained weights with --model_dir"
+        )
+    if "model_dir" in given:
+        from pathlib import Path
+
+        data = out.overrides.get("data.dataset", "imagenet")
+        model = out.overrides.get("model.name", "resnet50")
+        path = Path(given["model_dir"]) / "pretrained" / data / f"{model}.pt"
+        if out.pipeline != "pretrain":
+            if not path.is_file():
+                raise ConfigError(
+                    f"--model_dir: expected the pretrained weights at {str(path)!r} (the "
+                    "reference's layout <model_dir>/pretrained/<data>/<model>.pt)"
+                )
+            out.overrides["model.checkpoint"] = str(path)
+
+
+def native_command(translation: Translation) -> list[str]:
+    """The equivalent ``sfpk <pipeline> ...`` argument list."""
+    from .cli import flag_for
+
+    argv = ["sfpk", translation.pipeline]
+    for key, value in translation.overrides.items():
+        flag = flag_for(key)
+        if isinstance(value, dict):
+            for name, item in value.items():
+                argv += [flag, f"{name}={_text(item)}"]
+        elif isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            argv += [flag, ",".join(_text(v) for v in value)]
+        else:
+            argv += [flag, _text(value)]
+    return argv
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
