@@ -1,0 +1,119 @@
+"""Plots of a run directory and the multi-run report."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from sfpk.errors import CheckpointError
+from sfpk.masks import Masks
+from sfpk.plots import make_run_plots
+from sfpk.report import summarize_runs, write_report
+
+PNG_MAGIC = b"\x89PNG"
+
+
+def _write_csv(path, rows):
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _fake_run(root, name, *, method, sparsity, seed, acc):
+    run = root / name
+    run.mkdir()
+    summary = {
+        "method": method,
+        "sparsity": sparsity,
+        "achieved_sparsity": sparsity,
+        "seed": seed,
+        "last_k_mean_test_acc": acc,
+        "final_test_acc": acc,
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    rows = [
+        {
+            "phase": phase,
+            "epoch": e,
+            "train_acc": 0.5 + e / 10,
+            "val_acc": 0.4 + e / 10,
+            "test_acc": 0.4 + e / 10,
+            "train_loss": 1 - e / 10,
+            "val_loss": 1.1 - e / 10,
+            "test_loss": 1.1 - e / 10,
+        }
+        for phase, e in [("pretrain", 0), ("pretrain", 1), ("finetune", 0), ("finetune", 1)]
+    ]
+    _write_csv(run / "metrics.csv", rows)
+    _write_csv(
+        run / "sfpk_steps.csv",
+        [
+            {
+                "step": t,
+                "target_density": 1 - t / 10,
+                "mean_loss": 1 / (t + 1),
+                "mean_pairwise_distance": t / 5,
+            }
+            for t in range(5)
+        ],
+    )
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    masks = Masks.ones(model)
+    masks.with_tensors({n: (torch.rand(m.shape) > 0.5).float() for n, m in masks.items()}).save(
+        run / "masks.safetensors"
+    )
+    return run
+
+
+def test_run_plots_are_written_and_are_pngs(tmp_path):
+    """Learning curves, per-layer density and the SFPK trajectory are real PNG files."""
+    run = _fake_run(tmp_path, "a", method="sfpk", sparsity=0.9, seed=0, acc=0.8)
+    made = make_run_plots(run)
+    names = sorted(p.name for p in made)
+    assert names == ["layer_density.png", "learning_curves.png", "trajectory.png"]
+    for path in made:
+        assert path.read_bytes()[:4] == PNG_MAGIC and path.stat().st_size > 1000
+
+
+def test_run_plots_skip_missing_files(tmp_path):
+    """A run that has no SFPK steps (a baseline) gets the other plots, without an error."""
+    run = _fake_run(tmp_path, "a", method="mag", sparsity=0.9, seed=0, acc=0.8)
+    (run / "sfpk_steps.csv").unlink()
+    assert sorted(p.name for p in make_run_plots(run)) == [
+        "layer_density.png",
+        "learning_curves.png",
+    ]
+
+
+def test_summary_groups_by_method_and_sparsity_with_mean_and_std(tmp_path):
+    """Seeds of one (method, sparsity) are averaged; std is the sample std."""
+    runs = [
+        _fake_run(tmp_path, "s0", method="sfpk", sparsity=0.9, seed=0, acc=0.80),
+        _fake_run(tmp_path, "s1", method="sfpk", sparsity=0.9, seed=1, acc=0.84),
+        _fake_run(tmp_path, "m0", method="mag", sparsity=0.9, seed=0, acc=0.70),
+    ]
+    md = write_report(runs, tmp_path / "report")
+    from sfpk.report import load_summaries
+
+    rows = {r["method"]: r for r in summarize_runs(load_summaries(runs))}
+    assert rows["sfpk"]["mean"] == pytest.approx(0.82)
+    assert rows["sfpk"]["std"] == pytest.approx(0.0282842712)
+    assert rows["sfpk"]["seeds"] == [0, 1] and rows["mag"]["runs"] == 1
+    text = md.read_text()
+    assert "| sfpk | 0.9000 | 0.9000 | 0, 1 | 82.00 ± 2.83 % |" in text
+    assert "| mag | 0.9000 | 0.9000 | 0 | 70.00 ± 0.00 % |" in text
+    figure = tmp_path / "report" / "accuracy_vs_sparsity.png"
+    assert figure.read_bytes()[:4] == PNG_MAGIC
+    assert (tmp_path / "report" / "report.csv").read_text().count("\n") == 3
+
+
+def test_report_names_a_run_without_summary(tmp_path):
+    """An unfinished run directory is a clear error, not a silently missing row."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="summary.json"):
+        write_report([tmp_path / "empty"], tmp_path / "out")
