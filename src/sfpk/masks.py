@@ -184,7 +184,10 @@ class Masks(Mapping[str, Tensor]):
         # Filter masks also silence the bias of the same layer (a removed filter must not
         # keep emitting its constant bias): bias name -> weight name.
         self.tied_biases: dict[str, str] = dict(tied_biases or {})
+        # Filled by the particle pruners: one record per step, and the final engine state
+        # (pass it as ``continue_from`` to the next pruning round).
         self.history: list[dict[str, Any]] = []
+        self.engine_state: dict[str, Any] | None = None
 
     # -- construction -------------------------------------------------------------------
     @classmethod

@@ -1,0 +1,422 @@
+"""The interacting mask-particle engine shared by SFPK and SpODE (method spec §2, §3.1).
+
+One :class:`ParticleSystem` runs ``N`` synchronous steps of ``n`` particles. Its state lives
+in pre-allocated flat tensors: particles ``[n, P_m]``, forces ``[n, P_m]``, ``-∇G``
+``[n, P_m]``, one ``[n, P_m]`` work buffer and the score accumulator ``S`` ``[P_m]``. Per
+particle and step there is exactly one forward + backward pass (the functional masked
+forward, :func:`sfpk.functional.effective_weight_grads`); G, the repulsion, the drift and the
+votes are closed-form tensor operations (:mod:`.dynamics`, :mod:`.processors`, :mod:`.voting`).
+
+BatchNorm: the network runs in train mode throughout (spec §3.2), so BN normalises with the
+statistics of each particle's own mini-batch; the running statistics drift and are restored
+by :func:`sfpk.prune` (recalibrate them after applying the masks, :func:`sfpk.recalibrate_bn`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..errors import CheckpointError, SfpkError
+from ..functional import effective_weight_grads
+from .base import Batch, PruneContext, batch_stream, to_device
+from .dynamics import (
+    drift,
+    dt_schedule,
+    layer_drift,
+    layer_size_and_gradient,
+    parse_size_functional,
+    radius_at,
+    repulsion,
+    size_and_gradient,
+)
+from .layout import FlatLayout
+from .processors import ThresholdLayout, process
+from .voting import rank_voters, score_weight, vote
+
+__all__ = ["ParticleSystem", "STATE_VERSION"]
+
+STATE_VERSION = 1
+Trace = Callable[[dict[str, Any]], None]
+
+
+class ParticleSystem:
+    """n mask particles driven from their start density to ``density`` in ``N`` steps.
+
+    Args:
+        model: the network (its weights are read, never written).
+        layout: the flat layout of the masks being pruned.
+        options: a :class:`sfpk.pruners.particles.SfpkPruner.Options` (SpODE maps its own).
+        density: final target density ``ρ`` (fraction of weights kept).
+        scope: ``"global"`` or ``"local"`` (per-layer targets, dt and thresholds, spec §2.3).
+        ctx: the pruning context (device, loss, progress).
+
+    Example:
+        >>> system = ParticleSystem(model, layout, options, density=0.1, scope="global",
+        ...                         ctx=PruneContext())  # doctest: +SKIP
+        >>> scores = system.run(loader)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: FlatLayout,
+        options: Any,
+        *,
+        density: float,
+        scope: str,
+        ctx: PruneContext,
+    ) -> None:
+        self.model, self.layout, self.options, self.ctx = model, layout, options, ctx
+        self.density = density
+        opts = options
+        n, size = opts.num_particles, layout.num_entries
+        buffer = dict(dtype=layout.dtype, device=layout.device)
+        self.particles = torch.ones((n, size), **buffer)
+        self.forces = torch.empty((n, size), **buffer)
+        self.neg_grads = torch.empty((n, size), **buffer)
+        self.work = torch.empty((n, size), **buffer)
+        self.scores = torch.zeros(size, **buffer)
+        self.functional = parse_size_functional(opts.size_functional)
+        self.layer_ode = opts.ode_scope == "local"
+        self.per_layer = scope == "local" or self.layer_ode
+        levels = layout.num_layers if self.per_layer else 1
+        self.end = torch.full((levels,), float(density), dtype=torch.float64)
+        self.start = self.end.clone()
+        self.dropped = torch.zeros_like(self.end)  # Σ dt so far: the scheduled drop of G
+        self.step_index, self.consumed, self.stopped = 0, 0, False
+        self.calibration = torch.full((n,), math.nan, dtype=torch.float64)
+        self.history: list[dict[str, Any]] = []
+        segments = layout.segments if self.per_layer else None
+        weighted = layout.entry_weight if (layout.structured and segments is None) else None
+        self.thresholds = ThresholdLayout(
+            segments, weighted, layout.total_weights, opts.reference_local_polarization
+        )
+        self.rank_weight = layout.abs_theta if opts.rank_by_weight else None
+        self.score_weight = score_weight(opts.score, layout.abs_theta, layout.entry_weight)
+        kernel_weight = opts.weighted_kernel
+        entry = layout.entry_weight
+        self.kernel_root = layout.sq_theta_root if kernel_weight else _sqrt_or_none(entry)
+        self.kernel_norm = layout.abs_theta if kernel_weight else entry
+
+    # -- initial state ----------------------------------------------------------------------
+    def init_from_masks(self, masks: dict[str, Tensor]) -> None:
+        """Every particle starts as a copy of ``masks``; ``start`` = G of particle 0 (§3.1)."""
+        self.particles.copy_(self.layout.flatten(masks).expand_as(self.particles))
+        if self.options.start_one:
+            self.start.fill_(1.0)
+        else:
+            self.start.copy_(self._levels(self.particles[:1])[0].to(torch.float64))
+
+    def continue_from(self, state: dict[str, Any]) -> None:
+        """Iterative continuation (spec §2.13): particles and S carry over, start = mean G."""
+        self._check_state(state)
+        self.particles.copy_(state["particles"])
+        self.scores.copy_(state["score"])
+        self.start.copy_(self._levels(self.particles).mean(0).to(torch.float64))
+
+    def _levels(self, particles: Tensor) -> Tensor:
+        """Per-particle G levels: ``[k, 1]`` globally or ``[k, L]`` per layer."""
+        if not self.per_layer:
+            value, _ = size_and_gradient(
+                particles,
+                self.functional,
+                total=self.layout.total_weights,
+                weights=self.layout.entry_weight,
+            )
+            return value[:, None]
+        value, _ = layer_size_and_gradient(
+            particles,
+            self.functional,
+            layer_ids=self.layout.layer_ids,
+            layer_totals=self.layout.layer_totals,
+            weights=self.layout.entry_weight,
+        )
+        return value
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-identically (tensors are copies)."""
+        rng = {"cpu": torch.get_rng_state()}
+        if self.layout.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.layout.device)
+        return {
+            "version": STATE_VERSION,
+            "names": list(self.layout.names),
+            "num_entries": self.layout.num_entries,
+            "num_steps": self.options.num_steps,
+            "density": self.density,
+            "particles": self.particles.detach().clone(),
+            "score": self.scores.detach().clone(),
+            "start": self.start.clone(),
+            "dropped": self.dropped.clone(),
+            "step": self.step_index,
+            "consumed": self.consumed,
+            "stopped": self.stopped,
+            "calibration": self.calibration.clone(),
+            "rng": rng,
+            "history": copy.deepcopy(self.history),
+        }
+
+    def _check_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise CheckpointError(f"particle state version {state.get('version')!r} unsupported")
+        if state["names"] != self.layout.names or tuple(state["particles"].shape) != tuple(
+            self.particles.shape
+        ):
+            raise CheckpointError(
+                "particle state does not fit: it holds "
+                f"{tuple(state['particles'].shape)} particles for {len(state['names'])} masks, "
+                f"this run needs {tuple(self.particles.shape)} for {self.layout.num_layers}"
+            )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume a run from :meth:`state_dict` (same options, data and masks)."""
+        self._check_state(state)
+        if state["num_steps"] != self.options.num_steps or state["density"] != self.density:
+            raise CheckpointError(
+                f"resume state is for num_steps={state['num_steps']}, density="
+                f"{state['density']}; this run has {self.options.num_steps}, {self.density}"
+            )
+        self.particles.copy_(state["particles"])
+        self.scores.copy_(state["score"])
+        self.start.copy_(state["start"])
+        self.dropped.copy_(state["dropped"])
+        self.step_index, self.consumed = int(state["step"]), int(state["consumed"])
+        self.stopped = bool(state["stopped"])
+        self.calibration.copy_(state["calibration"])
+        self.history = copy.deepcopy(state["history"])
+        self._rng = state["rng"]
+
+    # -- the simulation ---------------------------------------------------------------------
+    def _draws(self, data: Iterable[Batch]) -> Iterator[Batch]:
+        """Batches for the particles: one persistent cyclic stream (SFPK), or the first
+        batch of a fresh iterator per draw (``reference_batch_order``, reference SpODE)."""
+        if self.options.reference_batch_order:
+            while True:
+                first = list(islice(iter(data), 1))
+                if not first:
+                    raise SfpkError("the pruning data yielded no batch")
+                yield first[0]
+        stream = batch_stream(data)
+        for _ in range(self.consumed):  # resume: replay the batches already used
+            next(stream)
+        yield from stream
+
+    def run(self, data: Iterable[Batch], *, trace: Trace | None = None) -> Tensor:
+        """Run the remaining steps; returns the momentum score ``S`` (flat, ``[P_m]``).
+
+        ``options.checkpoint_callback`` receives :meth:`state_dict` every
+        ``options.checkpoint_every`` steps; ``trace`` (tests, debugging) receives a dict of
+        cloned per-step tensors.
+        """
+        opts = self.options
+        draws = self._draws(data)
+        rng = getattr(self, "_rng", None)
+        if rng is not None:  # restore after the replay, which may itself draw numbers
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], self.layout.device)
+        bar = tqdm(
+            total=opts.num_steps,
+            initial=self.step_index,
+            disable=not self.ctx.progress,
+            desc=f"{opts.num_particles} particles",
+            leave=False,
+        )
+        try:
+            while self.step_index < opts.num_steps and not self.stopped:
+                record = self.step(draws, trace)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", dist=f"{record['distance']:.3g}")
+                every = opts.checkpoint_every
+                if every and opts.checkpoint_callback and self.step_index % every == 0:
+                    opts.checkpoint_callback(self.state_dict())
+        finally:
+            bar.close()
+        return self.scores
+
+    def step(self, draws: Iterator[Batch], trace: Trace | None = None) -> dict[str, Any]:
+        """One synchronous step of all particles (spec §3.1 loop body)."""
+        opts, layout, t = self.options, self.layout, self.step_index
+        tic = time.perf_counter()
+        if self.layer_ode:
+            levels, _ = layer_size_and_gradient(
+                self.particles,
+                self.functional,
+                layer_ids=layout.layer_ids,
+                layer_totals=layout.layer_totals,
+                weights=layout.entry_weight,
+                out=self.neg_grads,
+            )
+        else:
+            value, _ = size_and_gradient(
+                self.particles,
+                self.functional,
+                total=layout.total_weights,
+                weights=layout.entry_weight,
+                out=self.neg_grads,
+            )
+            levels = value[:, None]
+        level_list = levels.tolist()
+        current = (
+            self._levels(self.particles).mean(0).double() if opts.dt_schedule == "adalin" else None
+        )
+        dt = dt_schedule(opts.dt_schedule, t, opts.num_steps, self.start, self.end, current)
+        snapshot = self.particles.clone() if trace is not None else None
+        losses, polarized = self._energy_forces(draws, level_list, trace is not None)
+        info: dict[str, Any] = {}
+        if trace is not None:
+            info["force_energy"] = self.forces.clone()
+        attraction = float(self.forces.norm(dim=1).mean())
+        push, kernel = self._repel(info if trace is not None else None)
+        if trace is not None:
+            info["force_total"] = self.forces.clone()
+        radius = radius_at(
+            opts.radius_schedule,
+            t,
+            opts.num_steps,
+            opts.radius_ratio,
+            self.forces.norm(dim=1),
+            self.calibration,
+        )
+        if self.layer_ode:
+            layer_drift(self.forces, self.neg_grads, radius, layout.layer_ids, layout.num_layers)
+        else:
+            drift(self.forces, self.neg_grads, radius)
+        if dt.numel() == 1:
+            self.particles.add_(self.forces, alpha=float(dt))
+        else:
+            self.particles.addcmul_(
+                self.forces, dt.to(layout.dtype).to(layout.device)[layout.layer_ids]
+            )
+        order, voters = rank_voters(losses, opts.vote_ratio)
+        voter_list = voters.tolist()
+        votes: dict[str, dict[int, Tensor]] | None = {} if trace is not None else None
+        voted = vote(
+            self.particles,
+            voter_list,
+            mode=opts.vote,
+            weight=self.score_weight,
+            density=self.density,
+            layout=self.thresholds,
+            alive=layout.alive,
+            trace=votes,
+        )
+        self.scores.mul_(opts.momentum).add_(voted)
+        self.step_index += 1
+        mean_level = sum(map(sum, level_list)) / (len(level_list) * len(level_list[0]))
+        if opts.early_stop and mean_level <= float(self.end.mean()):
+            self.stopped = True
+        self.dropped += dt
+        target = float((self.start - self.dropped).mean())
+        record = {
+            "step": t,
+            "target_density": target,
+            "mean_G": mean_level,
+            "loss": float(losses.mean()),
+            "distance": _mean_distance(self.particles, self.work),
+            "repulsion": push,
+            "attraction": attraction,
+            "seconds": time.perf_counter() - tic,
+        }
+        self.history.append(record)
+        if trace is not None:
+            info.update(
+                step=t,
+                dt=dt.tolist(),
+                start=self.start.tolist(),
+                end=self.end.tolist(),
+                G=levels.clone(),
+                E=losses.clone(),
+                K=kernel,
+                radius=radius.clone(),
+                mask_before=snapshot,
+                polarized=polarized,
+                neg_grad=self.neg_grads.clone(),
+                delta=self.forces.clone(),
+                mask_after=self.particles.clone(),
+                order=order.tolist(),
+                voters=voter_list,
+                scores_raw=votes.get("raw", {}),
+                scores_voted=votes.get("voted", {}),
+                voted=voted.clone(),
+                momentum=self.scores.clone(),
+                record=record,
+            )
+            trace(info)
+        return record
+
+    def _repel(self, info: dict[str, Any] | None) -> tuple[float, Tensor | None]:
+        """Add ``λ R`` (all particles at once) to the forces; returns (mean ‖λR‖, K)."""
+        opts = self.options
+        if opts.repulsion == "none" or opts.repulsion_weight == 0.0:
+            return 0.0, None
+        rep, kernel = repulsion(
+            self.particles,
+            mode=opts.repulsion,
+            sqrt_numerator_weight=self.kernel_root,
+            normalizer_weight=self.kernel_norm,
+            structured=self.layout.structured,
+            out=self.work,
+        )
+        if info is not None:
+            info["force_repulsion"] = rep.clone()
+        self.forces.add_(rep, alpha=opts.repulsion_weight)
+        return opts.repulsion_weight * float(rep.norm(dim=1).mean()), kernel
+
+    def _energy_forces(
+        self, draws: Iterator[Batch], levels: list[list[float]], keep: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Write ``e_i = -∂E_i/∂m`` (straight-through) into ``self.forces`` row by row."""
+        opts, layout = self.options, self.layout
+        losses = torch.empty(opts.num_particles, dtype=torch.float64, device=layout.device)
+        polarized = []
+        for i in range(opts.num_particles):
+            inputs, targets = to_device(next(draws), self.ctx.device)
+            self.consumed += 1
+            density = levels[i] if self.layer_ode else levels[i][0]
+            value, grad_fn = process(
+                opts.processor,
+                self.particles[i],
+                self.rank_weight,
+                density,
+                self.thresholds,
+                eps=opts.processor_eps,
+                ratio=opts.processor_ratio,
+            )
+            if keep:
+                polarized.append(value.detach().clone())
+            loss, grads = effective_weight_grads(
+                self.model, layout.effective_weights(value), inputs, targets, self.ctx.loss_fn
+            )
+            losses[i] = loss
+            row = layout.mask_gradient_(grads, self.forces[i])
+            if grad_fn is not None:
+                row.copy_(grad_fn(row))
+            row.neg_()
+        return losses, polarized
+
+
+def _mean_distance(particles: Tensor, work: Tensor) -> float:
+    """Mean Euclidean distance over particle pairs (0 for one particle)."""
+    n = particles.shape[0]
+    if n < 2:
+        return 0.0
+    centred = torch.sub(particles, particles.mean(0, keepdim=True), out=work)
+    gram = (centred @ centred.T).double()
+    q = gram.diagonal()
+    dist = (q[:, None] + q[None, :] - 2 * gram).clamp_min(0).sqrt()
+    return float(dist.sum() / (n * (n - 1)))
+
+
+def _sqrt_or_none(values: Tensor | None) -> Tensor | None:
+    return values.sqrt() if values is not None else None
