@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/sfpk oneshot --data mnist1d --model cnn1d --method sfpk --sparsity 0.95 \
-		--demo --out runs/demo
+		--demo --overwrite --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest

@@ -6,6 +6,8 @@ fraction kept (see :mod:`sfpk.masks`).
 
 from .api import prune as prune
 from .batchnorm import recalibrate_bn as recalibrate_bn
+from .config import Config as Config
+from .config import build_config as build_config
 from .errors import (
     CheckpointError as CheckpointError,
 )
@@ -31,18 +33,22 @@ from .pruners import create_pruner as create_pruner
 from .pruners import methods as methods
 from .pruners import pruner_class as pruner_class
 from .selection import select_topk as select_topk
+from .train import Trainer as Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "Config",
     "ConfigError",
     "DataError",
     "MaskMismatchError",
     "Masks",
     "SfpkError",
+    "Trainer",
     "UnknownNameError",
     "__version__",
+    "build_config",
     "create_pruner",
     "load_masks",
     "methods",

@@ -10,6 +10,12 @@ votes are closed-form tensor operations (:mod:`.dynamics`, :mod:`.processors`, :
 BatchNorm: the network runs in train mode throughout (spec §3.2), so BN normalises with the
 statistics of each particle's own mini-batch; the running statistics drift and are restored
 by :func:`sfpk.prune` (recalibrate them after applying the masks, :func:`sfpk.recalibrate_bn`).
+
+Distributed (``torchrun``, :mod:`sfpk.distributed`): every rank holds the full replicated
+state and draws every batch in the same order, but runs the forward+backward only of the
+particles it owns (round-robin); one SUM all-reduce of the forces and energies per step
+(other rows are exact zeros) makes every rank's state equal to the single-process run, and
+the rest of the step runs identically everywhere. Checkpoint callbacks fire on rank 0 only.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..distributed import all_reduce_rows_, is_main, particle_owner, rank, world_size
+from ..distributed import resolve_distributed as _resolve_distributed
 from ..errors import CheckpointError, SfpkError
 from ..functional import effective_weight_grads
 from .base import Batch, PruneContext, batch_stream, to_device
@@ -106,6 +114,9 @@ class ParticleSystem:
         entry = layout.entry_weight
         self.kernel_root = layout.sq_theta_root if kernel_weight else _sqrt_or_none(entry)
         self.kernel_norm = layout.abs_theta if kernel_weight else entry
+        self.split = _resolve_distributed(opts.distributed)
+        world, me = (world_size(), rank()) if self.split else (1, 0)
+        self.owned = [particle_owner(i, world) == me for i in range(n)]
 
     # -- initial state ----------------------------------------------------------------------
     def init_from_masks(self, masks: dict[str, Tensor]) -> None:
@@ -238,7 +249,8 @@ class ParticleSystem:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", dist=f"{record['distance']:.3g}")
                 every = opts.checkpoint_every
-                if every and opts.checkpoint_callback and self.step_index % every == 0:
+                due = every and self.step_index % every == 0 and (is_main() or not self.split)
+                if due and opts.checkpoint_callback:
                     opts.checkpoint_callback(self.state_dict())
         finally:
             bar.close()
@@ -376,13 +388,20 @@ class ParticleSystem:
     def _energy_forces(
         self, draws: Iterator[Batch], levels: list[list[float]], keep: bool
     ) -> tuple[Tensor, list[Tensor]]:
-        """Write ``e_i = -∂E_i/∂m`` (straight-through) into ``self.forces`` row by row."""
+        """Write ``e_i = -∂E_i/∂m`` (straight-through) into ``self.forces`` row by row.
+
+        Distributed: rows of particles other ranks own stay zero until the all-reduce; their
+        batches are still drawn, so particle ``i`` gets the same batch on every world size.
+        """
         opts, layout = self.options, self.layout
-        losses = torch.empty(opts.num_particles, dtype=torch.float64, device=layout.device)
+        losses = torch.zeros(opts.num_particles, dtype=torch.float64, device=layout.device)
         polarized = []
         for i in range(opts.num_particles):
-            inputs, targets = to_device(next(draws), self.ctx.device)
+            batch = next(draws)
             self.consumed += 1
+            if not (self.owned[i] or keep):
+                self.forces[i].zero_()
+                continue
             density = levels[i] if self.layer_ode else levels[i][0]
             value, grad_fn = process(
                 opts.processor,
@@ -395,6 +414,10 @@ class ParticleSystem:
             )
             if keep:
                 polarized.append(value.detach().clone())
+            if not self.owned[i]:
+                self.forces[i].zero_()
+                continue
+            inputs, targets = to_device(batch, self.ctx.device)
             loss, grads = effective_weight_grads(
                 self.model, layout.effective_weights(value), inputs, targets, self.ctx.loss_fn
             )
@@ -403,6 +426,8 @@ class ParticleSystem:
             if grad_fn is not None:
                 row.copy_(grad_fn(row))
             row.neg_()
+        if self.split:
+            all_reduce_rows_(self.forces, losses)
         return losses, polarized
 
 

@@ -69,6 +69,10 @@ class _DynamicsOptions:
     checkpoint_every: call ``checkpoint_callback`` every this many steps (0: never).
     checkpoint_callback: receives the engine ``state_dict()``.
     trace_callback: receives a dict of cloned per-step tensors (tests, debugging; slow).
+    distributed: split the particles' forward+backward passes over the ranks of an
+        initialised ``torch.distributed`` group (``torchrun``): None (default) when one with
+        more than one rank exists, True to require one, False never. Results equal the
+        single-process run (docs/sfpk.md, "Scaling out with torchrun").
     """
 
     num_steps: int = 100
@@ -94,6 +98,7 @@ class _DynamicsOptions:
     checkpoint_every: int = 0
     checkpoint_callback: StateCallback | None = None
     trace_callback: StateCallback | None = None
+    distributed: bool | None = None
 
     def __post_init__(self) -> None:
         check_positive("num_steps", self.num_steps)

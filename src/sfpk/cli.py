@@ -1,0 +1,283 @@
+"""The ``sfpk`` command (also ``python -m sfpk``): pipelines, resume, and registry listings.
+
+Subcommands live in one registry (:data:`COMMANDS`); adding one is a decorated function::
+
+    @command("reference", help="...", configure=add_reference_flags)
+    def _reference(args: argparse.Namespace) -> int: ...
+
+Pipeline flags are generated from the config dataclasses (:mod:`sfpk.config`), one per knob,
+with ``default=SUPPRESS`` so that only flags the user typed override the YAML recipe.
+Errors sfpk raises on purpose (:class:`sfpk.SfpkError`) are printed on one line
+(``sfpk: error: ...``) and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from .config import SECTIONS, Config, build_config, demo_preset
+from .errors import SfpkError
+
+__all__ = ["COMMANDS", "Command", "command", "build_parser", "main"]
+
+log = logging.getLogger("sfpk")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help line, a function adding its flags, and its body."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str, *, help: str, configure: Callable[[argparse.ArgumentParser], None] | None = None
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register the decorated function as subcommand ``name`` (returns exit status)."""
+
+    def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        if name in COMMANDS:
+            raise ValueError(f"subcommand {name!r} is already registered")
+        COMMANDS[name] = Command(name, help, configure or (lambda parser: None), run)
+        return run
+
+    return decorate
+
+
+# -- config flags -------------------------------------------------------------------------
+
+
+def _flag_name(section: str, field: dataclasses.Field) -> str:
+    flag = field.metadata.get("flag")
+    if flag is None:
+        flag = f"{section}-{field.name}" if section == "pretrain" else field.name
+    return "--" + flag.replace("_", "-")
+
+
+def _list_of(kind: type) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        try:
+            return [kind(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of {kind.__name__}"
+            ) from None
+
+    return parse
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} must look like KEY=VALUE")
+    return key.strip(), yaml.safe_load(value)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config knob (dest ``"section.field"``, default SUPPRESS)."""
+    sections = typing.get_type_hints(Config)
+    for section in SECTIONS:
+        cls = sections[section]
+        group = parser.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0]})")
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            hint = hints[field.name]
+            if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+                hint = next(a for a in typing.get_args(hint) if a is not type(None))
+            base = typing.get_origin(hint) or hint
+            kwargs: dict[str, Any] = {
+                "dest": f"{section}.{field.name}",
+                "default": argparse.SUPPRESS,
+                "help": field.metadata.get("help", ""),
+            }
+            if base is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif base is list:
+                kwargs.update(type=_list_of(typing.get_args(hint)[0]), metavar="A,B,...")
+            elif base is dict:
+                kwargs.update(type=_option, action="append", metavar="KEY=VALUE")
+            else:
+                kwargs["type"] = base
+            group.add_argument(_flag_name(section, field), **kwargs)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    for key, value in vars(args).items():
+        if "." not in key:
+            continue
+        out[key] = dict(value) if key.endswith(".options") else value
+    return out
+
+
+# -- pipelines ----------------------------------------------------------------------------
+
+_DEMO_HELP = (
+    "preset for a quick demo (under 3 minutes on 2 CPU cores): mnist1d / cnn1d, pretrain "
+    "15 epochs, SFPK with 40 steps and 4 particles, fine-tune 10 epochs; YAML and flags "
+    "still override it"
+)
+
+
+def _pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML recipe (see configs/)")
+    parser.add_argument("--demo", action="store_true", help=_DEMO_HELP)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run directory"
+    )
+    add_config_flags(parser)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from . import pipelines
+
+    overrides = _overrides(args)
+    config = build_config(args.command, yaml_path=args.config, overrides=overrides, demo=args.demo)
+    if args.demo:
+        preset = demo_preset(config.prune.method)
+        print(f"sfpk: --demo preset: {json.dumps(preset)}", file=sys.stderr)
+    summary = pipelines.start(config, overwrite=args.overwrite)
+    _print_summary(str(config.run.out), summary)
+    return 0
+
+
+for _name, _help in (
+    ("pretrain", "train a dense model (model selection on validation accuracy)"),
+    ("oneshot", "prune once (K rounds, no fine-tuning between), then fine-tune"),
+    ("iterative", "prune and fine-tune in K rounds, then fine-tune"),
+):
+    command(_name, help=_help, configure=_pipeline_flags)(_run_pipeline)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def _print_summary(out: str, summary: dict[str, Any]) -> None:
+    rows = [("run", out)]
+    if summary.get("method") is not None:
+        rows += [
+            ("method", summary["method"]),
+            ("sparsity", f"{_percent(summary['achieved_sparsity'])} removed"),
+            ("dense test acc", _percent(summary.get("dense_test_acc"))),
+            ("pruned test acc", _percent(summary.get("pruned_test_acc"))),
+        ]
+    rows += [
+        ("final test acc", _percent(summary.get("final_test_acc"))),
+        (f"last-{summary['last_k']} mean", _percent(summary.get("last_k_mean_test_acc"))),
+        (
+            "best-val test acc",
+            f"{_percent(summary.get('best_val_test_acc'))} (epoch {summary['best_val_epoch']})",
+        ),
+        (
+            "seconds",
+            f"prune {summary['prune_seconds']:.1f}, fine-tune {summary['finetune_seconds']:.1f}"
+            f", total {summary['seconds']:.1f}",
+        ),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+
+
+def _resume_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", help="run directory written by a pipeline command")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command(
+    "resume", help="continue an interrupted run from its last checkpoint", configure=_resume_flags
+)
+def _resume(args: argparse.Namespace) -> int:
+    from . import pipelines
+
+    summary = pipelines.resume(args.directory, quiet=args.quiet or None)
+    _print_summary(args.directory, summary)
+    return 0
+
+
+@command("methods", help="list the pruning methods and their options")
+def _methods(args: argparse.Namespace) -> int:
+    from .pruners import methods, pruner_class
+
+    for name in methods():
+        cls = pruner_class(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name}: {summary}")
+        for field in dataclasses.fields(cls.Options):
+            default = (
+                field.default
+                if field.default is not dataclasses.MISSING
+                else field.default_factory()  # type: ignore[misc]
+            )
+            print(f"    {field.name} = {default!r}")
+    return 0
+
+
+@command("models", help="list the registered models")
+def _models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+@command("datasets", help="list the data sets")
+def _datasets(args: argparse.Namespace) -> int:
+    from .data import list_datasets
+
+    print("\n".join(list_datasets()))
+    return 0
+
+
+# -- entry point --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sfpk`` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="sfpk", description="Probabilistic neural-network pruning (SFPK, SpODE, baselines)."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS.values():
+        sub = subparsers.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.configure(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``sfpk`` command; returns the exit status (2 on an sfpk error)."""
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "run.quiet", False) or getattr(args, "quiet", False)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True
+    )
+    try:
+        return COMMANDS[args.command].run(args)
+    except SfpkError as exc:
+        print(f"sfpk: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sfpk: interrupted; continue with `sfpk resume DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""What every pipeline phase shares: data, model, masks, progress, checkpoints.
+
+A pipeline is a fixed sequence of named phases (``pretrain``, ``dense``, ``prune:0``,
+``tune:0``, ..., ``finetune``). :class:`Progress` records which are done and where the
+current one stands (epoch + optimizer state, or the pruner engine's state). It is saved in
+every checkpoint together with the model, the masks and the RNG states, so re-running the
+same pipeline function after a restart skips what is done and continues the rest exactly.
+
+Every random stream is derived from ``(seed, phase, epoch)`` (:func:`sfpk.checkpoint.
+derive_seed`): training loaders are rebuilt per epoch from such a seed, pruning loaders per
+pruning call. A seeded CPU run is bit-identical whether or not it was interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .. import data as data_module
+from .. import models
+from ..checkpoint import (
+    Checkpoint,
+    derive_seed,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_checkpoint,
+)
+from ..masks import Masks
+from ..run import Run
+from ..train import EvalResult, Trainer, select_device
+
+__all__ = ["PAUSE_ENV", "Progress", "Context"]
+
+log = logging.getLogger(__name__)
+
+# Test hook: when set to a label such as "finetune:1" (see Context.pause_point), the process
+# writes DIR/PAUSED and sleeps there, so a test can SIGKILL it at a known point.
+PAUSE_ENV = "SFPK_TEST_PAUSE_AT"
+_STATE_FORMAT = 1
+
+
+@dataclass
+class Progress:
+    """How far a run got; saved in every checkpoint.
+
+    Attributes:
+        done: names of completed phases.
+        current: the phase in progress: ``{"key", "epoch", "trainer"}`` for training,
+            ``{"key", "engine"}`` for a particle pruning call; None between phases.
+        records: per training phase, one ``{"epoch", "val_acc", "test_acc"}`` per epoch.
+        results: numbers for ``summary.json`` gathered so far.
+        history: per-step rows of SFPK / SpODE pruning calls (``masks.history``).
+        continue_from: the particle engine's final state of the last pruning call.
+        metric_rows: rows of ``metrics.csv`` covered by this checkpoint.
+        seconds: wall time spent up to this checkpoint (over all processes).
+    """
+
+    done: list[str] = field(default_factory=list)
+    current: dict[str, Any] | None = None
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    continue_from: Any = None
+    metric_rows: int = 0
+    seconds: float = 0.0
+
+
+class Context:
+    """The model, data, masks and progress of one pipeline execution.
+
+    Args:
+        run: the run directory (its config drives everything).
+        checkpoint: the checkpoint to resume from, or None for a fresh start.
+    """
+
+    def __init__(self, run: Run, checkpoint: Checkpoint | None = None) -> None:
+        self.run = run
+        self.config = cfg = run.config
+        self.seed = cfg.run.seed
+        self.device = select_device(cfg.run.device)
+        self.show_progress = not cfg.run.quiet
+        seed_everything(self.seed)
+        self.splits = data_module.load_dataset(
+            cfg.data.dataset,
+            data_dir=cfg.data.data_dir,
+            seed=self.seed,
+            val_fraction=cfg.data.val_fraction,
+            augment=cfg.data.augment,
+        )
+        self.model = models.create(
+            cfg.model.name,
+            num_classes=self.splits.num_classes,
+            input_shape=self.splits.input_shape,
+            **cfg.model.options,
+        )
+        if cfg.model.checkpoint is not None:
+            models.load_weights(self.model, cfg.model.checkpoint)
+        self.masks: Masks | None = None
+        self.progress = Progress()
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.model.to(self.device)
+        if self.masks is not None:
+            self.masks = self.masks.to(self.device)
+        self._started = time.perf_counter()
+        self._base_seconds = self.progress.seconds
+        self.val_loader = self._eval_loader(self.splits.val)
+        self.test_loader = self._eval_loader(self.splits.test)
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        self.model.load_state_dict(checkpoint.model_state)
+        if checkpoint.masks is not None:
+            self.masks = checkpoint.masks
+        self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
+        self.run.truncate_metrics(self.progress.metric_rows)
+        log.info("resuming after %s", ", ".join(self.progress.done) or "(start)")
+
+    # -- data ---------------------------------------------------------------------------
+    def _eval_loader(self, dataset: Any) -> DataLoader:
+        return data_module.make_loader(
+            dataset,
+            batch_size=self.config.data.eval_batch_size,
+            shuffle=False,
+            num_workers=self.config.data.num_workers,
+        )
+
+    def train_loader(self, key: str, epoch: int, batch_size: int) -> DataLoader:
+        """The shuffled training loader of ``epoch`` of phase ``key``; also seeds torch.
+
+        Both the sample order and the augmentation randomness derive from ``(seed, key,
+        epoch)``, so a resumed epoch replays exactly.
+        """
+        epoch_seed = derive_seed(self.seed, key, epoch)
+        torch.manual_seed(epoch_seed)
+        return data_module.make_loader(
+            self.splits.train,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=epoch_seed,
+            num_workers=self.config.data.num_workers,
+        )
+
+    def pruning_loader(self, key: str) -> DataLoader:
+        """The pruning data of call ``key``: a seeded loader over the pruning-data budget."""
+        cfg = self.config.prune
+        dataset = self.splits.train
+        if cfg.num_samples is not None and cfg.num_samples < len(dataset):
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, "pruning-subset"))
+            order = torch.randperm(len(dataset), generator=generator)[: cfg.num_samples]
+            dataset = Subset(dataset, sorted(order.tolist()))
+        return data_module.make_loader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            seed=derive_seed(self.seed, key),
+            num_workers=self.config.data.num_workers,
+        )
+
+    def evaluate(self) -> tuple[EvalResult, EvalResult]:
+        """Validation and test results of the current model."""
+        trainer = Trainer(self.model, self.config.optimizer_options("train"), device=self.device)
+        return trainer.evaluate(self.val_loader), trainer.evaluate(self.test_loader)
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def seconds(self) -> float:
+        """Wall time of the run so far, over all its processes (up to their checkpoints)."""
+        return self._base_seconds + time.perf_counter() - self._started
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        """Append a metrics row and count it."""
+        self.run.log_metrics(row)
+        self.progress.metric_rows += 1
+
+    def checkpoint(self) -> None:
+        """Write the model, masks, progress and RNG states atomically."""
+        self.progress.seconds = self.seconds()
+        state = {"format": _STATE_FORMAT, "progress": vars(self.progress), "rng": rng_state()}
+        write_checkpoint(self.run.checkpoints_dir, model=self.model, masks=self.masks, state=state)
+
+    def complete(self, key: str) -> None:
+        """Mark phase ``key`` done and checkpoint."""
+        self.progress.done.append(key)
+        self.progress.current = None
+        self.checkpoint()
+        self.pause_point(f"{key}:done")
+
+    def current(self, key: str) -> dict[str, Any] | None:
+        """The saved in-progress state of phase ``key``, if the run stopped inside it."""
+        current = self.progress.current
+        return current if current is not None and current.get("key") == key else None
+
+    def pause_point(self, label: str) -> None:
+        """Test hook: sleep forever here if ``$SFPK_TEST_PAUSE_AT == label``."""
+        if os.environ.get(PAUSE_ENV) != label:
+            return
+        (self.run.directory / "PAUSED").write_text(label)
+        while True:
+            time.sleep(0.5)

@@ -1,0 +1,161 @@
+"""The three pipelines (method spec §5, decisions §9) and the summary they report.
+
+* ``pretrain``: dense training, model selection on validation accuracy.
+* ``oneshot``: (pretrain unless ``model.checkpoint``) -> K pruning rounds to exponential
+  targets, no fine-tuning in between -> fine-tune ``train.epochs`` (warm-up + cosine).
+* ``iterative``: (pretrain) -> K rounds of prune + fine-tune ``train.round_epochs[k]``
+  (cosine ``round_lr[k] -> round_lr_end[k]``), the last round without -> final fine-tune
+  (cosine ``lr -> lr_min``, default ``0.1 * lr``).
+
+Reported accuracy (spec §9.7): the mean test accuracy of the last ``report_last_k``
+fine-tuning epochs, and the test accuracy at the best-validation epoch. Model selection
+never looks at the test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from typing import Any
+
+from ..checkpoint import save_state_dict
+from ..run import write_rows_csv
+from ..schedules import finetune_lr, oneshot_lr, per_round, resolve_lr_min, round_lr
+from .context import Context
+from .phases import best_record, dense_phase, pretrain_phase, prune_round, train_phase
+
+__all__ = ["run_pretrain", "run_oneshot", "run_iterative", "summarize"]
+
+log = logging.getLogger(__name__)
+
+
+def run_pretrain(ctx: Context) -> dict[str, Any]:
+    """Train the dense model; ``model.safetensors`` holds the best-on-validation epoch."""
+    pretrain_phase(ctx)
+    return _finish(ctx, final_records=ctx.progress.records["pretrain"])
+
+
+def _start_sparse(ctx: Context) -> None:
+    if ctx.config.model.checkpoint is None:
+        pretrain_phase(ctx)
+    dense_phase(ctx)
+
+
+def run_oneshot(ctx: Context) -> dict[str, Any]:
+    """Prune in K rounds without fine-tuning in between, then fine-tune once."""
+    _start_sparse(ctx)
+    for k in range(ctx.config.prune.rounds):  # type: ignore[arg-type]
+        prune_round(ctx, k)
+    t = ctx.config.train
+    lr_min = resolve_lr_min(t.lr, t.lr_min, fixed_lr_epochs=t.fixed_lr_epochs, phase="oneshot")
+    records = train_phase(
+        ctx,
+        "finetune",
+        epochs=t.epochs,
+        lr_at=lambda e: oneshot_lr(
+            e,
+            lr=t.lr,
+            lr_min=lr_min,
+            epochs=t.epochs,
+            fixed_lr_epochs=t.fixed_lr_epochs,
+            warmup_epochs=t.warmup_epochs,
+            cold_start_lr=t.cold_start_lr,
+        ),
+        options=ctx.config.optimizer_options("train"),
+        batch_size=t.batch_size,
+    )
+    return _finish(ctx, final_records=records)
+
+
+def run_iterative(ctx: Context) -> dict[str, Any]:
+    """K rounds of prune + fine-tune (the last round without), then a final fine-tune."""
+    _start_sparse(ctx)
+    t = ctx.config.train
+    rounds: int = ctx.config.prune.rounds  # type: ignore[assignment]
+    options = ctx.config.optimizer_options("train")
+    for k in range(rounds):
+        prune_round(ctx, k)
+        if k == rounds - 1:
+            break
+        start = per_round(t.round_lr if t.round_lr is not None else [t.lr], k)
+        end = per_round(t.round_lr_end, k)
+        epochs = int(per_round(t.round_epochs, k))
+        train_phase(
+            ctx,
+            f"tune:{k}",
+            epochs=epochs,
+            lr_at=lambda e, s=start, f=end, n=epochs: round_lr(e, start=s, end=f, epochs=n),
+            options=options,
+            batch_size=t.batch_size,
+            round_index=k,
+        )
+    lr_min = resolve_lr_min(t.lr, t.lr_min, fixed_lr_epochs=t.fixed_lr_epochs, phase="iterative")
+    records = train_phase(
+        ctx,
+        "finetune",
+        epochs=t.epochs,
+        lr_at=lambda e: finetune_lr(
+            e, lr=t.lr, lr_min=lr_min, epochs=t.epochs, fixed_lr_epochs=t.fixed_lr_epochs
+        ),
+        options=options,
+        batch_size=t.batch_size,
+        round_index=rounds - 1,
+    )
+    return _finish(ctx, final_records=records)
+
+
+def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The numbers of ``summary.json``."""
+    cfg, results = ctx.config, ctx.progress.results
+    masks = ctx.masks
+    k = min(cfg.train.report_last_k, len(final_records))
+    best = best_record(final_records) if final_records else None
+    if cfg.pipeline == "pretrain":
+        final_test_acc = best["test_acc"] if best else None
+    else:
+        final_test_acc = final_records[-1]["test_acc"] if final_records else None
+        final_test_acc = (
+            results.get("pruned_test_acc") if final_test_acc is None else final_test_acc
+        )
+    phase_seconds = results.get("phase_seconds", {})
+    summary = {
+        "pipeline": cfg.pipeline,
+        "dataset": cfg.data.dataset,
+        "model": cfg.model.name,
+        "method": masks.method if masks is not None else None,
+        "sparsity": cfg.prune.sparsity if masks is not None else None,
+        "achieved_sparsity": masks.sparsity() if masks is not None else None,
+        "rounds": cfg.prune.rounds if masks is not None else None,
+        "round_sparsities": results.get("round_sparsities"),
+        "dense_test_acc": results.get("dense_test_acc"),
+        "pruned_test_acc": results.get("pruned_test_acc"),
+        "final_test_acc": final_test_acc,
+        "last_k": k,
+        "last_k_mean_test_acc": (
+            statistics.fmean(r["test_acc"] for r in final_records[-k:]) if k else None
+        ),
+        "best_val_epoch": best["epoch"] if best else None,
+        "best_val_test_acc": best["test_acc"] if best else None,
+        "pretrain_seconds": phase_seconds.get("pretrain", 0.0),
+        "prune_seconds": results.get("prune_seconds", 0.0),
+        "finetune_seconds": sum(s for key, s in phase_seconds.items() if key != "pretrain"),
+        "seconds": ctx.seconds(),
+        "seed": cfg.run.seed,
+        "per_layer": masks.layer_report() if masks is not None else None,
+    }
+    return summary
+
+
+def _finish(ctx: Context, *, final_records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the final model, masks, per-step history, summary and plots."""
+    run = ctx.run
+    save_state_dict(ctx.model, run.directory / "model.safetensors")
+    if ctx.masks is not None:
+        ctx.masks.save(run.directory / "masks.safetensors")
+    if ctx.progress.history:
+        write_rows_csv(run.directory / "sfpk_steps.csv", ctx.progress.history)
+    summary = summarize(ctx, final_records)
+    run.write_summary(summary)
+    if ctx.config.run.plots:
+        run.make_plots()
+    return summary

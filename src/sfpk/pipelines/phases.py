@@ -1,0 +1,247 @@
+"""The building blocks of the pipelines: a training phase, a dense evaluation, a pruning round.
+
+Each phase is resumable: it skips itself when done and continues from
+``Context.current(key)`` when the run stopped inside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import api
+from ..batchnorm import recalibrate_bn
+from ..checkpoint import derive_seed, load_state_dict_file, save_state_dict
+from ..config import PARTICLE_METHODS
+from ..masks import Masks
+from ..train import OptimizerOptions, Trainer
+from .context import Context
+
+__all__ = ["train_phase", "pretrain_phase", "dense_phase", "prune_round", "best_record"]
+
+log = logging.getLogger(__name__)
+
+
+def best_record(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record with the highest validation accuracy (the earliest one on ties)."""
+    return max(records, key=lambda r: (r["val_acc"], -r["epoch"]))
+
+
+def train_phase(
+    ctx: Context,
+    key: str,
+    *,
+    epochs: int,
+    lr_at: Callable[[int], float],
+    options: OptimizerOptions,
+    batch_size: int,
+    round_index: int | None = None,
+    keep_best: bool = False,
+) -> list[dict[str, Any]]:
+    """Train ``epochs`` epochs with the masks applied; checkpoint after every epoch.
+
+    Args:
+        ctx: the pipeline context (model, masks, data, progress).
+        key: the phase name, e.g. ``"finetune"`` or ``"tune:2"``.
+        epochs: number of epochs.
+        lr_at: the LR of epoch ``e`` (a function from :mod:`sfpk.schedules`).
+        options: optimizer settings.
+        batch_size: training batch size.
+        round_index: the pruning round, for the metrics rows.
+        keep_best: save the best-on-validation weights to ``checkpoints/best_<key>``
+            and load them into the model at the end (dense pretraining).
+
+    Returns:
+        One ``{"epoch", "val_acc", "test_acc"}`` record per epoch.
+    """
+    records = ctx.progress.records.setdefault(key, [])
+    if key in ctx.progress.done:
+        return records
+    trainer = Trainer(
+        ctx.model, options, device=ctx.device, masks=ctx.masks, progress=ctx.show_progress
+    )
+    current = ctx.current(key)
+    start = 0
+    if current is not None:
+        trainer.load_state_dict(current["trainer"])
+        start = current["epoch"]
+    best_path = ctx.run.checkpoints_dir / f"best_{key.replace(':', '_')}.safetensors"
+    sparsity = ctx.masks.sparsity() if ctx.masks is not None else 0.0
+    for epoch in range(start, epochs):
+        began = time.perf_counter()
+        lr = lr_at(epoch)
+        loader = ctx.train_loader(key, epoch, batch_size)
+        train = trainer.train_epoch(loader, lr=lr, desc=f"{key} {epoch + 1}/{epochs}")
+        val, test = trainer.evaluate(ctx.val_loader), trainer.evaluate(ctx.test_loader)
+        if keep_best and (not records or val.top1 > best_record(records)["val_acc"]):
+            save_state_dict(ctx.model, best_path)
+        records.append({"epoch": epoch, "val_acc": val.top1, "test_acc": test.top1})
+        seconds = time.perf_counter() - began
+        phase_seconds = ctx.progress.results.setdefault("phase_seconds", {})
+        phase_seconds[key] = phase_seconds.get(key, 0.0) + seconds
+        ctx.log_row(
+            {
+                "phase": key.split(":")[0],
+                "round": round_index,
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": train.loss,
+                "train_acc": train.acc,
+                "val_loss": val.loss,
+                "val_acc": val.top1,
+                "test_loss": test.loss,
+                "test_acc": test.top1,
+                "sparsity": sparsity,
+                "seconds": seconds,
+            }
+        )
+        log.info(
+            "%s epoch %d/%d lr %.3g: train %.4f, val %.4f, test %.4f (%.1fs)",
+            key, epoch + 1, epochs, lr, train.acc, val.top1, test.top1, seconds,
+        )  # fmt: skip
+        ctx.pause_point(f"{key}:{epoch}:before")
+        ctx.progress.current = {"key": key, "epoch": epoch + 1, "trainer": trainer.state_dict()}
+        ctx.checkpoint()
+        ctx.pause_point(f"{key}:{epoch}")
+    if keep_best and records:
+        ctx.model.load_state_dict(load_state_dict_file(best_path))
+    ctx.complete(key)
+    return records
+
+
+def pretrain_phase(ctx: Context) -> None:
+    """Dense training with cosine LR to ``pretrain.lr_min``; keeps the best-on-val model.
+
+    The selected dense weights are also written to ``dense.safetensors`` in the run folder
+    (reusable with ``--checkpoint``).
+    """
+    from ..schedules import pretrain_lr
+
+    if "pretrain" in ctx.progress.done:
+        return
+    p = ctx.config.pretrain
+    records = train_phase(
+        ctx,
+        "pretrain",
+        epochs=p.epochs,
+        lr_at=lambda e: pretrain_lr(e, lr=p.lr, epochs=p.epochs, lr_min=p.lr_min),
+        options=ctx.config.optimizer_options("pretrain"),
+        batch_size=p.batch_size,
+        keep_best=True,
+    )
+    best = best_record(records)
+    ctx.progress.results.update(
+        pretrain_best_val_epoch=best["epoch"], pretrain_best_val_test_acc=best["test_acc"]
+    )
+    save_state_dict(ctx.model, ctx.run.directory / "dense.safetensors")
+
+
+def dense_phase(ctx: Context) -> None:
+    """Evaluate the dense model once (``dense_test_acc``)."""
+    if "dense" in ctx.progress.done:
+        return
+    val, test = ctx.evaluate()
+    ctx.progress.results.update(dense_val_acc=val.top1, dense_test_acc=test.top1)
+    ctx.log_row(
+        {
+            "phase": "dense",
+            "val_loss": val.loss,
+            "val_acc": val.top1,
+            "test_loss": test.loss,
+            "test_acc": test.top1,
+            "sparsity": 0.0,
+        }
+    )
+    log.info("dense model: val %.4f, test %.4f", val.top1, test.top1)
+    ctx.complete("dense")
+
+
+def round_sparsity(sparsity: float, round_index: int, rounds: int) -> float:
+    """Target of round k: density ``(1 - s)^((k + 1) / K)`` (exponential schedule)."""
+    return 1.0 - (1.0 - sparsity) ** ((round_index + 1) / rounds)
+
+
+def prune_round(ctx: Context, round_index: int) -> Masks:
+    """Prune to round ``k``'s target, apply the masks, recalibrate BatchNorm, evaluate.
+
+    Masks are monotone across rounds (the previous masks are the template, spec §9.5), and
+    SFPK / SpODE continue from the previous call's particle state.
+    """
+    key = f"prune:{round_index}"
+    cfg = ctx.config.prune
+    if key in ctx.progress.done:
+        return ctx.masks  # type: ignore[return-value]
+    began = time.perf_counter()
+    target = round_sparsity(cfg.sparsity, round_index, cfg.rounds)  # type: ignore[arg-type]
+    options = dict(cfg.options)
+    if cfg.method.lower() in PARTICLE_METHODS:
+        options.update(_engine_options(ctx, key))
+    masks = api.prune(
+        ctx.model,
+        ctx.pruning_loader(key),
+        method=cfg.method,
+        sparsity=target,
+        scope=cfg.scope,  # type: ignore[arg-type]
+        structure=cfg.structure,  # type: ignore[arg-type]
+        seed=derive_seed(ctx.seed, key),
+        masks=ctx.masks,
+        exclude=cfg.exclude or None,
+        include_bias=cfg.include_bias,
+        progress=ctx.show_progress and sys.stderr.isatty(),
+        **options,
+    )
+    ctx.progress.history.extend({"round": round_index, **row} for row in masks.history)
+    ctx.progress.continue_from = getattr(masks, "engine_state", None)
+    ctx.masks = masks
+    masks.apply(ctx.model)
+    if cfg.bn_batches > 0:
+        recalibrate_bn(ctx.model, ctx.pruning_loader(f"bn:{round_index}"), cfg.bn_batches)
+    seconds = time.perf_counter() - began
+    val, test = ctx.evaluate()
+    results = ctx.progress.results
+    results["prune_seconds"] = results.get("prune_seconds", 0.0) + seconds
+    results["pruned_val_acc"], results["pruned_test_acc"] = val.top1, test.top1
+    results.setdefault("round_sparsities", []).append(masks.sparsity())
+    ctx.log_row(
+        {
+            "phase": "prune",
+            "round": round_index,
+            "val_loss": val.loss,
+            "val_acc": val.top1,
+            "test_loss": test.loss,
+            "test_acc": test.top1,
+            "sparsity": masks.sparsity(),
+            "seconds": seconds,
+        }
+    )
+    log.info(
+        "%s: sparsity %.4f (target %.4f), val %.4f, test %.4f (%.1fs)",
+        key, masks.sparsity(), target, val.top1, test.top1, seconds,
+    )  # fmt: skip
+    ctx.complete(key)
+    return masks
+
+
+def _engine_options(ctx: Context, key: str) -> dict[str, Any]:
+    """Checkpoint / resume / continuation options of the particle engine (sfpk, spode)."""
+    calls = 0
+
+    def save(engine_state: dict[str, Any]) -> None:
+        nonlocal calls
+        ctx.progress.current = {"key": key, "engine": engine_state}
+        ctx.checkpoint()
+        calls += 1
+        ctx.pause_point(f"{key}:step-checkpoint:{calls}")
+
+    current = ctx.current(key)
+    resume_state = current["engine"] if current is not None else None
+    return {
+        "checkpoint_every": ctx.config.run.checkpoint_every_steps,
+        "checkpoint_callback": save,
+        "resume_state": resume_state,
+        # the engine takes one of the two: a resumed call already holds the continuation
+        "continue_from": ctx.progress.continue_from if resume_state is None else None,
+    }

@@ -1,0 +1,228 @@
+"""The run directory: resolved config, metrics, checkpoints, final artifacts, summary.
+
+Layout of ``--out DIR`` (design.md, "A Run directory is self-describing")::
+
+    config.yaml          the fully resolved config (what `sfpk resume DIR` reads back)
+    metrics.csv          one row per epoch / pruning round, appended and flushed as it goes
+    checkpoints/         the latest checkpoint (see sfpk.checkpoint), best dense weights
+    dense.safetensors    the dense (pretrained, best-on-validation) model, when pretrained here
+    model.safetensors    the final model (pruned weights are exact zeros)
+    masks.safetensors    the final masks
+    sfpk_steps.csv       per-step history of SFPK / SpODE pruning calls
+    summary.json         the reported numbers
+    plots/               figures, made by ``sfpk.plots.make_run_plots(run_dir)`` if available
+    events/              TensorBoard logs with ``--tensorboard``
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config, save_config
+from .errors import CheckpointError, ConfigError
+
+__all__ = ["METRIC_COLUMNS", "Run", "write_rows_csv"]
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = (
+    "phase",
+    "round",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "sparsity",
+    "seconds",
+)
+
+
+def write_rows_csv(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write dict rows to CSV (columns: the union of keys, in first-seen order), atomically."""
+    rows = list(rows)
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+class Run:
+    """One run directory. Create it with :meth:`create`, reopen it with :meth:`open`.
+
+    Only this class writes files into the directory.
+    """
+
+    def __init__(self, directory: Path, config: Config) -> None:
+        self.directory = directory
+        self.config = config
+        self._writer: Any = None
+        self._tb_step = 0
+        if config.run.tensorboard:
+            self._writer = _tensorboard_writer(directory / "events")
+
+    # -- paths --------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.directory / "metrics.csv"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.directory / "checkpoints"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.directory / "summary.json"
+
+    # -- lifecycle ----------------------------------------------------------------------
+    @classmethod
+    def create(cls, config: Config, *, overwrite: bool = False) -> Run:
+        """Make ``config.run.out`` a fresh run directory and write ``config.yaml``.
+
+        Raises:
+            ConfigError: no ``run.out``, or the folder already holds a run (unless
+                ``overwrite``) or other files.
+        """
+        if not config.run.out:
+            raise ConfigError("no run directory: pass --out DIR (or run.out in the config)")
+        directory = Path(config.run.out)
+        if directory.exists() and any(directory.iterdir()):
+            if not (directory / "config.yaml").is_file():
+                raise ConfigError(f"--out {str(directory)!r} is a non-empty non-run folder")
+            if not overwrite:
+                raise ConfigError(
+                    f"run directory {str(directory)!r} already exists; continue it with "
+                    f"`sfpk resume {directory}` or pass --overwrite to start over"
+                )
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_config(config, directory / "config.yaml")
+        with (directory / "metrics.csv").open("w", newline="") as handle:
+            csv.writer(handle).writerow(METRIC_COLUMNS)
+        return cls(directory, config)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> Run:
+        """Reopen an existing run directory (for ``sfpk resume``).
+
+        Raises:
+            CheckpointError: the folder is not a run directory.
+        """
+        directory = Path(directory)
+        if not (directory / "config.yaml").is_file():
+            raise CheckpointError(f"{str(directory)!r} is not a run directory (no config.yaml)")
+        config = load_config(directory / "config.yaml")
+        config.run.out = str(directory)
+        return cls(directory, config)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # -- metrics ------------------------------------------------------------------------
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        """Append one row to ``metrics.csv`` (flushed at once) and to TensorBoard."""
+        unknown = set(row) - set(METRIC_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown metric columns {sorted(unknown)}")
+        values = [_format(row.get(column)) for column in METRIC_COLUMNS]
+        with self.metrics_path.open("a", newline="") as handle:
+            csv.writer(handle).writerow(values)
+            handle.flush()
+        if self._writer is not None:
+            tag = f"{row.get('phase')}"
+            for column in ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc"):
+                value = row.get(column)
+                if isinstance(value, int | float):
+                    self._writer.add_scalar(f"{tag}/{column}", value, self._tb_step)
+            self._tb_step += 1
+
+    def metric_rows(self) -> list[dict[str, str]]:
+        """The rows of ``metrics.csv`` as string dicts."""
+        with self.metrics_path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def truncate_metrics(self, num_rows: int) -> None:
+        """Keep the first ``num_rows`` rows (drop those logged after the last checkpoint)."""
+        rows = self.metric_rows()[:num_rows]
+        tmp = self.metrics_path.with_name("metrics.csv.tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.metrics_path)
+        self._tb_step = num_rows
+
+    # -- results ------------------------------------------------------------------------
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        """Write ``summary.json`` (atomically)."""
+        tmp = self.summary_path.with_name("summary.json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        os.replace(tmp, self.summary_path)
+        return self.summary_path
+
+    def make_plots(self) -> None:
+        """Call ``sfpk.plots.make_run_plots(run_dir)`` when that module exists.
+
+        A plotting failure is logged, not raised: the run's numbers are already written.
+        """
+        try:
+            plots = importlib.import_module("sfpk.plots")
+        except ModuleNotFoundError as exc:
+            if exc.name == "sfpk.plots":
+                return
+            raise
+        hook = getattr(plots, "make_run_plots", None)
+        if hook is None:
+            return
+        (self.directory / "plots").mkdir(exist_ok=True)
+        try:
+            hook(self.directory)
+        except Exception:  # noqa: BLE001 - see docstring
+            log.warning("making plots failed", exc_info=True)
+
+
+def _format(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _tensorboard_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(
+            "--tensorboard needs the tensorboard package: pip install 'sfpk[tensorboard]'"
+        ) from None
+    return SummaryWriter(log_dir=str(path))

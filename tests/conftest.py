@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny budgets so every pipeline runs in a second or two on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+# Small enough for seconds-long runs; sklearn digits load in ~0.4 s, MNIST-1D in ~2 s.
+TINY = {
+    "data.dataset": "digits",
+    "model.name": "mlp",
+    "model.options": {"hidden": [32]},
+    "pretrain.epochs": 2,
+    "train.epochs": 3,
+    "train.warmup_epochs": 1,
+    "train.report_last_k": 2,
+    "prune.method": "mag",
+    "prune.sparsity": 0.9,
+    "run.quiet": True,
+    "run.device": "cpu",
+    "run.plots": False,
+}
+
+TINY_FLAGS = [
+    "--data", "digits", "--model", "mlp", "--model-option", "hidden=[32]",
+    "--pretrain-epochs", "2", "--epochs", "3", "--warmup-epochs", "1",
+    "--report-last-k", "2", "--sparsity", "0.9", "--quiet", "--device", "cpu", "--no-plots",
+]  # fmt: skip
+
+
+@pytest.fixture
+def tiny() -> dict:
+    """A copy of the tiny dotted-key overrides (digits / small MLP / mag)."""
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}

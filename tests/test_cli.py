@@ -1,0 +1,99 @@
+"""The sfpk command: exit codes, one-line errors, listings, and a full oneshot run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import sfpk
+from conftest import TINY_FLAGS
+from sfpk.cli import COMMANDS, build_parser, main
+
+BAD_INPUTS = [
+    (["--method", "magnitude"], "unknown method"),
+    (["--model", "resnet21"], "unknown model"),
+    (["--data", "mnist"], "unknown data set"),
+    (["--sparsity", "1.2"], "sparsity"),
+    (["--sparsity", "0"], "sparsity"),
+    (["--checkpoint", "/no/such.safetensors"], "does not exist"),
+    (["--data-dir", "/no/such/dir"], "not a directory"),
+    (["--option", "bogus=1"], "bogus"),
+]
+
+
+@pytest.mark.parametrize(("flags", "match"), BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_before_any_work(tmp_path, capsys, flags, match):
+    """Invalid settings fail fast with `sfpk: error: ...`, status 2, no traceback, no run dir."""
+    out = tmp_path / "run"
+    status = main(["oneshot", *TINY_FLAGS, "--method", "mag", *flags, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("sfpk: error:") and match in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_unknown_yaml_key_exit_2(tmp_path, capsys):
+    """A typo in a recipe is reported with the key's close match."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  epoch: 3\n")
+    assert main(["oneshot", "--config", str(recipe), "--out", str(tmp_path / "o")]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
+    """Starting over an existing run needs --overwrite; the error points to `sfpk resume`."""
+    out = tmp_path / "run"
+    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", str(out)]) == 2
+    assert "sfpk resume" in capsys.readouterr().err
+    status = main(
+        ["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--overwrite", "--out", str(out)]
+    )
+    assert status == 0
+
+
+def test_oneshot_prints_table_and_writes_summary(tmp_path, capsys):
+    """`sfpk oneshot ... --method mag --out DIR` pretrains, prunes, fine-tunes and reports."""
+    out = tmp_path / "run"
+    assert main(["oneshot", *TINY_FLAGS, "--method", "mag", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    for label in ("dense test acc", "pruned test acc", "final test acc", "sparsity", "seconds"):
+        assert label in table
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"{100 * summary['final_test_acc']:.2f} %" in table
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("methods", sfpk.methods()),
+        ("models", ["mlp", "cnn1d"]),
+        ("datasets", ["mnist1d", "digits"]),
+    ],
+)
+def test_listings(capsys, name, expected):
+    """`sfpk methods|models|datasets` list every registered name."""
+    assert main([name]) == 0
+    out = capsys.readouterr().out
+    assert all(item in out for item in expected)
+
+
+def test_methods_lists_options(capsys):
+    """`sfpk methods` shows each method's options with defaults (e.g. snip batches = 10)."""
+    main(["methods"])
+    assert "batches = 10" in capsys.readouterr().out
+
+
+def test_demo_flag_is_documented_in_help():
+    """--demo's preset is described in --help, as `make demo` relies on it."""
+    help_text = build_parser()._subparsers._group_actions[0].choices["oneshot"].format_help()
+    assert "--demo" in help_text and "particles" in help_text
+
+
+def test_subcommand_registry_has_every_command():
+    """The registry is the one place subcommands are added (the report command plugs in here)."""
+    assert {"pretrain", "oneshot", "iterative", "resume", "methods", "models", "datasets"} <= set(
+        COMMANDS
+    )

@@ -1,0 +1,194 @@
+"""Config: precedence defaults < demo < YAML < typed flags, and every validation error."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from sfpk.cli import _overrides, build_parser
+from sfpk.config import Config, build_config, config_to_dict, load_config, save_config
+from sfpk.errors import ConfigError
+
+
+def _yaml(tmp_path, data, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_precedence_defaults_yaml_cli(tmp_path, tiny):
+    """YAML overrides defaults, typed flags override YAML, untouched knobs keep defaults."""
+    path = _yaml(tmp_path, {"train": {"lr": 0.1, "epochs": 7}, "prune": {"method": "mag"}})
+    config = build_config("oneshot", yaml_path=path, overrides={"train.lr": 0.2})
+    assert config.train.lr == 0.2
+    assert config.train.epochs == 7
+    assert config.train.momentum == Config().train.momentum
+
+
+def test_cli_defaults_never_override_yaml(tmp_path):
+    """Only flags the user typed reach the overrides (argparse default=SUPPRESS)."""
+    args = build_parser().parse_args(["oneshot", "--lr", "0.3"])
+    assert _overrides(args) == {"train.lr": 0.3}
+    path = _yaml(tmp_path, {"train": {"epochs": 9}, "prune": {"method": "mag"}})
+    config = build_config("oneshot", yaml_path=path, overrides=_overrides(args))
+    assert (config.train.epochs, config.train.lr) == (9, 0.3)
+
+
+def test_yaml_scientific_notation_string_becomes_float(tmp_path):
+    """PyYAML reads 1e-2 as a string (YAML 1.1); float knobs must still accept it."""
+    path = _yaml(tmp_path, "train:\n  lr: 1e-2\nprune:\n  method: mag\n")
+    assert build_config("oneshot", yaml_path=path).train.lr == pytest.approx(0.01)
+
+
+def test_unknown_yaml_key_names_key_and_close_match(tmp_path):
+    """A typo must not be silently ignored: the error names it and suggests the right key."""
+    path = _yaml(tmp_path, {"train": {"learning_rat": 0.1, "lr_mni": 0.1}})
+    with pytest.raises(ConfigError, match=r"train\.lr_mni.*train\.lr_min"):
+        build_config("oneshot", yaml_path=_yaml(tmp_path, {"train": {"lr_mni": 0.1}}, "b.yaml"))
+    with pytest.raises(ConfigError, match="learning_rat"):
+        build_config("oneshot", yaml_path=path)
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    """Unknown top-level sections are errors too, with a suggestion."""
+    with pytest.raises(ConfigError, match=r"'prun'.*prune"):
+        build_config("oneshot", yaml_path=_yaml(tmp_path, {"prun": {"sparsity": 0.5}}))
+
+
+def test_method_options_merge_yaml_and_flags(tmp_path, tiny):
+    """prune.options from YAML and --option flags merge key-wise."""
+    path = _yaml(tmp_path, {"prune": {"method": "snip", "options": {"batches": 3}}})
+    config = build_config(
+        "oneshot", yaml_path=path, overrides={"prune.options": {"train_mode": False}}
+    )
+    assert config.prune.options == {"batches": 3, "train_mode": False}
+
+
+def test_demo_preset_is_below_yaml_and_flags(tmp_path):
+    """--demo only shortens budgets; YAML and typed flags still win."""
+    path = _yaml(tmp_path, {"train": {"epochs": 4}, "prune": {"method": "mag"}})
+    config = build_config("oneshot", yaml_path=path, demo=True, overrides={"pretrain.epochs": 2})
+    assert (config.data.dataset, config.model.name) == ("mnist1d", "cnn1d")
+    assert (config.train.epochs, config.pretrain.epochs) == (4, 2)
+    assert config.prune.options == {}  # particle options only for sfpk / spode
+
+
+def test_rounds_default_depends_on_pipeline():
+    """Oneshot prunes in 1 round by default, iterative in 10 (reference §5.7)."""
+    assert build_config("oneshot", overrides={"prune.method": "mag"}).prune.rounds == 1
+    assert build_config("iterative", overrides={"prune.method": "mag"}).prune.rounds == 10
+
+
+def test_saved_config_round_trips(tmp_path, tiny):
+    """config.yaml written by a run reloads to the same resolved config (sfpk resume)."""
+    overrides = {**tiny, "prune.rounds": 2, "train.round_epochs": [1], "train.round_lr_end": [1e-3]}
+    config = build_config("iterative", overrides=overrides)
+    path = save_config(config, tmp_path / "config.yaml")
+    assert config_to_dict(load_config(path)) == config_to_dict(config)
+
+
+INVALID = [
+    ({"prune.sparsity": 0.0}, "sparsity"),
+    ({"prune.sparsity": 1.0}, "sparsity"),
+    ({"prune.sparsity": 1.5}, "sparsity"),
+    ({"prune.method": "magnitude"}, "unknown method"),
+    ({"prune.options": {"bogus": 1}}, "bogus"),
+    ({"prune.scope": "layer"}, "scope"),
+    ({"prune.structure": "block"}, "structure"),
+    ({"data.dataset": "mnist"}, "data set"),
+    ({"model.name": "resnet21"}, "model"),
+    ({"train.optimizer": "rmsprop"}, "optimizer"),
+    ({"pretrain.optimizer": "adam", "pretrain.nesterov": True}, "nesterov"),
+    ({"train.momentum": -0.5}, "momentum"),
+    ({"train.label_smoothing": 1.0}, "label_smoothing"),
+    ({"train.grad_accum_steps": 0}, "grad_accum_steps"),
+    ({"train.grad_clip": 0.0}, "grad_clip"),
+    ({"train.lr": 0.0}, "train.lr"),
+    ({"train.batch_size": 0}, "train.batch_size"),
+    ({"pretrain.epochs": 0}, "pretrain.epochs"),
+    ({"train.epochs": -1}, "train.epochs"),
+    ({"train.warmup_epochs": -1}, "warmup_epochs"),
+    ({"train.fixed_lr_epochs": -1}, "fixed_lr_epochs"),
+    ({"train.epochs": 4, "train.warmup_epochs": 3, "train.fixed_lr_epochs": 2}, "exceed"),
+    ({"train.report_last_k": 0}, "report_last_k"),
+    ({"train.lr_min": -1.0}, "lr_min"),
+    ({"prune.rounds": 0}, "rounds"),
+    ({"data.val_fraction": 0.0}, "val_fraction"),
+    ({"data.num_workers": -1}, "num_workers"),
+    ({"prune.bn_batches": -1}, "bn_batches"),
+    ({"run.checkpoint_every_steps": -1}, "checkpoint_every_steps"),
+    ({"data.eval_batch_size": 0}, "eval_batch_size"),
+    ({"prune.batch_size": 0}, "prune.batch_size"),
+    ({"prune.num_samples": 0}, "num_samples"),
+    ({"model.checkpoint": "/no/such/weights.safetensors"}, "does not exist"),
+    ({"data.data_dir": "/no/such/dir"}, "not a directory"),
+    ({"run.device": "cuda:99" if False else "quantum"}, "device"),
+    ({"train.epochs": "ten"}, "train.epochs"),
+    ({"train.nesterov": "yes"}, "nesterov"),
+    ({"train.round_lr_end": ["x"]}, "round_lr_end"),
+    ({"prune.options": 3}, "mapping"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "match"), INVALID, ids=[m for _, m in INVALID])
+def test_invalid_settings_raise_config_error(tiny, overrides, match):
+    """Every check in config.py fires with a message naming the bad setting."""
+    with pytest.raises(ConfigError, match=match):
+        build_config("oneshot", overrides={**tiny, **overrides})
+
+
+def test_iterative_round_lists_must_have_k_minus_1_or_1_entries(tiny):
+    """Per-round lists with a wrong length are rejected (they would silently misalign)."""
+    with pytest.raises(ConfigError, match=r"round_epochs has 2 entries.*3"):
+        build_config(
+            "iterative", overrides={**tiny, "prune.rounds": 4, "train.round_epochs": [1, 2]}
+        )
+    with pytest.raises(ConfigError, match="round_lr="):
+        build_config(
+            "iterative",
+            overrides={
+                **tiny,
+                "prune.rounds": 2,
+                "train.round_lr": [0.0],
+                "train.round_lr_end": [0.1],
+                "train.round_epochs": [1],
+            },
+        )
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("- a\n- b\n", "mapping of sections"),
+        ("train: [1\n", "not valid YAML"),
+        ("train: 3\n", "section"),
+    ],
+)
+def test_malformed_yaml_files(tmp_path, text, match):
+    """A YAML file that is not a mapping of sections gives a clear ConfigError."""
+    with pytest.raises(ConfigError, match=match):
+        build_config("oneshot", yaml_path=_yaml(tmp_path, text))
+
+
+def test_missing_yaml_file_and_unknown_pipeline(tmp_path):
+    """A missing recipe and an unknown pipeline name are ConfigErrors."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config("oneshot", yaml_path=tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="pipeline"):
+        build_config("prune-everything")
+
+
+def test_recipes_in_configs_folder_load():
+    """The shipped recipes only hold valid keys (paths are not checked: data is not here)."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    recipes = sorted(folder.glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        pipeline = "iterative" if "iterative" in recipe.name else "oneshot"
+        text = yaml.safe_load(recipe.read_text()) or {}
+        method = text.get("prune", {}).get("method", "sfpk")
+        if method not in __import__("sfpk").methods():
+            pytest.skip(f"method {method} not registered yet")
+        build_config(pipeline, yaml_path=recipe, check_paths=False)

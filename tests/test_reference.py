@@ -1,0 +1,147 @@
+"""`sfpk reference`: the reference README's command lines map onto sfpk's native config."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sfpk.config import build_config
+from sfpk.errors import ConfigError
+from sfpk.reference import FLAGS, native_command, translate
+
+# The reference README's three commands (comments after backslashes removed, as in its scripts).
+PRETRAIN = (
+    "--exp pretrain --seed 0 --cuda_idx 0 --num_workers 8 --data cifar100 --model resnet20 "
+    "--use_init"
+).split()
+ONESHOT = (
+    "--exp oneshot --seed 0 --cuda_idx 0 --num_workers 8 --data cifar100 --model resnet20 "
+    "--bsz 64 --prn_epochs 1 --ft_epochs 100 --fixed_lr_epochs 0 --lr 1e-2 --warmup_epochs 5 "
+    "--cold_start_lr 1e-4 --sparsity 0.05 --prn_scope global --pruner SFPK --N 100 --r 1.4 "
+    "--sfpk_n_mask 10 --sfpk_repl_mode exp --sfpk_repl_lam 0.2 --sfpk_repl_weighted "
+    "--sfpk_vote_ratio 1 --sfpk_vote_mode soft"
+).split()
+ITERATIVE = (
+    "--exp iterative --seed 0 --cuda_idx 0 --num_workers 8 --data imagenet --model resnet50v2 "
+    "--bsz 256 --prn_epochs 10 --ft_epochs 50 --fixed_lr_epochs 0 --lr 1e-2 --grad_n_accum 8 "
+    "--warmup_epochs 5 --cold_start_lr 1e-4 --sparsity 0.05 --prn_scope global --pruner SFPK "
+    "--N 150 --r 5.5 --sfpk_n_mask 10 --sfpk_repl_mode exp --sfpk_repl_lam 0.2 "
+    "--sfpk_repl_weighted --sfpk_vote_ratio 1 --sfpk_vote_mode soft"
+).split()
+
+
+def test_oneshot_readme_command_maps_every_flag():
+    """README one-shot recipe: density 0.05 becomes sparsity 0.95; SFPK knobs become options."""
+    t = translate(ONESHOT)
+    o = t.overrides
+    assert t.pipeline == "oneshot"
+    assert o["prune.sparsity"] == pytest.approx(0.95)
+    assert o["prune.method"] == "sfpk" and o["prune.scope"] == "global"
+    assert o["prune.rounds"] == 1 and o["train.epochs"] == 100 and o["train.batch_size"] == 64
+    assert o["train.lr"] == 1e-2 and o["train.warmup_epochs"] == 5
+    assert o["train.cold_start_lr"] == 1e-4 and o["train.fixed_lr_epochs"] == 0
+    assert o["data.dataset"] == "cifar100" and o["model.name"] == "resnet20"
+    assert o["run.seed"] == 0 and o["data.num_workers"] == 8
+    assert o["prune.include_bias"] is True
+    assert o["prune.options"] == {
+        "num_steps": 100,
+        "radius_ratio": 1.4,
+        "num_particles": 10,
+        "repulsion": "exp",
+        "repulsion_weight": 0.2,
+        "vote_ratio": 1.0,
+        "vote": "soft",
+        "early_stop": True,
+    }
+
+
+def test_iterative_readme_command_maps_accumulation_and_ignores_warmup():
+    """The README's iterative recipe: --grad_n_accum (README spelling) works, warm-up is dropped."""
+    t = translate(ITERATIVE)
+    o = t.overrides
+    assert t.pipeline == "iterative"
+    assert o["train.grad_accum_steps"] == 8 and o["prune.rounds"] == 10
+    assert o["model.name"] == "resnet50" and o["data.dataset"] == "imagenet"
+    assert o["train.warmup_epochs"] == 0 and "train.cold_start_lr" not in o
+    assert o["prune.options"]["num_steps"] == 150 and o["prune.options"]["radius_ratio"] == 5.5
+    assert any("iterative ignores" in n for n in t.notes)
+
+
+def test_pretrain_readme_command_maps():
+    """The README's pretrain command: --use_init is what pretraining does anyway."""
+    t = translate(PRETRAIN)
+    assert t.pipeline == "pretrain" and t.overrides["model.name"] == "resnet20"
+
+
+def test_structured_flag_converts_density_to_channel_sparsity():
+    """--structural: local scope and per-layer channel density sqrt(rho), as in the reference."""
+    o = translate(["--sparsity", "0.25", "--structural", "--pruner", "Mag"]).overrides
+    assert o["prune.structure"] == "channel" and o["prune.scope"] == "local"
+    assert o["prune.sparsity"] == pytest.approx(1 - math.sqrt(0.25))
+    o = translate(["--sparsity", "0.25", "--structural", "--mask_dim", "0"]).overrides
+    assert o["prune.structure"] == "filter"
+
+
+def test_reference_synflow_is_one_scoring_per_round():
+    """The reference's SynFlow schedule is pipeline rounds of one train-mode scoring each."""
+    o = translate(["--pruner", "SynFlow", "--prn_epochs", "100", "--sparsity", "0.1"]).overrides
+    assert o["prune.rounds"] == 100
+    assert o["prune.options"] == {"rounds": 1, "train_mode": True}
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--use_wandb"], ["--use_wandb", "tensorboard"]),
+        (["--bogus_flag", "1"], ["--bogus_flag"]),
+        (["--pruner", "MagRand"], ["MagRand", "SFPK"]),
+        (["--sparsity", "1.5"], ["1.5", "KEPT"]),
+        (["--exp", "finetune"], ["finetune", "iterative"]),
+        (["--opt", "rms"], ["rms", "adamw"]),
+        (["--mask_option", "sign"], ["--mask_option", "one"]),
+    ],
+)
+def test_unsupported_or_bad_flags_are_named(argv, words):
+    """A flag sfpk cannot honour is an error naming it, never silently ignored."""
+    with pytest.raises(ConfigError) as info:
+        translate(argv)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_noop_flags_are_accepted_with_a_note():
+    """Flags without effect in the reference are accepted, and the user is told."""
+    t = translate(["--lr_drop_rate", "0.1", "--free_bn", "--debug"])
+    assert len(t.notes) == 3
+
+
+def test_free_lastfc_excludes_the_classifier_weight_and_bias():
+    """--free_lastfc frees the last linear layer (weight and bias, since biases are pruned)."""
+    o = translate(["--model", "resnet20", "--free_lastfc", "--free_conv1"]).overrides
+    assert o["prune.exclude"] == ["conv1.weight", "fc.weight", "fc.bias"]
+
+
+def test_every_table_entry_is_typed():
+    """Each reference flag has a parser kind, so the table covers the reference's argparse."""
+    assert {"sparsity", "N", "r", "sfpk_n_mask", "n_grad_accum", "grad_n_accum"} <= set(FLAGS)
+
+
+@pytest.mark.parametrize("argv", [ONESHOT, ITERATIVE])
+def test_translation_builds_a_valid_native_config(argv):
+    """The translated overrides pass sfpk's own config validation unchanged."""
+    t = translate(argv)
+    config = build_config(t.pipeline, overrides=t.overrides, check_paths=False)
+    assert config.prune.sparsity == pytest.approx(0.95)
+    assert config.prune.options["num_particles"] == 10
+
+
+def test_native_command_round_trips_through_the_cli_parser():
+    """The printed native command parses back to the same overrides."""
+    from sfpk.cli import build_parser, overrides_from_args
+
+    t = translate(ONESHOT)
+    argv = native_command(t)
+    assert argv[:2] == ["sfpk", "oneshot"]
+    args = build_parser().parse_args(argv[1:])
+    assert overrides_from_args(args) == t.overrides
