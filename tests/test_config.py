@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sfpk.cli import _overrides, build_parser
+from sfpk.cli import build_parser, overrides_from_args
 from sfpk.config import Config, build_config, config_to_dict, load_config, save_config
 from sfpk.errors import ConfigError
 
@@ -28,9 +28,9 @@ def test_precedence_defaults_yaml_cli(tmp_path, tiny):
 def test_cli_defaults_never_override_yaml(tmp_path):
     """Only flags the user typed reach the overrides (argparse default=SUPPRESS)."""
     args = build_parser().parse_args(["oneshot", "--lr", "0.3"])
-    assert _overrides(args) == {"train.lr": 0.3}
+    assert overrides_from_args(args) == {"train.lr": 0.3}
     path = _yaml(tmp_path, {"train": {"epochs": 9}, "prune": {"method": "mag"}})
-    config = build_config("oneshot", yaml_path=path, overrides=_overrides(args))
+    config = build_config("oneshot", yaml_path=path, overrides=overrides_from_args(args))
     assert (config.train.epochs, config.train.lr) == (9, 0.3)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -145,3 +146,63 @@ def test_native_command_round_trips_through_the_cli_parser():
     assert argv[:2] == ["sfpk", "oneshot"]
     args = build_parser().parse_args(argv[1:])
     assert overrides_from_args(args) == t.overrides
+
+
+def test_reference_command_runs_end_to_end_on_embedded_data(tmp_path, capsys):
+    """`sfpk reference` with the README one-shot flags (small budgets, digits) runs to the end."""
+    from sfpk.cli import main
+
+    small = {
+        "--data": "digits",
+        "--model": "mlp",
+        "--N": "3",
+        "--sfpk_n_mask": "2",
+        "--ft_epochs": "2",
+        "--warmup_epochs": "1",
+        "--num_workers": "0",
+    }
+    argv = list(ONESHOT)
+    for flag, value in small.items():
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    argv += ["--pre_epochs", "2", "--out_dir", str(tmp_path / "run")]
+    status = main(["reference", *argv])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "equivalent native command:" in out and "--sparsity 0.95" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["method"] == "sfpk" and summary["achieved_sparsity"] == pytest.approx(
+        0.95, abs=1e-4
+    )
+
+
+def test_reference_dry_run_prints_and_does_not_run(tmp_path, capsys):
+    """--dry-run shows the native command without creating the run directory."""
+    from sfpk.cli import main
+
+    status = main(["reference", "--dry-run", *ONESHOT, "--out_dir", str(tmp_path / "run")])
+    assert status == 0 and not (tmp_path / "run").exists()
+    assert "sfpk oneshot" in capsys.readouterr().out
+
+
+def test_reference_missing_cifar_says_where_to_put_it(tmp_path, capsys, monkeypatch):
+    """CIFAR-100 absent: exit 2 and a message naming the expected folder and files."""
+    from sfpk.cli import main
+
+    monkeypatch.delenv("SFPK_DATA", raising=False)
+    argv = [
+        "reference",
+        "--exp",
+        "oneshot",
+        "--data",
+        "cifar100",
+        "--data_dir",
+        str(tmp_path),
+        "--out_dir",
+        str(tmp_path / "run"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cifar-100-python" in err and "never downloads" in err

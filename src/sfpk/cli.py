@@ -27,9 +27,17 @@ from typing import Any
 import yaml
 
 from .config import SECTIONS, Config, build_config, demo_preset
-from .errors import SfpkError
+from .errors import ConfigError, SfpkError
 
-__all__ = ["COMMANDS", "Command", "command", "build_parser", "main"]
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "command",
+    "build_parser",
+    "flag_for",
+    "main",
+    "overrides_from_args",
+]
 
 log = logging.getLogger("sfpk")
 
@@ -42,20 +50,25 @@ class Command:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    passthrough: bool = False  # unknown flags go to ``args.extra`` (sfpk reference)
 
 
 COMMANDS: dict[str, Command] = {}
 
 
 def command(
-    name: str, *, help: str, configure: Callable[[argparse.ArgumentParser], None] | None = None
+    name: str,
+    *,
+    help: str,
+    configure: Callable[[argparse.ArgumentParser], None] | None = None,
+    passthrough: bool = False,
 ) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
     """Register the decorated function as subcommand ``name`` (returns exit status)."""
 
     def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
         if name in COMMANDS:
             raise ValueError(f"subcommand {name!r} is already registered")
-        COMMANDS[name] = Command(name, help, configure or (lambda parser: None), run)
+        COMMANDS[name] = Command(name, help, configure or (lambda parser: None), run, passthrough)
         return run
 
     return decorate
@@ -118,7 +131,18 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(_flag_name(section, field), **kwargs)
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def flag_for(key: str) -> str:
+    """The command-line flag of the dotted config key ``key`` (e.g. ``"train.lr"`` -> ``--lr``)."""
+    section, _, name = key.partition(".")
+    cls = typing.get_type_hints(Config).get(section)
+    fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else {}
+    if name not in fields:
+        raise KeyError(f"no config key {key!r}")
+    return _flag_name(section, fields[name])
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The dotted config keys the user typed on the command line, with their values."""
     out = {}
     for key, value in vars(args).items():
         if "." not in key:
@@ -148,7 +172,7 @@ def _pipeline_flags(parser: argparse.ArgumentParser) -> None:
 def _run_pipeline(args: argparse.Namespace) -> int:
     from . import pipelines
 
-    overrides = _overrides(args)
+    overrides = overrides_from_args(args)
     config = build_config(args.command, yaml_path=args.config, overrides=overrides, demo=args.demo)
     if args.demo:
         preset = demo_preset(config.prune.method)
@@ -247,6 +271,64 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+_PASSTHROUGH_OWN_FLAGS = ("--dry-run",)
+
+
+def _reference_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "reference_args",
+        nargs=argparse.REMAINDER,
+        metavar="FLAG",
+        help="the reference main.py flags (its --sparsity is the fraction KEPT)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the native command and stop")
+
+
+@command(
+    "reference",
+    help="run a command line of the reference implementation (python main.py -> sfpk reference)",
+    configure=_reference_flags,
+    passthrough=True,
+)
+def _reference(args: argparse.Namespace) -> int:
+    import shlex
+
+    from . import pipelines
+    from .reference import native_command, translate
+
+    translation = translate(args.extra)
+    for note in translation.notes:
+        print(f"sfpk reference: note: {note}", file=sys.stderr)
+    print("equivalent native command:\n  " + shlex.join(native_command(translation)))
+    if args.dry_run:
+        return 0
+    config = build_config(translation.pipeline, overrides=translation.overrides)
+    if config.run.out is None:
+        raise ConfigError("sfpk reference: give a run directory with --out_dir")
+    summary = pipelines.start(config)
+    _print_summary(str(config.run.out), summary)
+    return 0
+
+
+def _report_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    parser.add_argument("-o", "--out", required=True, help="folder for report.md and figures")
+
+
+@command(
+    "report",
+    help="compare runs: Markdown table (mean +- std over seeds) and accuracy-vs-sparsity plot",
+    configure=_report_flags,
+)
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.runs, args.out)
+    print(path.read_text(), end="")
+    print(f"wrote {path} and {path.parent / 'accuracy_vs_sparsity.png'}")
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------
 
 
@@ -264,7 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``sfpk`` command; returns the exit status (2 on an sfpk error)."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    extra: list[str] = []
+    if argv and argv[0] in COMMANDS and COMMANDS[argv[0]].passthrough:
+        # argparse would reorder unknown flags and their values; keep them verbatim.
+        own = {"-h", "--help", *_PASSTHROUGH_OWN_FLAGS}
+        extra = [a for a in argv[1:] if a not in own]
+        argv = [argv[0], *(a for a in argv[1:] if a in own)]
+    args = parser.parse_args(argv)
+    args.extra = extra
     quiet = getattr(args, "run.quiet", False) or getattr(args, "quiet", False)
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True

@@ -15,12 +15,20 @@ gloo on CPU, nccl on GPU (tensors must then live on the rank's CUDA device).
 
 from __future__ import annotations
 
+import datetime
+import os
+from collections.abc import Iterable
+
+import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .errors import ConfigError
 
 __all__ = [
+    "init_from_env",
+    "shutdown",
+    "local_rank",
     "is_distributed",
     "rank",
     "world_size",
@@ -29,11 +37,56 @@ __all__ = [
     "owned_particles",
     "resolve_distributed",
     "all_reduce_rows_",
+    "broadcast_",
 ]
 
 
 def _initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def init_from_env(device: str = "auto", *, timeout: datetime.timedelta | None = None) -> bool:
+    """Join the process group ``torchrun`` describes in the environment, if any.
+
+    ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT``; this calls ``torch.distributed.init_process_group`` with them (``env://``).
+    The backend follows the device: nccl for CUDA, after pinning this process to GPU
+    ``LOCAL_RANK`` (so ``"cuda"`` means this rank's GPU), gloo for CPU.
+
+    Args:
+        device: the run's device setting: ``"auto"`` (CUDA when available), ``"cpu"``,
+            ``"cuda"`` (an explicit ``"cuda:k"`` is overridden by ``LOCAL_RANK``).
+        timeout: how long a collective may wait for the other ranks (torch's default if None).
+
+    Returns:
+        True when a group is initialised afterwards; False when not launched by torchrun.
+    """
+    if _initialized():
+        return True
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return False
+    kind = torch.device("cuda" if device == "auto" else device).type
+    if device == "auto" and not torch.cuda.is_available():
+        kind = "cpu"
+    if kind == "cuda":
+        torch.cuda.set_device(local_rank())
+        dist.init_process_group("nccl", timeout=timeout)
+    elif kind == "cpu":
+        dist.init_process_group("gloo", timeout=timeout)
+    else:
+        raise ConfigError(f"device={device!r} under torchrun; choose auto, cpu or cuda")
+    return True
+
+
+def shutdown() -> None:
+    """Destroy the default process group, if one is initialised (end of a torchrun job)."""
+    if _initialized():
+        dist.destroy_process_group()
+
+
+def local_rank() -> int:
+    """This process's index on its node (``LOCAL_RANK`` set by torchrun; 0 otherwise)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def rank() -> int:
@@ -116,3 +169,18 @@ def all_reduce_rows_(*tensors: Tensor) -> None:
                 "run the model on this rank's cuda device (or use the gloo backend)"
             )
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def broadcast_(tensors: Iterable[Tensor], src: int = 0) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s values (in place, in order).
+
+    The particle engine assumes every rank starts a pruning call with the same model
+    weights, masks and particle state. A pipeline that builds or fine-tunes the model on
+    every rank can call this on ``model.state_dict().values()`` (and the masks) before
+    pruning, so nondeterministic kernels cannot let the replicas drift apart. No-op in a
+    single process.
+    """
+    if not is_distributed():
+        return
+    for tensor in tensors:
+        dist.broadcast(tensor, src=src)

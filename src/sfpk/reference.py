@@ -279,14 +279,14 @@ def _pruning(given: dict[str, Any], out: Translation) -> None:
             raise ConfigError(f"--mask_dim {mask_dim!r} must be 0 (filters) or 1 (channels)")
         out.overrides["prune.structure"] = "filter" if mask_dim == 0 else "channel"
         out.overrides["prune.scope"] = "local"
-        out.overrides["prune.sparsity"] = 1.0 - math.sqrt(density)
+        out.overrides["prune.sparsity"] = round(1.0 - math.sqrt(density), 12)
         out.notes.append(
             f"--structural: per-layer channel density sqrt({density}) = {math.sqrt(density):.4f}"
         )
     else:
         if "mask_dim" in given:
             out.notes.append("--mask_dim: accepted, it only applies with --structural")
-        out.overrides["prune.sparsity"] = 1.0 - density
+        out.overrides["prune.sparsity"] = round(1.0 - density, 12)  # 1 - 0.7 = 0.30000000000000004
     if given.get("free_conv1") or given.get("free_lastfc"):
         out.overrides["prune.exclude"] = _freed_parameters(given, out)
 
