@@ -192,3 +192,12 @@ def test_recipes_in_configs_folder_load():
         if method not in __import__("sfpk").methods():
             pytest.skip(f"method {method} not registered yet")
         build_config(pipeline, yaml_path=recipe, check_paths=False)
+
+
+def test_iterative_ignores_warmup_when_checking_the_epoch_budget():
+    """Iterative has no warm-up, so a short final fine-tune is valid there (not in oneshot)."""
+    overrides = {"train.epochs": 2, "train.warmup_epochs": 5}
+    config = build_config("iterative", overrides=overrides, check_paths=False)
+    assert config.train.epochs == 2
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        build_config("oneshot", overrides=overrides, check_paths=False)

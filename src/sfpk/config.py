@@ -429,9 +429,10 @@ def _validate_training(config: Config) -> None:
     check_positive("train.report_last_k", t.report_last_k)
     if t.lr_min is not None:
         check_positive("train.lr_min", t.lr_min, allow_zero=True)
-    if t.warmup_epochs + t.fixed_lr_epochs > t.epochs:
+    warmup = t.warmup_epochs if config.pipeline == "oneshot" else 0  # iterative: no warm-up
+    if warmup + t.fixed_lr_epochs > t.epochs:
         raise ConfigError(
-            f"train.warmup_epochs + train.fixed_lr_epochs = {t.warmup_epochs} + "
+            f"train.warmup_epochs + train.fixed_lr_epochs = {warmup} + "
             f"{t.fixed_lr_epochs} must not exceed train.epochs = {t.epochs}"
         )
 
