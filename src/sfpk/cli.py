@@ -9,6 +9,11 @@ Pipeline flags are generated from the config dataclasses (:mod:`sfpk.config`), o
 with ``default=SUPPRESS`` so that only flags the user typed override the YAML recipe.
 Errors sfpk raises on purpose (:class:`sfpk.SfpkError`) are printed on one line
 (``sfpk: error: ...``) and exit with status 2, without a traceback.
+
+Launched by ``torchrun`` (``torchrun --nproc_per_node W -m sfpk oneshot ...``), the pipeline
+commands join the process group the launcher describes: every rank runs the pipeline, SFPK /
+SpODE split their particle passes over the ranks, and only rank 0 logs below WARNING, shows
+progress bars, writes the run directory and prints the summary.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import SECTIONS, Config, build_config, demo_preset
+from .config import SECTIONS, Config, build_config, demo_preset, load_config
 from .errors import ConfigError, SfpkError
 
 __all__ = [
@@ -177,8 +183,34 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     if args.demo:
         preset = demo_preset(config.prune.method)
         print(f"sfpk: --demo preset: {json.dumps(preset)}", file=sys.stderr)
-    summary = pipelines.start(config, overwrite=args.overwrite)
-    _print_summary(str(config.run.out), summary)
+    return _in_process_group(
+        config.run.device,
+        lambda: pipelines.start(config, overwrite=args.overwrite),
+        out=str(config.run.out),
+    )
+
+
+def _in_process_group(device: str, body: Callable[[], dict[str, Any]], *, out: str) -> int:
+    """Run the pipeline ``body`` inside the ``torchrun`` process group, if launched by one.
+
+    ``device`` (the run's setting) picks the backend: gloo on CPU, nccl on CUDA (each rank
+    pinned to GPU ``LOCAL_RANK``). Ranks other than 0 log warnings only; rank 0 prints the
+    summary. The group is destroyed however ``body`` ends. Without torchrun this simply runs
+    ``body`` and prints.
+    """
+    from . import distributed
+
+    distributed.init_from_env(device)
+    try:
+        main = distributed.is_main()
+        if not main:
+            logging.getLogger().setLevel(logging.WARNING)
+        summary = body()
+        if main:
+            _print_summary(out, summary)
+        distributed.barrier()  # leave together: rank 0 writes last, the others wait
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -232,9 +264,13 @@ def _resume_flags(parser: argparse.ArgumentParser) -> None:
 def _resume(args: argparse.Namespace) -> int:
     from . import pipelines
 
-    summary = pipelines.resume(args.directory, quiet=args.quiet or None)
-    _print_summary(args.directory, summary)
-    return 0
+    saved = Path(args.directory) / "config.yaml"  # missing: pipelines.resume explains
+    device = load_config(saved).run.device if saved.is_file() else "auto"
+    return _in_process_group(
+        device,
+        lambda: pipelines.resume(args.directory, quiet=args.quiet or None),
+        out=args.directory,
+    )
 
 
 @command("methods", help="list the pruning methods and their options")
@@ -305,9 +341,9 @@ def _reference(args: argparse.Namespace) -> int:
     config = build_config(translation.pipeline, overrides=translation.overrides)
     if config.run.out is None:
         raise ConfigError("sfpk reference: give a run directory with --out_dir")
-    summary = pipelines.start(config)
-    _print_summary(str(config.run.out), summary)
-    return 0
+    return _in_process_group(
+        config.run.device, lambda: pipelines.start(config), out=str(config.run.out)
+    )
 
 
 def _report_flags(parser: argparse.ArgumentParser) -> None:

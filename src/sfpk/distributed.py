@@ -18,12 +18,15 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .errors import ConfigError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "init_from_env",
@@ -38,6 +41,8 @@ __all__ = [
     "resolve_distributed",
     "all_reduce_rows_",
     "broadcast_",
+    "broadcast_object",
+    "barrier",
 ]
 
 
@@ -184,3 +189,26 @@ def broadcast_(tensors: Iterable[Tensor], src: int = 0) -> None:
         return
     for tensor in tensors:
         dist.broadcast(tensor, src=src)
+
+
+def broadcast_object(value: _T, src: int = 0) -> _T:
+    """Rank ``src``'s ``value`` (any picklable object) on every rank; ``value`` itself alone.
+
+    Lets rank 0 tell the others what happened (e.g. that creating the run directory failed,
+    and why) so that they raise the same error instead of waiting in the next collective.
+    """
+    if not is_distributed():
+        return value
+    holder: list[Any] = [value]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (no-op in a single process).
+
+    Used where ranks read a file rank 0 has just written (best weights), or rank 0 must not
+    replace a file the others are still reading (the checkpoint a resumed run starts from).
+    """
+    if is_distributed():
+        dist.barrier()

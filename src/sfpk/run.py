@@ -12,6 +12,10 @@ Layout of ``--out DIR`` (design.md, "A Run directory is self-describing")::
     summary.json         the reported numbers
     plots/               figures, made by ``sfpk.plots.make_run_plots(run_dir)`` if available
     events/              TensorBoard logs with ``--tensorboard``
+
+Under ``torchrun`` every rank holds a :class:`Run` for the same directory, but only rank 0
+writes (:attr:`Run.writer`): on the other ranks every writing method is a no-op, so the
+pipelines call them unconditionally.
 """
 
 from __future__ import annotations
@@ -25,10 +29,17 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
+from . import distributed
+from .checkpoint import save_state_dict, write_checkpoint
 from .config import Config, load_config, save_config
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, SfpkError
+
+if TYPE_CHECKING:
+    from .masks import Masks
 
 __all__ = ["METRIC_COLUMNS", "Run", "write_rows_csv"]
 
@@ -68,16 +79,18 @@ def write_rows_csv(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
 class Run:
     """One run directory. Create it with :meth:`create`, reopen it with :meth:`open`.
 
-    Only this class writes files into the directory.
+    Only this class writes files into the directory, and only on the main process
+    (:attr:`writer`: rank 0 under ``torchrun``, always in a single process).
     """
 
     def __init__(self, directory: Path, config: Config) -> None:
         self.directory = directory
         self.config = config
-        self._writer: Any = None
+        self.writer = distributed.is_main()
+        self._tensorboard: Any = None
         self._tb_step = 0
-        if config.run.tensorboard:
-            self._writer = _tensorboard_writer(directory / "events")
+        if config.run.tensorboard and self.writer:
+            self._tensorboard = _tensorboard_writer(directory / "events")
 
     # -- paths --------------------------------------------------------------------------
     @property
@@ -97,10 +110,29 @@ class Run:
     def create(cls, config: Config, *, overwrite: bool = False) -> Run:
         """Make ``config.run.out`` a fresh run directory and write ``config.yaml``.
 
+        Under ``torchrun`` rank 0 alone checks and creates the folder, then tells the other
+        ranks whether it succeeded, so that they raise too instead of waiting for it.
+
         Raises:
             ConfigError: no ``run.out``, or the folder already holds a run (unless
                 ``overwrite``) or other files.
+            SfpkError: on ranks other than 0, when rank 0 failed (its message).
         """
+        error: Exception | None = None
+        if distributed.is_main():
+            try:
+                cls._make_directory(config, overwrite=overwrite)
+            except (SfpkError, OSError) as exc:
+                error = exc
+        message = distributed.broadcast_object(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise SfpkError(f"rank 0 could not create the run directory: {message}")
+        return cls(Path(config.run.out), config)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _make_directory(config: Config, *, overwrite: bool) -> None:
         if not config.run.out:
             raise ConfigError("no run directory: pass --out DIR (or run.out in the config)")
         directory = Path(config.run.out)
@@ -117,7 +149,6 @@ class Run:
         save_config(config, directory / "config.yaml")
         with (directory / "metrics.csv").open("w", newline="") as handle:
             csv.writer(handle).writerow(METRIC_COLUMNS)
-        return cls(directory, config)
 
     @classmethod
     def open(cls, directory: str | os.PathLike) -> Run:
@@ -135,9 +166,9 @@ class Run:
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer, if any."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     # -- metrics ------------------------------------------------------------------------
     def log_metrics(self, row: dict[str, Any]) -> None:
@@ -145,16 +176,18 @@ class Run:
         unknown = set(row) - set(METRIC_COLUMNS)
         if unknown:
             raise ValueError(f"unknown metric columns {sorted(unknown)}")
+        if not self.writer:
+            return
         values = [_format(row.get(column)) for column in METRIC_COLUMNS]
         with self.metrics_path.open("a", newline="") as handle:
             csv.writer(handle).writerow(values)
             handle.flush()
-        if self._writer is not None:
+        if self._tensorboard is not None:
             tag = f"{row.get('phase')}"
             for column in ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc"):
                 value = row.get(column)
                 if isinstance(value, int | float):
-                    self._writer.add_scalar(f"{tag}/{column}", value, self._tb_step)
+                    self._tensorboard.add_scalar(f"{tag}/{column}", value, self._tb_step)
             self._tb_step += 1
 
     def metric_rows(self) -> list[dict[str, str]]:
@@ -164,6 +197,9 @@ class Run:
 
     def truncate_metrics(self, num_rows: int) -> None:
         """Keep the first ``num_rows`` rows (drop those logged after the last checkpoint)."""
+        self._tb_step = num_rows
+        if not self.writer:
+            return
         rows = self.metric_rows()[:num_rows]
         tmp = self.metrics_path.with_name("metrics.csv.tmp")
         with tmp.open("w", newline="") as handle:
@@ -171,11 +207,47 @@ class Run:
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, self.metrics_path)
-        self._tb_step = num_rows
 
-    # -- results ------------------------------------------------------------------------
+    # -- checkpoints and results --------------------------------------------------------
+    def write_checkpoint(
+        self, model: nn.Module, masks: Masks | None, state: dict[str, Any]
+    ) -> None:
+        """Write a checkpoint of ``model``, ``masks`` and ``state`` (:mod:`sfpk.checkpoint`)."""
+        if self.writer:
+            write_checkpoint(self.checkpoints_dir, model=model, masks=masks, state=state)
+
+    def save_weights(self, model: nn.Module, path: str | Path) -> Path:
+        """Save ``model``'s state dict to ``path`` (relative to the run directory)."""
+        path = self.directory / path
+        if self.writer:
+            save_state_dict(model, path)
+        return path
+
+    def save_masks(self, masks: Masks, path: str | Path = "masks.safetensors") -> Path:
+        """Save ``masks`` to ``path`` (relative to the run directory)."""
+        path = self.directory / path
+        if self.writer:
+            masks.save(path)
+        return path
+
+    def write_rows(self, path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+        """Write dict rows to the CSV file ``path`` (relative to the run directory)."""
+        path = self.directory / path
+        if self.writer:
+            write_rows_csv(path, rows)
+        return path
+
+    def write_text(self, path: str | Path, text: str) -> Path:
+        """Write ``text`` to ``path`` (relative to the run directory), e.g. a marker file."""
+        path = self.directory / path
+        if self.writer:
+            path.write_text(text)
+        return path
+
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Write ``summary.json`` (atomically)."""
+        if not self.writer:
+            return self.summary_path
         tmp = self.summary_path.with_name("summary.json.tmp")
         tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
         os.replace(tmp, self.summary_path)
@@ -186,6 +258,8 @@ class Run:
 
         A plotting failure is logged, not raised: the run's numbers are already written.
         """
+        if not self.writer:
+            return
         try:
             plots = importlib.import_module("sfpk.plots")
         except ModuleNotFoundError as exc:

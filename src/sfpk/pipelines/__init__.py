@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..checkpoint import read_latest_checkpoint
 from ..config import Config
 from ..run import Run
@@ -37,6 +38,7 @@ PIPELINES: dict[str, Callable[[Context], dict[str, Any]]] = {
 def execute(run: Run, *, resume_from_checkpoint: bool = False) -> dict[str, Any]:
     """Run (or continue) the pipeline of ``run.config`` in ``run``; return the summary."""
     checkpoint = read_latest_checkpoint(run.checkpoints_dir) if resume_from_checkpoint else None
+    distributed.barrier()  # under torchrun, rank 0 replaces that checkpoint once all read it
     if resume_from_checkpoint and checkpoint is None:  # killed before the first checkpoint
         run.truncate_metrics(0)
     try:
@@ -66,5 +68,6 @@ def resume(directory: str | Path, *, quiet: bool | None = None) -> dict[str, Any
     run = Run.open(directory)
     if quiet is not None:
         run.config.run.quiet = quiet
-    (run.directory / "PAUSED").unlink(missing_ok=True)
+    if run.writer:
+        (run.directory / "PAUSED").unlink(missing_ok=True)
     return execute(run, resume_from_checkpoint=True)

@@ -9,6 +9,10 @@ same pipeline function after a restart skips what is done and continues the rest
 Every random stream is derived from ``(seed, phase, epoch)`` (:func:`sfpk.checkpoint.
 derive_seed`): training loaders are rebuilt per epoch from such a seed, pruning loaders per
 pruning call. A seeded CPU run is bit-identical whether or not it was interrupted.
+
+Under ``torchrun`` every rank runs the whole pipeline on its own replica (training is not
+data-parallel); the particle pruning calls split their passes over the ranks, and only
+rank 0 writes files (:class:`sfpk.run.Run`) and shows progress bars.
 """
 
 from __future__ import annotations
@@ -23,15 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .. import data as data_module
-from .. import models
-from ..checkpoint import (
-    Checkpoint,
-    derive_seed,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    write_checkpoint,
-)
+from .. import distributed, models
+from ..checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
 from ..masks import Masks
 from ..run import Run
 from ..train import EvalResult, Trainer, select_device
@@ -85,7 +82,9 @@ class Context:
         self.config = cfg = run.config
         self.seed = cfg.run.seed
         self.device = select_device(cfg.run.device)
-        self.show_progress = not cfg.run.quiet
+        if distributed.is_distributed() and self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK's GPU
+        self.show_progress = not cfg.run.quiet and distributed.is_main()
         seed_everything(self.seed)
         self.splits = data_module.load_dataset(
             cfg.data.dataset,
@@ -184,7 +183,7 @@ class Context:
         """Write the model, masks, progress and RNG states atomically."""
         self.progress.seconds = self.seconds()
         state = {"format": _STATE_FORMAT, "progress": vars(self.progress), "rng": rng_state()}
-        write_checkpoint(self.run.checkpoints_dir, model=self.model, masks=self.masks, state=state)
+        self.run.write_checkpoint(self.model, self.masks, state)
 
     def complete(self, key: str) -> None:
         """Mark phase ``key`` done and checkpoint."""
@@ -202,6 +201,6 @@ class Context:
         """Test hook: sleep forever here if ``$SFPK_TEST_PAUSE_AT == label``."""
         if os.environ.get(PAUSE_ENV) != label:
             return
-        (self.run.directory / "PAUSED").write_text(label)
+        self.run.write_text("PAUSED", label)
         while True:
             time.sleep(0.5)

@@ -18,8 +18,7 @@ import logging
 import statistics
 from typing import Any
 
-from ..checkpoint import save_state_dict
-from ..run import write_rows_csv
+from .. import distributed
 from ..schedules import finetune_lr, oneshot_lr, per_round, resolve_lr_min, round_lr
 from .context import Context
 from .phases import best_record, dense_phase, pretrain_phase, prune_round, train_phase
@@ -147,14 +146,17 @@ def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, An
 
 
 def _finish(ctx: Context, *, final_records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write the final model, masks, per-step history, summary and plots."""
+    """Write the final model, masks, per-step history, summary and plots.
+
+    Under ``torchrun`` rank 0 writes, and every rank returns rank 0's summary.
+    """
     run = ctx.run
-    save_state_dict(ctx.model, run.directory / "model.safetensors")
+    run.save_weights(ctx.model, "model.safetensors")
     if ctx.masks is not None:
-        ctx.masks.save(run.directory / "masks.safetensors")
+        run.save_masks(ctx.masks)
     if ctx.progress.history:
-        write_rows_csv(run.directory / "sfpk_steps.csv", ctx.progress.history)
-    summary = summarize(ctx, final_records)
+        run.write_rows("sfpk_steps.csv", ctx.progress.history)
+    summary = distributed.broadcast_object(summarize(ctx, final_records))
     run.write_summary(summary)
     if ctx.config.run.plots:
         run.make_plots()

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import api
+from .. import api, distributed
 from ..batchnorm import recalibrate_bn
-from ..checkpoint import derive_seed, load_state_dict_file, save_state_dict
+from ..checkpoint import derive_seed, load_state_dict_file
 from ..config import PARTICLE_METHODS
 from ..masks import Masks
 from ..train import OptimizerOptions, Trainer
@@ -77,7 +77,7 @@ def train_phase(
         train = trainer.train_epoch(loader, lr=lr, desc=f"{key} {epoch + 1}/{epochs}")
         val, test = trainer.evaluate(ctx.val_loader), trainer.evaluate(ctx.test_loader)
         if keep_best and (not records or val.top1 > best_record(records)["val_acc"]):
-            save_state_dict(ctx.model, best_path)
+            ctx.run.save_weights(ctx.model, best_path)
         records.append({"epoch": epoch, "val_acc": val.top1, "test_acc": test.top1})
         seconds = time.perf_counter() - began
         phase_seconds = ctx.progress.results.setdefault("phase_seconds", {})
@@ -107,6 +107,7 @@ def train_phase(
         ctx.checkpoint()
         ctx.pause_point(f"{key}:{epoch}")
     if keep_best and records:
+        distributed.barrier()  # rank 0 wrote best_path
         ctx.model.load_state_dict(load_state_dict_file(best_path))
     ctx.complete(key)
     return records
@@ -136,7 +137,7 @@ def pretrain_phase(ctx: Context) -> None:
     ctx.progress.results.update(
         pretrain_best_val_epoch=best["epoch"], pretrain_best_val_test_acc=best["test_acc"]
     )
-    save_state_dict(ctx.model, ctx.run.directory / "dense.safetensors")
+    ctx.run.save_weights(ctx.model, "dense.safetensors")
 
 
 def dense_phase(ctx: Context) -> None:
@@ -179,6 +180,9 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
     options = dict(cfg.options)
     if cfg.method.lower() in PARTICLE_METHODS:
         options.update(_engine_options(ctx, key))
+    # Replicas trained on every rank start the call from rank 0's exact weights and masks
+    # (insurance against nondeterministic GPU kernels; no-op in a single process).
+    distributed.broadcast_([*ctx.model.state_dict().values(), *(ctx.masks or {}).values()])
     masks = api.prune(
         ctx.model,
         ctx.pruning_loader(key),

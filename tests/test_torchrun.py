@@ -1,0 +1,153 @@
+"""`torchrun --nproc_per_node 2 -m sfpk oneshot` (gloo, CPU) writes the single-process run.
+
+The runs are real subprocesses of the venv's ``torchrun`` and ``python -m sfpk``, both with
+one thread per process: the thread count changes the order of floating-point reductions, so
+bit equality needs the same count on both sides.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_FLAGS
+from sfpk.pipelines import PAUSE_ENV
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+TIMING = {"seconds", "prune_seconds", "finetune_seconds", "pretrain_seconds"}
+ARGS = [
+    "oneshot", "--method", "sfpk", "--option", "num_steps=3", "--option", "num_particles=3",
+    "--epochs", "2", *TINY_FLAGS,
+]  # fmt: skip
+LAUNCH = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "sfpk"]
+SINGLE = [sys.executable, "-m", "sfpk"]
+
+pytestmark = pytest.mark.skipif(not TORCHRUN.is_file(), reason="no torchrun next to python")
+
+
+def _env(pause: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    env.pop(PAUSE_ENV, None)
+    if pause is not None:
+        env[PAUSE_ENV] = pause
+    return env
+
+
+def _run(launcher: list[str], args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*launcher, *args], capture_output=True, text=True, env=_env(), timeout=120
+    )
+
+
+def _result(run: Path) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    with (run / "metrics.csv").open() as handle:
+        rows = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(handle)]
+    with (run / "sfpk_steps.csv").open() as handle:
+        steps = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(handle)]
+    return {
+        "files": sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()),
+        "summary": {k: v for k, v in summary.items() if k not in TIMING},
+        "metrics": rows,
+        "steps": steps,
+        "masks": load_file(run / "masks.safetensors"),
+        "model": load_file(run / "model.safetensors"),
+    }
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> dict:
+    """The single-process run (one thread), computed once."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    done = _run(SINGLE, [*ARGS, "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    return _result(out)
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> dict:
+    """The same run under torchrun with 2 gloo ranks: its folder, stdout and results."""
+    out = tmp_path_factory.mktemp("torchrun") / "run"
+    done = _run(LAUNCH, [*ARGS, "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    return {"out": out, "stdout": done.stdout, **_result(out)}
+
+
+def _assert_same_tensors(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+def test_two_ranks_write_the_single_process_masks_and_model(launched, single):
+    """Splitting the particle passes over 2 ranks must not change a single weight or mask."""
+    _assert_same_tensors(launched["masks"], single["masks"])
+    _assert_same_tensors(launched["model"], single["model"])
+
+
+def test_two_ranks_report_the_single_process_numbers(launched, single):
+    """summary.json, metrics.csv and sfpk_steps.csv hold the single run's numbers, once each."""
+    got = launched
+    assert got["summary"]["final_test_acc"] == single["summary"]["final_test_acc"]
+    assert got["summary"] == single["summary"]
+    assert len(got["metrics"]) == len(single["metrics"])  # no row written by rank 1 too
+    assert got["metrics"] == single["metrics"]
+    assert got["steps"] == single["steps"]
+
+
+def test_two_ranks_write_one_set_of_files_and_print_one_summary(launched, single):
+    """Only rank 0 writes (no stray temporaries) and prints the summary table."""
+    assert launched["files"] == single["files"]
+    assert launched["stdout"].count("final test acc") == 1
+
+
+def test_existing_run_directory_fails_on_every_rank_without_hanging(launched):
+    """Rank 0's refusal reaches rank 1, so torchrun exits 2 promptly instead of timing out."""
+    began = time.monotonic()
+    done = _run(LAUNCH, [*ARGS, "--out", str(launched["out"])])
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sfpk: error:")]
+    assert len(errors) == 2, done.stderr  # one per rank, each a one-line sfpk error
+    assert sum("already exists" in line for line in errors) == 2
+    assert sum("rank 0 could not create the run directory" in line for line in errors) == 1
+    assert time.monotonic() - began < 60
+
+
+def test_two_ranks_resume_a_killed_run_to_the_single_process_result(tmp_path, single):
+    """Killed in fine-tuning and resumed under torchrun, the run ends as the uninterrupted one."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*LAUNCH, *ARGS, "--out", str(out)],
+        env=_env(pause="finetune:0"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    try:
+        while not (out / "PAUSED").exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "pause point not reached in time"
+            time.sleep(0.05)
+    finally:
+        # torchrun starts each rank in its own session; on SIGTERM it stops them (SIGTERM,
+        # which Python does not handle: no cleanup) and exits once they are gone.
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert not (out / "summary.json").exists()
+    done = _run(LAUNCH, ["resume", str(out), "--quiet"])
+    assert done.returncode == 0, done.stderr
+    got = _result(out)
+    assert got["summary"] == single["summary"]
+    assert got["metrics"] == single["metrics"]
+    _assert_same_tensors(got["masks"], single["masks"])
+    _assert_same_tensors(got["model"], single["model"])
