@@ -24,9 +24,9 @@ GOLDEN_DIR = Path(
 RTOL, ATOL = 1e-4, 5e-5
 
 
-def require_golden() -> Path:
-    """The golden directory, or skip the test with the reason."""
-    if not (GOLDEN_DIR / "sfpk_case_a.json").is_file():
+def require_golden(filename: str = "sfpk_case_a.json") -> Path:
+    """The golden directory (checked to hold ``filename``), or skip the test with the reason."""
+    if not (GOLDEN_DIR / filename).is_file():
         if os.environ.get("CI"):  # CI always has shared/ beside the clone: never skip there
             pytest.fail(f"golden vectors not found in {GOLDEN_DIR} (set SFPK_GOLDEN_DIR)")
         pytest.skip(f"golden vectors not found in {GOLDEN_DIR} (set SFPK_GOLDEN_DIR)")
@@ -40,8 +40,8 @@ def load_case(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def build_model(case: dict[str, Any]) -> nn.Module:
-    """The case's float32 model (bias-free MLP or conv net) with the stored weights."""
+def build_model(case: dict[str, Any], dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The case's model (bias-free MLP or conv net) in ``dtype`` with the stored weights."""
     problem = case["problem"]
     if any("Conv2d" in line for line in problem["architecture"]):
         model = nn.Sequential(
@@ -61,9 +61,10 @@ def build_model(case: dict[str, Any]) -> nn.Module:
             nn.ReLU(),
             nn.Linear(4, 3, bias=False),
         )
+    model = model.to(dtype)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            param.copy_(torch.tensor(problem["weights"][name], dtype=torch.float32))
+            param.copy_(torch.tensor(problem["weights"][name], dtype=dtype))
     return model
 
 
@@ -81,11 +82,13 @@ def flat(tensors: dict[str, Any], names: list[str]) -> Tensor:
     return torch.cat([torch.tensor(tensors[n], dtype=torch.float64).reshape(-1) for n in names])
 
 
-def assert_close(actual: Tensor, golden: Tensor, what: str) -> None:
+def assert_close(
+    actual: Tensor, golden: Tensor, what: str, rtol: float = RTOL, atol: float = ATOL
+) -> None:
     """``|a - g| ≤ rtol|g| + atol·max|g|`` element-wise (golden README tolerances)."""
     actual = actual.detach().to(torch.float64).reshape(-1)
     golden = golden.to(torch.float64).reshape(-1)
-    bound = RTOL * golden.abs() + ATOL * golden.abs().max()
+    bound = rtol * golden.abs() + atol * golden.abs().max()
     worst = float(((actual - golden).abs() - bound).max())
     assert worst <= 0.0, f"{what}: exceeds the tolerance by {worst:.3g}"
 

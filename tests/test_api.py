@@ -82,6 +82,14 @@ def test_starting_masks_stay_pruned():
     assert masks.total_weights() - masks.kept_weights() == int(0.8 * masks.total_weights())
 
 
+def test_structure_conflicting_with_starting_masks_is_an_error():
+    """Asking for filter pruning from unstructured masks must not silently prune unstructured."""
+    model, data = model_and_batches("conv_bn")
+    start = sfpk.prune(model, data, method="mag", sparsity=0.3)
+    with pytest.raises(sfpk.ConfigError, match="structure='filter'"):
+        sfpk.prune(model, data, method="mag", sparsity=0.6, structure="filter", masks=start)
+
+
 def test_custom_loss_fn_is_used():
     """loss_fn replaces cross-entropy for data-driven scores."""
     model, data = model_and_batches("mlp")

@@ -193,6 +193,21 @@ def test_synflow_rounds_never_revive_pruned_entries():
     assert masks.total_weights() - masks.kept_weights() == _floor(0.7, masks.total_weights())
 
 
+def test_synflow_rounds_read_the_data_once():
+    """Only the input shape is needed, so 4 rounds must not open 4 (costly) loader passes."""
+    model = conv_bn_net()
+    data = _FreshFirstBatch(random_batches((3, 8, 8), 4, count=2))
+    sfpk.prune(model, data, method="synflow", sparsity=0.7, rounds=4)
+    assert data.passes == 1
+
+
+def test_grasp_rejects_data_that_cannot_be_read_twice():
+    """A one-shot iterator leaves GraSP's second pass empty: error, not all-zero scores."""
+    model, data = model_and_batches("conv_bn")
+    with pytest.raises(sfpk.SfpkError, match="passes gave 2 and 0 batches"):
+        sfpk.prune(model, iter(data[:2]), method="grasp", sparsity=0.5, batches=None)
+
+
 # -- BatchNorm recalibration ------------------------------------------------------------
 
 

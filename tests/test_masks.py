@@ -258,6 +258,17 @@ def test_save_load_round_trip(tmp_path, structure):
     assert not (tmp_path / "sub" / "masks.safetensors.tmp").exists()
 
 
+def test_loaded_masks_keep_model_order_not_file_order(tmp_path):
+    """Mask order decides tie-breaking and flat layouts, so a resumed run must not reorder."""
+    from collections import OrderedDict
+
+    model = nn.Sequential(OrderedDict(conv=nn.Linear(4, 3), fc=nn.Linear(3, 2), act=nn.ReLU()))
+    model.add_module("b_head", nn.Linear(2, 2))  # model order conv, fc, b_head; sorted differs
+    masks = Masks.ones(model)
+    loaded = sfpk.load_masks(masks.save(tmp_path / "m.safetensors"), model)
+    assert list(loaded) == ["conv.weight", "fc.weight", "b_head.weight"]
+
+
 def test_saved_header_fields(tmp_path):
     """The JSON header lets tools read provenance without torch."""
     from safetensors import safe_open

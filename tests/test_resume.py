@@ -6,9 +6,6 @@ process write ``DIR/PAUSED`` and sleep at that point, so the test can SIGKILL it
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import subprocess
 import sys
 import time
@@ -16,13 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import sfpk
+from cli_runs import read_run, run_env
 from conftest import TINY_FLAGS
-from sfpk.pipelines import PAUSE_ENV
 
-TIMING = {"seconds", "prune_seconds", "finetune_seconds", "pretrain_seconds"}
 CONFIGS = {
     "oneshot": ["oneshot", "--method", "mag", "--rounds", "2"],
     "iterative": [
@@ -37,14 +32,6 @@ CONFIGS = {
 }  # fmt: skip
 
 
-def _env(pause: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    env.pop(PAUSE_ENV, None)
-    if pause is not None:
-        env[PAUSE_ENV] = pause
-    return env
-
-
 def _sfpk(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sfpk", *args], capture_output=True, text=True, **kwargs
@@ -54,11 +41,11 @@ def _sfpk(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 def _start(name: str, out: Path, pause: str | None = None) -> subprocess.Popen | None:
     args = [sys.executable, "-m", "sfpk", *CONFIGS[name], *TINY_FLAGS, "--out", str(out)]
     if pause is None:
-        done = subprocess.run(args, capture_output=True, text=True, env=_env())
+        done = subprocess.run(args, capture_output=True, text=True, env=run_env())
         assert done.returncode == 0, done.stderr
         return None
     return subprocess.Popen(
-        args, env=_env(pause), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        args, env=run_env(pause), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -75,18 +62,6 @@ def _kill_when_paused(proc: subprocess.Popen, out: Path, timeout: float = 90.0) 
     proc.wait()
 
 
-def _result(run: Path) -> dict:
-    summary = json.loads((run / "summary.json").read_text())
-    with (run / "metrics.csv").open() as handle:
-        rows = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(handle)]
-    return {
-        "summary": {k: v for k, v in summary.items() if k not in TIMING},
-        "metrics": rows,
-        "masks": load_file(run / "masks.safetensors"),
-        "model": load_file(run / "model.safetensors"),
-    }
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Uninterrupted runs, computed once per configuration."""
@@ -96,7 +71,7 @@ def reference(tmp_path_factory):
         if name not in cache:
             out = tmp_path_factory.mktemp(f"ref-{name}") / "run"
             _start(name, out)
-            cache[name] = _result(out)
+            cache[name] = read_run(out)
         return cache[name]
 
     return get
@@ -127,9 +102,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, reference, nam
     out = tmp_path / "run"
     _kill_when_paused(_start(name, out, pause=point), out)
     assert not (out / "summary.json").exists()
-    done = _sfpk(["resume", str(out), "--quiet"], env=_env())
+    done = _sfpk(["resume", str(out), "--quiet"], env=run_env())
     assert done.returncode == 0, done.stderr
-    _assert_same(_result(out), reference(name))
+    _assert_same(read_run(out), reference(name))
 
 
 @pytest.mark.skipif("sfpk" not in sfpk.methods(), reason="SFPK engine not registered")
@@ -138,13 +113,13 @@ def test_resume_during_sfpk_steps_matches_uninterrupted_run(tmp_path, reference,
     """Killed mid-simulation (also in a continued second round), SFPK resumes bit-identically."""
     out = tmp_path / "run"
     _kill_when_paused(_start("sfpk", out, pause=point), out)
-    done = _sfpk(["resume", str(out), "--quiet"], env=_env())
+    done = _sfpk(["resume", str(out), "--quiet"], env=run_env())
     assert done.returncode == 0, done.stderr
-    _assert_same(_result(out), reference("sfpk"))
+    _assert_same(read_run(out), reference("sfpk"))
 
 
 def test_resume_rejects_a_folder_that_is_not_a_run(tmp_path):
     """`sfpk resume` on a random folder is a one-line error with exit status 2."""
-    done = _sfpk(["resume", str(tmp_path)], env=_env())
+    done = _sfpk(["resume", str(tmp_path)], env=run_env())
     assert done.returncode == 2
     assert done.stderr.startswith("sfpk: error:") and "Traceback" not in done.stderr

@@ -39,6 +39,13 @@ def test_removal_count_is_robust_to_float_error():
     assert removal_count(7, 0.99) == 6
 
 
+def test_removal_count_is_exact_for_large_models():
+    """Float error grows with the count: 0.29 * 1e8 = 28999999.999999996 must give 29e6."""
+    assert removal_count(10**8, 0.29) == 29_000_000
+    assert removal_count(35_403_300, 0.94) == 33_279_102
+    assert removal_count(10**8, 0.123456789) == 12_345_678
+
+
 def test_global_topk_removes_exact_count_with_ties():
     """With all scores equal, exactly floor(s*P) go, lowest flat index first."""
     template = _template(4, 6)

@@ -7,9 +7,6 @@ bit equality needs the same count on both sides.
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import subprocess
 import sys
 import time
@@ -17,13 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from cli_runs import read_run, run_env
 from conftest import TINY_FLAGS
-from sfpk.pipelines import PAUSE_ENV
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-TIMING = {"seconds", "prune_seconds", "finetune_seconds", "pretrain_seconds"}
 ARGS = [
     "oneshot", "--method", "sfpk", "--option", "num_steps=3", "--option", "num_particles=3",
     "--epochs", "2", *TINY_FLAGS,
@@ -34,34 +29,10 @@ SINGLE = [sys.executable, "-m", "sfpk"]
 pytestmark = pytest.mark.skipif(not TORCHRUN.is_file(), reason="no torchrun next to python")
 
 
-def _env(pause: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    env.pop(PAUSE_ENV, None)
-    if pause is not None:
-        env[PAUSE_ENV] = pause
-    return env
-
-
 def _run(launcher: list[str], args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*launcher, *args], capture_output=True, text=True, env=_env(), timeout=120
+        [*launcher, *args], capture_output=True, text=True, env=run_env(), timeout=120
     )
-
-
-def _result(run: Path) -> dict:
-    summary = json.loads((run / "summary.json").read_text())
-    with (run / "metrics.csv").open() as handle:
-        rows = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(handle)]
-    with (run / "sfpk_steps.csv").open() as handle:
-        steps = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(handle)]
-    return {
-        "files": sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()),
-        "summary": {k: v for k, v in summary.items() if k not in TIMING},
-        "metrics": rows,
-        "steps": steps,
-        "masks": load_file(run / "masks.safetensors"),
-        "model": load_file(run / "model.safetensors"),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +41,7 @@ def single(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("single") / "run"
     done = _run(SINGLE, [*ARGS, "--out", str(out)])
     assert done.returncode == 0, done.stderr
-    return _result(out)
+    return read_run(out, steps=True)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +50,7 @@ def launched(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("torchrun") / "run"
     done = _run(LAUNCH, [*ARGS, "--out", str(out)])
     assert done.returncode == 0, done.stderr
-    return {"out": out, "stdout": done.stdout, **_result(out)}
+    return {"out": out, "stdout": done.stdout, **read_run(out, steps=True)}
 
 
 def _assert_same_tensors(got: dict, want: dict) -> None:
@@ -127,7 +98,7 @@ def test_two_ranks_resume_a_killed_run_to_the_single_process_result(tmp_path, si
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [*LAUNCH, *ARGS, "--out", str(out)],
-        env=_env(pause="finetune:0"),
+        env=run_env(pause="finetune:0"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -146,7 +117,7 @@ def test_two_ranks_resume_a_killed_run_to_the_single_process_result(tmp_path, si
     assert not (out / "summary.json").exists()
     done = _run(LAUNCH, ["resume", str(out), "--quiet"])
     assert done.returncode == 0, done.stderr
-    got = _result(out)
+    got = read_run(out, steps=True)
     assert got["summary"] == single["summary"]
     assert got["metrics"] == single["metrics"]
     _assert_same_tensors(got["masks"], single["masks"])

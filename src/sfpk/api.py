@@ -63,7 +63,8 @@ def prune(
 
     Raises:
         UnknownNameError: unknown method, scope or structure.
-        ConfigError: sparsity outside (0, 1), an unknown option, or a bad option value.
+        ConfigError: sparsity outside (0, 1), an unknown option, a bad option value, or a
+            ``structure`` that differs from the starting ``masks``'.
 
     Example:
         >>> masks = sfpk.prune(model, loader, method="sfpk", sparsity=0.9)  # doctest: +SKIP
@@ -72,18 +73,22 @@ def prune(
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)
     check_choice("scope", scope, SCOPES)
-    structure = structure or "unstructured"
-    check_choice("structure", structure, STRUCTURES)
+    check_choice("structure", structure or "unstructured", STRUCTURES)
     if masks is None:
         masks = Masks.ones(
             model,
-            structure=structure,
+            structure=structure or "unstructured",
             include=include,
             exclude=exclude,
             include_bias=include_bias,
         )
     else:
         masks.check_fits(model)
+        if structure and structure != masks.structure:
+            raise ConfigError(
+                f"structure={structure!r} differs from the starting masks' "
+                f"structure={masks.structure!r}; the result keeps the masks' structure"
+            )
         if masks.sparsity() > sparsity + 1e-9:
             raise ConfigError(
                 f"the starting masks already remove {masks.sparsity():.4f} of the weights, "

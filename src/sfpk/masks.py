@@ -136,8 +136,12 @@ def reduce_to_mask(score: Tensor, shape: Sequence[int]) -> Tensor:
 
 
 def removal_count(total: int, sparsity: float) -> int:
-    """``floor(sparsity * total)``, robust to float error (0.29 * 100 is 28.999...)."""
-    return min(total, math.floor(sparsity * total + 1e-9))
+    """``floor(sparsity * total)``, robust to float error (0.29 * 100 is 28.999...).
+
+    The product's rounding error grows with ``total`` (about ``total * 1e-16``), so the
+    slack does too: 0.29 * 10**8 is 28999999.999999996.
+    """
+    return min(total, math.floor(sparsity * total + 1e-9 + total * 1e-15))
 
 
 class Masks(Mapping[str, Tensor]):
@@ -168,8 +172,10 @@ class Masks(Mapping[str, Tensor]):
         check_choice("structure", structure, STRUCTURES)
         if set(tensors) != set(shapes):
             raise MaskMismatchError("mask names and parameter-shape names differ")
-        self._tensors: dict[str, Tensor] = dict(tensors)
+        # ``shapes`` fixes the order (model order): ``tensors`` may come sorted by name, as
+        # safetensors returns them, and the order decides tie-breaking and flat layouts.
         self.shapes: dict[str, tuple[int, ...]] = {n: tuple(s) for n, s in shapes.items()}
+        self._tensors: dict[str, Tensor] = {n: tensors[n] for n in self.shapes}
         for name, tensor in self._tensors.items():
             expected = mask_shape(name, self.shapes[name], structure)
             if tuple(tensor.shape) != expected:

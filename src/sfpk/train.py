@@ -220,14 +220,15 @@ class Trainer:
             inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
             logits = self.model(inputs)
             loss = F.cross_entropy(logits, targets, label_smoothing=self.options.label_smoothing)
-            if not math.isfinite(loss.item()):
-                raise SfpkError(f"training loss became {loss.item()} at batch {index} ({desc})")
+            value = loss.item()  # one device sync per batch, reused below
+            if not math.isfinite(value):
+                raise SfpkError(f"training loss became {value} at batch {index} ({desc})")
             group_start = index - index % accum
             group_size = accum if num_batches is None else min(accum, num_batches - group_start)
             (loss / group_size).backward()
             if index - group_start + 1 == group_size:
                 self._step()
-            total_loss += loss.item() * len(targets)
+            total_loss += value * len(targets)
             correct += int((logits.argmax(1) == targets).sum())
             seen += len(targets)
         if self._has_pending_grads():  # an unsized iterable ended inside a group

@@ -15,6 +15,7 @@ Class indices follow the sorted wnids, as torchvision's ``ImageFolder`` does.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,16 +135,10 @@ def load_tiny_imagenet(
         train_transform = Compose(augmented)
     else:
         train_transform = evaluate
-    train_all = _ImageFiles(train)
-    train_idx, val_idx = split_train_val(len(train_all), val_fraction, seed)
-    return DataSplits(
-        name="tiny_imagenet",
-        train=TransformedSubset(train_all, train_idx, train_transform),
-        val=TransformedSubset(train_all, val_idx, evaluate),
-        test=TransformedSubset(_ImageFiles(test), range(len(test)), evaluate),
-        num_classes=len(wnids),
-        input_shape=(3, 64, 64),
-    )
+    return _splits(
+        "tiny_imagenet", train, test, train_transform, evaluate, num_classes=len(wnids),
+        input_shape=(3, 64, 64), seed=seed, val_fraction=val_fraction,
+    )  # fmt: skip
 
 
 def _class_folder_samples(split_dir: Path, index: dict[str, int]) -> list[tuple[Path, int]]:
@@ -199,13 +194,33 @@ def load_imagenet(
         train_transform = Compose(augmented + [RandomHorizontalFlip(), normalize])
     else:
         train_transform = evaluate
+    return _splits(
+        "imagenet", train, test, train_transform, evaluate, num_classes=len(wnids),
+        input_shape=(3, 224, 224), seed=seed, val_fraction=val_fraction,
+    )  # fmt: skip
+
+
+def _splits(
+    name: str,
+    train: list[tuple[Path, int]],
+    test: list[tuple[Path, int]],
+    train_transform: Callable,
+    evaluate: Callable,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    seed: int,
+    val_fraction: float,
+) -> DataSplits:
+    """The splits of an image-file data set: ``val_fraction`` of ``train`` is held out for
+    validation (``evaluate`` transform, like ``test``); the rest gets ``train_transform``."""
     train_all = _ImageFiles(train)
     train_idx, val_idx = split_train_val(len(train_all), val_fraction, seed)
     return DataSplits(
-        name="imagenet",
+        name=name,
         train=TransformedSubset(train_all, train_idx, train_transform),
         val=TransformedSubset(train_all, val_idx, evaluate),
         test=TransformedSubset(_ImageFiles(test), range(len(test)), evaluate),
-        num_classes=len(wnids),
-        input_shape=(3, 224, 224),
+        num_classes=num_classes,
+        input_shape=input_shape,
     )

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import statistics
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 from .. import distributed
 from ..schedules import finetune_lr, oneshot_lr, per_round, resolve_lr_min, round_lr
@@ -45,25 +46,7 @@ def run_oneshot(ctx: Context) -> dict[str, Any]:
     _start_sparse(ctx)
     for k in range(ctx.config.prune.rounds):  # type: ignore[arg-type]
         prune_round(ctx, k)
-    t = ctx.config.train
-    lr_min = resolve_lr_min(t.lr, t.lr_min, fixed_lr_epochs=t.fixed_lr_epochs, phase="oneshot")
-    records = train_phase(
-        ctx,
-        "finetune",
-        epochs=t.epochs,
-        lr_at=lambda e: oneshot_lr(
-            e,
-            lr=t.lr,
-            lr_min=lr_min,
-            epochs=t.epochs,
-            fixed_lr_epochs=t.fixed_lr_epochs,
-            warmup_epochs=t.warmup_epochs,
-            cold_start_lr=t.cold_start_lr,
-        ),
-        options=ctx.config.optimizer_options("train"),
-        batch_size=t.batch_size,
-    )
-    return _finish(ctx, final_records=records)
+    return _finish(ctx, final_records=_final_finetune(ctx, "oneshot"))
 
 
 def run_iterative(ctx: Context) -> dict[str, Any]:
@@ -88,19 +71,34 @@ def run_iterative(ctx: Context) -> dict[str, Any]:
             batch_size=t.batch_size,
             round_index=k,
         )
-    lr_min = resolve_lr_min(t.lr, t.lr_min, fixed_lr_epochs=t.fixed_lr_epochs, phase="iterative")
-    records = train_phase(
+    records = _final_finetune(ctx, "iterative", round_index=rounds - 1)
+    return _finish(ctx, final_records=records)
+
+
+def _final_finetune(
+    ctx: Context, pipeline: Literal["oneshot", "iterative"], round_index: int | None = None
+) -> list[dict[str, Any]]:
+    """The last fine-tuning phase: cosine from ``lr`` to the pipeline's floor, then held.
+
+    One-shot runs start with the linear warm-up; iterative runs have none (spec §5.3-5.4).
+    """
+    t = ctx.config.train
+    lr_min = resolve_lr_min(t.lr, t.lr_min, fixed_lr_epochs=t.fixed_lr_epochs, phase=pipeline)
+    cosine_to = dict(lr=t.lr, lr_min=lr_min, epochs=t.epochs, fixed_lr_epochs=t.fixed_lr_epochs)
+    if pipeline == "oneshot":
+        warmup = dict(warmup_epochs=t.warmup_epochs, cold_start_lr=t.cold_start_lr)
+        lr_at = partial(oneshot_lr, **cosine_to, **warmup)
+    else:
+        lr_at = partial(finetune_lr, **cosine_to)
+    return train_phase(
         ctx,
         "finetune",
         epochs=t.epochs,
-        lr_at=lambda e: finetune_lr(
-            e, lr=t.lr, lr_min=lr_min, epochs=t.epochs, fixed_lr_epochs=t.fixed_lr_epochs
-        ),
-        options=options,
+        lr_at=lr_at,
+        options=ctx.config.optimizer_options("train"),
         batch_size=t.batch_size,
-        round_index=rounds - 1,
+        round_index=round_index,
     )
-    return _finish(ctx, final_records=records)
 
 
 def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..errors import ConfigError, check_positive
+from ..errors import ConfigError, SfpkError, check_positive
 from ..masks import Masks, Scope, reduce_to_mask
 from ..selection import select_topk
 from .base import Batch, PruneContext, Pruner, register, take_batches, to_device
@@ -138,18 +138,28 @@ class GraspPruner(Pruner):
             return ctx.loss_fn(logits, targets)
 
         stopped = {n: torch.zeros_like(p) for n, p in leaves.items()}
+        seen = [0, 0]  # batches read by each of the two passes
         for batch in batches:
+            seen[0] += 1
             grads = torch.autograd.grad(loss_at(batch), list(leaves.values()))
             for n, g in zip(leaves, grads, strict=True):
                 stopped[n] += g
         hessian_grad = {n: torch.zeros_like(p) for n, p in leaves.items()}
         for batch in batches:
+            seen[1] += 1
             grads = torch.autograd.grad(loss_at(batch), list(leaves.values()), create_graph=True)
             product = sum((g * stopped[n]).sum() for n, g in zip(leaves, grads, strict=True))
             for n, h in zip(
                 leaves, torch.autograd.grad(product, list(leaves.values())), strict=True
             ):
                 hessian_grad[n] += h
+        if seen[0] == 0 or seen[1] != seen[0]:
+            # A one-shot iterator (with batches=None) is empty the second time: Hg would be
+            # zero and every score 0, a silently arbitrary mask.
+            raise SfpkError(
+                f"grasp reads the pruning data twice; the passes gave {seen[0]} and {seen[1]} "
+                "batches (pass a re-iterable such as a list or DataLoader)"
+            )
         element = {n: leaves[n].detach() * hessian_grad[n] for n in masks}
         norm = sum(s.sum() for s in element.values()).abs() + 1e-10
         return {n: reduce_to_mask(s / norm, masks[n].shape) for n, s in element.items()}
@@ -185,7 +195,12 @@ class SynFlowPruner(Pruner):
             check_positive("rounds", self.rounds)
 
     def score(self, model, data, masks, ctx):  # noqa: D102
-        model.train(self.options.train_mode)
+        return self._score(model, masks, *self._abs_state_and_input(model, data, ctx))
+
+    def _abs_state_and_input(
+        self, model: nn.Module, data, ctx: PruneContext
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """``|state|`` in the compute dtype and the all-ones input; the same every round."""
         first = next(iter(islice(iter(data), 1)), None)
         if first is None:
             raise ConfigError("synflow needs one batch of data to learn the input shape")
@@ -194,10 +209,16 @@ class SynFlowPruner(Pruner):
             n: t.detach().abs().to(dtype) if t.is_floating_point() else t
             for n, t in [*model.named_parameters(), *model.named_buffers()]
         }
+        ones = torch.ones((1, *first[0].shape[1:]), dtype=dtype, device=ctx.device)
+        return state, ones
+
+    def _score(
+        self, model: nn.Module, masks: Masks, state: dict[str, Tensor], ones: Tensor
+    ) -> dict[str, Tensor]:
+        model.train(self.options.train_mode)
         mask_of = masks.effective_masks()
         leaves = {n: state[n].clone().requires_grad_(True) for n in mask_of}
-        weights = {n: leaves[n] * mask_of[n].to(dtype) for n in leaves}
-        ones = torch.ones((1, *first[0].shape[1:]), dtype=dtype, device=ctx.device)
+        weights = {n: leaves[n] * mask_of[n].to(ones.dtype) for n in leaves}
         output = functional_call(model, {**state, **weights}, (ones,), strict=False)
         grads = torch.autograd.grad(output.sum(), [leaves[n] for n in masks])
         return {
@@ -209,8 +230,9 @@ class SynFlowPruner(Pruner):
         """Run the rounds back to back; the last one lands on ``sparsity`` exactly."""
         density = 1.0 - sparsity
         rounds = self.options.rounds
+        state, ones = self._abs_state_and_input(model, data, ctx)  # reads one batch, once
         for k in range(rounds):
             round_sparsity = 1.0 - density ** ((k + 1) / rounds) if k + 1 < rounds else sparsity
-            scores = self.score(model, data, masks, ctx)
+            scores = self._score(model, masks, state, ones)
             masks = select_topk(scores, masks, sparsity=round_sparsity, scope=scope)
         return masks
