@@ -280,3 +280,10 @@ def test_recalibrate_bn_without_bn_reads_no_data():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert sfpk.recalibrate_bn(model, Exploding(), batches=2) is model
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_snip_on_empty_data_names_the_cause():
+    """No batch at all is reported as such, not as NaN gradients."""
+    model, _ = model_and_batches("mlp")
+    with pytest.raises(sfpk.SfpkError, match="no batch"):
+        sfpk.prune(model, [], method="snip", sparsity=0.5, batches=None)

@@ -284,3 +284,13 @@ def test_saved_header_fields(tmp_path):
     assert header["achieved_sparsity"] == pytest.approx(masks.sparsity())
     assert (header["structure"], header["scope"]) == ("unstructured", "local")
     assert header["shapes"] == {"0.weight": [10, 12], "2.weight": [8, 10], "4.weight": [3, 8]}
+
+
+def test_check_fits_names_a_missing_tied_bias():
+    """Filter masks tie the layer's bias; a model without that bias is a clear mismatch."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    masks = Masks.ones(model, structure="filter")
+    assert "0.bias" in masks.tied_biases
+    other = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(sfpk.MaskMismatchError, match="0.bias"):
+        masks.check_fits(other)

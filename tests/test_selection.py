@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import sfpk
+from sfpk.errors import ConfigError
 from sfpk.masks import Masks, removal_count
 from sfpk.selection import SparsityCheckError, check_achieved_sparsity, select_topk
 
@@ -202,3 +203,25 @@ def test_check_achieved_sparsity_rejects_wrong_layer_count():
     )
     with pytest.raises(SparsityCheckError, match="w1"):
         check_achieved_sparsity(masks, 0.5, "local")
+
+
+def test_global_structured_with_one_group_per_tensor_keeps_everything():
+    """Every tensor's single group is protected, so nothing is removed (and nothing crashes)."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 1))
+    template = Masks.ones(model, structure="filter")
+    scores = {n: torch.rand(m.shape) for n, m in template.items()}
+    masks = select_topk(scores, template, sparsity=0.5, scope="global")
+    assert masks.kept_weights() == masks.total_weights()
+
+
+def test_scores_for_unmasked_parameters_are_an_error():
+    """A score the masks cannot use points at a pruner bug; it is not silently dropped."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 3))
+    template = Masks.ones(model)
+    scores = {"0.weight": torch.rand(3, 4), "0.bias": torch.rand(3)}
+    with pytest.raises(ConfigError, match="0.bias"):
+        select_topk(scores, template, sparsity=0.5)

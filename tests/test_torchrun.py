@@ -86,10 +86,12 @@ def test_existing_run_directory_fails_on_every_rank_without_hanging(launched):
     began = time.monotonic()
     done = _run(LAUNCH, [*ARGS, "--out", str(launched["out"])])
     assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("sfpk: error:")]
-    assert len(errors) == 2, done.stderr  # one per rank, each a one-line sfpk error
-    assert sum("already exists" in line for line in errors) == 2
-    assert sum("rank 0 could not create the run directory" in line for line in errors) == 1
+    # Rank 0 always reports; torchrun may stop rank 1 as soon as rank 0 has failed, so
+    # rank 1's own error (naming rank 0's refusal) appears only when it wins that race.
+    reports = done.stderr.count("sfpk: error:")
+    assert 1 <= reports <= 2, done.stderr
+    assert done.stderr.count("already exists") == reports, done.stderr
+    assert done.stderr.count("sfpk: error: run directory") == 1, done.stderr  # rank 0's
     assert time.monotonic() - began < 60
 
 

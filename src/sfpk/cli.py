@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except SfpkError as exc:
-        print(f"sfpk: error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"sfpk: error: {exc}\n")  # one write: ranks' lines never interleave
         return 2
     except KeyboardInterrupt:
         print("sfpk: interrupted; continue with `sfpk resume DIR`", file=sys.stderr)

@@ -313,7 +313,7 @@ class Masks(Mapping[str, Tensor]):
     def check_fits(self, model: nn.Module) -> None:
         """Raise MaskMismatchError unless every mask names a parameter of the right shape."""
         params = dict(model.named_parameters())
-        missing = [n for n in self if n not in params]
+        missing = [n for n in [*self, *self.tied_biases] if n not in params]
         if missing:
             raise MaskMismatchError(
                 f"the masks name parameters the model does not have: {missing[:5]}"

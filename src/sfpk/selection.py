@@ -35,6 +35,9 @@ class SparsityCheckError(SfpkError):
 
 
 def _flat(scores: Mapping[str, Tensor], template: Masks) -> Tensor:
+    stray = sorted(set(scores) - set(template))
+    if stray:
+        raise ConfigError(f"scores given for parameters without a mask: {stray[:5]}")
     for name in template:
         if name not in scores:
             raise ConfigError(f"no score for prunable parameter {name!r}")
@@ -143,6 +146,8 @@ def _starts(sizes: list[int]) -> list[int]:
 
 def _greedy_removal(order: Tensor, weights: Tensor, budget: int) -> Tensor:
     """Indices to remove: lowest first, skipping groups that would overshoot ``budget``."""
+    if order.numel() == 0:  # every tensor has a single group, which is always kept
+        return order
     sizes = weights[order]
     prefix = int((torch.cumsum(sizes, 0) <= budget).sum())
     chosen = [order[:prefix]]

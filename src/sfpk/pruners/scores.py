@@ -84,7 +84,9 @@ class SnipPruner(Pruner):
         leaves = {n: m.detach().clone().requires_grad_(True) for n, m in masks.items()}
         effective = {n: params[n].detach() * m for n, m in masks.effective_masks().items()}
         total = {n: torch.zeros_like(m) for n, m in leaves.items()}
+        read = 0
         for batch in take_batches(data, self.options.batches):
+            read += 1
             inputs, targets = to_device(batch, ctx.device)
             # Rebuild w * m per batch so each backward gets a fresh graph.
             weights = {**effective, **{n: params[n].detach() * leaves[n] for n in leaves}}
@@ -92,6 +94,8 @@ class SnipPruner(Pruner):
             grads = torch.autograd.grad(loss, list(leaves.values()))
             for n, g in zip(leaves, grads, strict=True):
                 total[n] += g
+        if read == 0:
+            raise SfpkError("snip: the pruning data yielded no batch")
         scores = {n: g.abs() for n, g in total.items()}
         norm = sum(s.sum() for s in scores.values())
         return {n: s / norm for n, s in scores.items()}
