@@ -20,7 +20,6 @@ Conventions used everywhere in sfpk (written once, here):
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, ConfigError, MaskMismatchError, check_choice
+from .errors import ConfigError, MaskMismatchError, check_choice
 
 __all__ = [
     "Structure",
@@ -50,8 +49,6 @@ Structure = Literal["unstructured", "filter", "channel"]
 Scope = Literal["global", "local"]
 STRUCTURES: tuple[str, ...] = ("unstructured", "filter", "channel")
 SCOPES: tuple[str, ...] = ("global", "local")
-_FORMAT = "sfpk-masks"
-_FORMAT_VERSION = 1
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 FilterFn = Callable[[str, nn.Module, str], bool]
 
@@ -370,32 +367,18 @@ class Masks(Mapping[str, Tensor]):
         """A copy on another device / dtype."""
         return self.with_tensors({n: m.to(device=device, dtype=dtype) for n, m in self.items()})
 
-    # -- files --------------------------------------------------------------------------
+    # -- files (format and checks live in sfpk.mask_files) -------------------------------
     def header(self) -> dict[str, Any]:
         """The JSON header written with the tensors."""
-        return {
-            "format": _FORMAT,
-            "version": _FORMAT_VERSION,
-            "method": self.method,
-            "target_sparsity": self.target_sparsity,
-            "achieved_sparsity": self.sparsity(),
-            "structure": self.structure,
-            "scope": self.scope,
-            "shapes": {n: list(s) for n, s in self.shapes.items()},
-            "tied_biases": self.tied_biases,
-        }
+        from .mask_files import header
+
+        return header(self)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the masks to a safetensors file (atomically: temp file, then rename)."""
-        from safetensors.torch import save_file
+        from .mask_files import save_masks
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tensors = {n: m.detach().to("cpu").contiguous() for n, m in self.items()}
-        save_file(tensors, str(tmp), metadata={"sfpk": json.dumps(self.header())})
-        os.replace(tmp, path)
-        return path
+        return save_masks(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> Masks:
@@ -405,29 +388,9 @@ class Masks(Mapping[str, Tensor]):
             CheckpointError: missing, corrupted or foreign file.
             MaskMismatchError: the masks do not fit ``model``.
         """
-        from safetensors import safe_open
+        from .mask_files import read_masks
 
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"mask file {str(path)!r} does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-            header = json.loads(meta["sfpk"])
-            if header.get("format") != _FORMAT:
-                raise ValueError("not an sfpk mask file")
-        except Exception as exc:  # safetensors raises several unrelated types
-            raise CheckpointError(f"cannot read mask file {str(path)!r}: {exc}") from exc
-        masks = cls(
-            tensors,
-            shapes=header["shapes"],
-            structure=header["structure"],
-            method=header.get("method"),
-            target_sparsity=header.get("target_sparsity"),
-            scope=header.get("scope"),
-            tied_biases=header.get("tied_biases"),
-        )
+        masks = read_masks(path)
         if model is not None:
             masks.check_fits(model)
         return masks
