@@ -97,3 +97,12 @@ def test_subcommand_registry_has_every_command():
     assert {"pretrain", "oneshot", "iterative", "resume", "methods", "models", "datasets"} <= set(
         COMMANDS
     )
+
+
+def test_relative_run_directory_works(tmp_path, monkeypatch):
+    """`--out runs/x` (relative, as in `make demo`) keeps every file inside that directory."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["oneshot", *TINY_FLAGS, "--method", "mag", "--out", "runs/x"]) == 0
+    run = tmp_path / "runs" / "x"
+    assert (run / "summary.json").is_file() and (run / "model.safetensors").is_file()
+    assert not (run / "runs").exists()

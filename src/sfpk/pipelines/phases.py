@@ -68,7 +68,7 @@ def train_phase(
     if current is not None:
         trainer.load_state_dict(current["trainer"])
         start = current["epoch"]
-    best_path = ctx.run.checkpoints_dir / f"best_{key.replace(':', '_')}.safetensors"
+    best_name = f"checkpoints/best_{key.replace(':', '_')}.safetensors"  # relative to the run
     sparsity = ctx.masks.sparsity() if ctx.masks is not None else 0.0
     for epoch in range(start, epochs):
         began = time.perf_counter()
@@ -77,7 +77,7 @@ def train_phase(
         train = trainer.train_epoch(loader, lr=lr, desc=f"{key} {epoch + 1}/{epochs}")
         val, test = trainer.evaluate(ctx.val_loader), trainer.evaluate(ctx.test_loader)
         if keep_best and (not records or val.top1 > best_record(records)["val_acc"]):
-            ctx.run.save_weights(ctx.model, best_path)
+            ctx.run.save_weights(ctx.model, best_name)
         records.append({"epoch": epoch, "val_acc": val.top1, "test_acc": test.top1})
         seconds = time.perf_counter() - began
         phase_seconds = ctx.progress.results.setdefault("phase_seconds", {})
@@ -107,8 +107,8 @@ def train_phase(
         ctx.checkpoint()
         ctx.pause_point(f"{key}:{epoch}")
     if keep_best and records:
-        distributed.barrier()  # rank 0 wrote best_path
-        ctx.model.load_state_dict(load_state_dict_file(best_path))
+        distributed.barrier()  # rank 0 wrote the best weights
+        ctx.model.load_state_dict(load_state_dict_file(ctx.run.directory / best_name))
     ctx.complete(key)
     return records
 
