@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -201,3 +203,21 @@ def test_iterative_ignores_warmup_when_checking_the_epoch_budget():
     assert config.train.epochs == 2
     with pytest.raises(ConfigError, match="warmup_epochs"):
         build_config("oneshot", overrides=overrides, check_paths=False)
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=str
+)
+def test_every_shipped_recipe_is_a_valid_config(recipe):
+    """The YAML recipes in configs/ must keep loading as the config evolves."""
+    pipeline = "iterative" if "iterative" in recipe.name else "oneshot"
+    config = build_config(pipeline, yaml_path=recipe, check_paths=False)
+    assert 0 < config.prune.sparsity < 1
+
+
+def test_demo_recipe_matches_the_demo_preset():
+    """configs/demo.yaml and --demo describe the same run."""
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    from_file = build_config("oneshot", yaml_path=recipe, check_paths=False)
+    preset = build_config("oneshot", demo=True, overrides={"prune.sparsity": 0.95})
+    assert config_to_dict(from_file) == config_to_dict(preset)
