@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 
 import pytest
@@ -260,3 +262,83 @@ def test_sfpk_beats_random_at_90_percent_on_mnist1d():
     assert dense > 0.5
     assert acc_sfpk > acc_rand + 0.15, (acc_sfpk, acc_rand, dense)
     assert time.perf_counter() - tic < 30
+
+
+# -- regressions: local scopes, templates, resume ------------------------------------------
+class _Augmented(list):
+    """Batches with noise drawn from the global torch RNG on every pass (like augmentation)."""
+
+    def __iter__(self):
+        for x, y in super().__iter__():
+            yield x + 0.1 * torch.randn_like(x), y
+
+
+class _Reshuffled:
+    """A re-iterable that reshuffles with its own seeded generator at every ``iter()``."""
+
+    def __init__(self, batches):
+        self.batches, self.generator = batches, torch.Generator().manual_seed(5)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.batches), generator=self.generator).tolist()
+        return iter([self.batches[k] for k in order])
+
+
+@pytest.mark.parametrize(
+    "wrap, options", [(_Augmented, {}), (_Reshuffled, {"reference_batch_order": True})]
+)
+def test_resume_is_bit_identical_with_data_that_draws_random_numbers(wrap, options):
+    """Replayed batches must not shift the RNG or skip the data's own reshuffles."""
+    model, data = model_and_batches("conv_bn", count=4)
+    options = dict(num_steps=4, num_particles=2, checkpoint_every=2, **options)
+    states = []
+    full = sfpk.prune(model, wrap(data), method="sfpk", sparsity=0.8,
+                      checkpoint_callback=states.append, **options)  # fmt: skip
+    resumed = sfpk.prune(model, wrap(data), method="sfpk", sparsity=0.8,
+                         resume_state=states[0], **options)  # fmt: skip
+    assert torch.equal(full.engine_state["particles"], resumed.engine_state["particles"])
+    assert torch.equal(_scores(full), _scores(resumed))
+
+
+def test_resume_state_of_another_scope_is_refused():
+    """A global-scope state has one start level; a local-scope run needs one per layer."""
+    states = []
+    _prune(num_steps=4, num_particles=2, checkpoint_every=2, checkpoint_callback=states.append)
+    with pytest.raises(CheckpointError, match="scope"):
+        _prune(num_steps=4, num_particles=2, scope="local", resume_state=states[0])
+
+
+def test_hard_vote_cuts_at_the_final_scope_not_the_ode_scope():
+    """ode_scope="local" with global scope: the hard vote is one global cut (§2.10)."""
+    from sfpk.pruners.processors import ThresholdLayout
+    from sfpk.pruners.voting import hard_cut
+
+    steps = []
+    _prune(**FAST, vote="hard", ode_scope="local", trace_callback=steps.append)
+    for step in steps:
+        for index, raw in step["scores_raw"].items():
+            expected = hard_cut(raw, 0.2, ThresholdLayout())
+            assert torch.equal(step["scores_voted"][index], expected)
+
+
+def test_template_masks_act_whether_or_not_baked_into_the_weights():
+    """Entries pruned in the starting masks are absent from the simulated network (§9.5)."""
+    model, data = model_and_batches("conv_bn", count=4)
+    template = sfpk.prune(model, data, method="mag", sparsity=0.5)
+    baked = template.apply(copy.deepcopy(model))
+    a = sfpk.prune(model, data, method="sfpk", sparsity=0.8, masks=template, **FAST)
+    b = sfpk.prune(baked, data, method="sfpk", sparsity=0.8, masks=template, **FAST)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert torch.equal(_scores(a), _scores(b))
+
+
+@pytest.mark.parametrize("processor", ["qt", "gau"])
+def test_soft_processors_survive_starting_masks_with_many_zeros(processor):
+    """A later round (baked zeros, tied quantiles q_hi = q_lo) must not divide by zero."""
+    model, data = model_and_batches("conv_bn", count=4)
+    template = sfpk.prune(model, data, method="mag", sparsity=0.5)
+    template.apply(model)
+    masks = sfpk.prune(model, data, method="sfpk", sparsity=0.8, masks=template,
+                       processor=processor, **FAST)  # fmt: skip
+    assert all(math.isfinite(r["loss"]) for r in masks.history)
+    assert torch.isfinite(_scores(masks)).all() and masks.sparsity() == pytest.approx(0.8, abs=0.01)

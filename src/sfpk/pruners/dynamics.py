@@ -33,6 +33,7 @@ __all__ = [
     "drift",
     "layer_drift",
     "repulsion",
+    "mean_distance",
 ]
 
 EPS = 1e-12
@@ -362,3 +363,16 @@ def repulsion(
     if sqrt_numerator_weight is not None:
         centred.mul_(sqrt_numerator_weight)  # a2 (M_i - M_j) = a ⊙ (Y_i - Y_j)
     return centred.mul_(2.0 / n), kernel
+
+
+# -- diagnostics ----------------------------------------------------------------------------
+def mean_distance(particles: Tensor, work: Tensor) -> float:
+    """Mean Euclidean distance over particle pairs (0 for one particle)."""
+    n = particles.shape[0]
+    if n < 2:
+        return 0.0
+    centred = torch.sub(particles, particles.mean(0, keepdim=True), out=work)
+    gram = (centred @ centred.T).double()
+    q = gram.diagonal()
+    dist = (q[:, None] + q[None, :] - 2 * gram).clamp_min(0).sqrt()
+    return float(dist.sum() / (n * (n - 1)))

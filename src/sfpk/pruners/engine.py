@@ -20,7 +20,6 @@ the rest of the step runs identically everywhere. Checkpoint callbacks fire on r
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import all_reduce_rows_, is_main, particle_owner, rank, world_size
 from ..distributed import resolve_distributed as _resolve_distributed
-from ..errors import CheckpointError, SfpkError
+from ..errors import SfpkError
 from ..functional import effective_weight_grads
 from .base import Batch, PruneContext, batch_stream, to_device
 from .dynamics import (
@@ -41,18 +40,19 @@ from .dynamics import (
     dt_schedule,
     layer_drift,
     layer_size_and_gradient,
+    mean_distance,
     parse_size_functional,
     radius_at,
     repulsion,
     size_and_gradient,
 )
+from .engine_state import STATE_VERSION, capture_state, check_state, restore_rng, restore_state
 from .layout import FlatLayout
 from .processors import ThresholdLayout, process
 from .voting import rank_voters, score_weight, vote
 
 __all__ = ["ParticleSystem", "STATE_VERSION"]
 
-STATE_VERSION = 1
 Trace = Callable[[dict[str, Any]], None]
 
 
@@ -101,12 +101,19 @@ class ParticleSystem:
         self.start = self.end.clone()
         self.dropped = torch.zeros_like(self.end)  # Σ dt so far: the scheduled drop of G
         self.step_index, self.consumed, self.stopped = 0, 0, False
-        self.calibration = torch.full((n,), math.nan, dtype=torch.float64)
+        self.calibration = torch.full((n,), math.nan, dtype=torch.float64, device=layout.device)
         self.history: list[dict[str, Any]] = []
         segments = layout.segments if self.per_layer else None
         weighted = layout.entry_weight if (layout.structured and segments is None) else None
         self.thresholds = ThresholdLayout(
             segments, weighted, layout.total_weights, opts.reference_local_polarization
+        )
+        # The hard vote cuts at the final target, so per layer only under local *scope*.
+        final_segments = layout.segments if scope == "local" else None
+        self.vote_layout = ThresholdLayout(
+            final_segments,
+            layout.entry_weight if (layout.structured and final_segments is None) else None,
+            layout.total_weights,
         )
         self.rank_weight = layout.abs_theta if opts.rank_by_weight else None
         self.score_weight = score_weight(opts.score, layout.abs_theta, layout.entry_weight)
@@ -129,82 +136,44 @@ class ParticleSystem:
 
     def continue_from(self, state: dict[str, Any]) -> None:
         """Iterative continuation (spec §2.13): particles and S carry over, start = mean G."""
-        self._check_state(state)
+        check_state(self, state)
         self.particles.copy_(state["particles"])
         self.scores.copy_(state["score"])
         self.start.copy_(self._levels(self.particles).mean(0).to(torch.float64))
 
-    def _levels(self, particles: Tensor) -> Tensor:
-        """Per-particle G levels: ``[k, 1]`` globally or ``[k, L]`` per layer."""
-        if not self.per_layer:
+    def _levels(
+        self, particles: Tensor, per_layer: bool | None = None, out: Tensor | None = None
+    ) -> Tensor:
+        """Per-particle G: ``[k, 1]`` globally or ``[k, L]`` per layer (default: per layer
+        under either local scope); ``out`` receives ``-∇G`` when given."""
+        layout = self.layout
+        if not (self.per_layer if per_layer is None else per_layer):
             value, _ = size_and_gradient(
                 particles,
                 self.functional,
-                total=self.layout.total_weights,
-                weights=self.layout.entry_weight,
+                total=layout.total_weights,
+                weights=layout.entry_weight,
+                out=out,
             )
             return value[:, None]
         value, _ = layer_size_and_gradient(
             particles,
             self.functional,
-            layer_ids=self.layout.layer_ids,
-            layer_totals=self.layout.layer_totals,
-            weights=self.layout.entry_weight,
+            layer_ids=layout.layer_ids,
+            layer_totals=layout.layer_totals,
+            weights=layout.entry_weight,
+            out=out,
         )
         return value
 
-    # -- state ------------------------------------------------------------------------------
+    # -- state (checkpoint handling lives in .engine_state) --------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-identically (tensors are copies)."""
-        rng = {"cpu": torch.get_rng_state()}
-        if self.layout.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.layout.device)
-        return {
-            "version": STATE_VERSION,
-            "names": list(self.layout.names),
-            "num_entries": self.layout.num_entries,
-            "num_steps": self.options.num_steps,
-            "density": self.density,
-            "particles": self.particles.detach().clone(),
-            "score": self.scores.detach().clone(),
-            "start": self.start.clone(),
-            "dropped": self.dropped.clone(),
-            "step": self.step_index,
-            "consumed": self.consumed,
-            "stopped": self.stopped,
-            "calibration": self.calibration.clone(),
-            "rng": rng,
-            "history": copy.deepcopy(self.history),
-        }
-
-    def _check_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise CheckpointError(f"particle state version {state.get('version')!r} unsupported")
-        if state["names"] != self.layout.names or tuple(state["particles"].shape) != tuple(
-            self.particles.shape
-        ):
-            raise CheckpointError(
-                "particle state does not fit: it holds "
-                f"{tuple(state['particles'].shape)} particles for {len(state['names'])} masks, "
-                f"this run needs {tuple(self.particles.shape)} for {self.layout.num_layers}"
-            )
+        return capture_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume a run from :meth:`state_dict` (same options, data and masks)."""
-        self._check_state(state)
-        if state["num_steps"] != self.options.num_steps or state["density"] != self.density:
-            raise CheckpointError(
-                f"resume state is for num_steps={state['num_steps']}, density="
-                f"{state['density']}; this run has {self.options.num_steps}, {self.density}"
-            )
-        self.particles.copy_(state["particles"])
-        self.scores.copy_(state["score"])
-        self.start.copy_(state["start"])
-        self.dropped.copy_(state["dropped"])
-        self.step_index, self.consumed = int(state["step"]), int(state["consumed"])
-        self.stopped = bool(state["stopped"])
-        self.calibration.copy_(state["calibration"])
-        self.history = copy.deepcopy(state["history"])
+        """Resume a run from :meth:`state_dict` (same options, data, masks and scope)."""
+        restore_state(self, state)
         self._rng = state["rng"]
 
     # -- the simulation ---------------------------------------------------------------------
@@ -217,10 +186,7 @@ class ParticleSystem:
                 if not first:
                     raise SfpkError("the pruning data yielded no batch")
                 yield first[0]
-        stream = batch_stream(data)
-        for _ in range(self.consumed):  # resume: replay the batches already used
-            next(stream)
-        yield from stream
+        yield from batch_stream(data)
 
     def run(self, data: Iterable[Batch], *, trace: Trace | None = None) -> Tensor:
         """Run the remaining steps; returns the momentum score ``S`` (flat, ``[P_m]``).
@@ -231,11 +197,11 @@ class ParticleSystem:
         """
         opts = self.options
         draws = self._draws(data)
+        for _ in range(self.consumed):  # resume: replay the draws already used, then ...
+            next(draws)
         rng = getattr(self, "_rng", None)
-        if rng is not None:  # restore after the replay, which may itself draw numbers
-            torch.set_rng_state(rng["cpu"])
-            if "cuda" in rng:
-                torch.cuda.set_rng_state(rng["cuda"], self.layout.device)
+        if rng is not None:  # ... restore the RNG, which the replay may itself have used
+            restore_rng(rng, self.layout.device)
         bar = tqdm(
             total=opts.num_steps,
             initial=self.step_index,
@@ -258,40 +224,63 @@ class ParticleSystem:
 
     def step(self, draws: Iterator[Batch], trace: Trace | None = None) -> dict[str, Any]:
         """One synchronous step of all particles (spec §3.1 loop body)."""
-        opts, layout, t = self.options, self.layout, self.step_index
+        opts, t = self.options, self.step_index
         tic = time.perf_counter()
-        if self.layer_ode:
-            levels, _ = layer_size_and_gradient(
-                self.particles,
-                self.functional,
-                layer_ids=layout.layer_ids,
-                layer_totals=layout.layer_totals,
-                weights=layout.entry_weight,
-                out=self.neg_grads,
-            )
-        else:
-            value, _ = size_and_gradient(
-                self.particles,
-                self.functional,
-                total=layout.total_weights,
-                weights=layout.entry_weight,
-                out=self.neg_grads,
-            )
-            levels = value[:, None]
+        levels = self._levels(self.particles, self.layer_ode, out=self.neg_grads)  # and -∇G
         level_list = levels.tolist()
-        current = (
-            self._levels(self.particles).mean(0).double() if opts.dt_schedule == "adalin" else None
-        )
-        dt = dt_schedule(opts.dt_schedule, t, opts.num_steps, self.start, self.end, current)
-        snapshot = self.particles.clone() if trace is not None else None
-        losses, polarized = self._energy_forces(draws, level_list, trace is not None)
-        info: dict[str, Any] = {}
+        dt = self._dt(t)
+        info: dict[str, Any] | None = None
         if trace is not None:
+            info = {"mask_before": self.particles.clone()}
+        losses, polarized = self._energy_forces(draws, level_list, info is not None)
+        if info is not None:
             info["force_energy"] = self.forces.clone()
         attraction = float(self.forces.norm(dim=1).mean())
-        push, kernel = self._repel(info if trace is not None else None)
-        if trace is not None:
+        push, kernel = self._repel(info)
+        if info is not None:
             info["force_total"] = self.forces.clone()
+        radius = self._move(t, dt)
+        if info is not None:
+            info.update(
+                step=t, dt=dt.tolist(), start=self.start.tolist(), end=self.end.tolist(),
+                G=levels.clone(), E=losses.clone(), K=kernel, radius=radius.clone(),
+                polarized=polarized, neg_grad=self.neg_grads.clone(),
+                delta=self.forces.clone(), mask_after=self.particles.clone(),
+            )  # fmt: skip
+        voted = self._vote(losses, info)
+        self.scores.mul_(opts.momentum).add_(voted)
+        self.step_index += 1
+        mean_level = sum(map(sum, level_list)) / (len(level_list) * len(level_list[0]))
+        if opts.early_stop and mean_level <= float(self.end.mean()):
+            self.stopped = True
+        self.dropped += dt
+        record = {
+            "step": t,
+            "target_density": float((self.start - self.dropped).mean()),
+            "mean_G": mean_level,
+            "loss": float(losses.mean()),
+            "distance": mean_distance(self.particles, self.work),
+            "repulsion": push,
+            "attraction": attraction,
+            "seconds": time.perf_counter() - tic,
+        }
+        self.history.append(record)
+        if info is not None:
+            info.update(voted=voted.clone(), momentum=self.scores.clone(), record=record)
+            trace(info)
+        return record
+
+    def _dt(self, t: int) -> Tensor:
+        """``dt_t`` (float64 on the CPU, one value or one per layer) of the schedule."""
+        opts = self.options
+        current = None
+        if opts.dt_schedule == "adalin":
+            current = self._levels(self.particles).mean(0).double().cpu()
+        return dt_schedule(opts.dt_schedule, t, opts.num_steps, self.start, self.end, current)
+
+    def _move(self, t: int, dt: Tensor) -> Tensor:
+        """Turn the forces into the drift δ (§2.7) and take ``M += dt·δ``; returns r_t."""
+        opts, layout = self.options, self.layout
         radius = radius_at(
             opts.radius_schedule,
             t,
@@ -310,62 +299,32 @@ class ParticleSystem:
             self.particles.addcmul_(
                 self.forces, dt.to(layout.dtype).to(layout.device)[layout.layer_ids]
             )
+        return radius
+
+    def _vote(self, losses: Tensor, info: dict[str, Any] | None) -> Tensor:
+        """The voted score s̄ of the lowest-energy particles (§2.10 steps 1-4)."""
+        opts = self.options
         order, voters = rank_voters(losses, opts.vote_ratio)
         voter_list = voters.tolist()
-        votes: dict[str, dict[int, Tensor]] | None = {} if trace is not None else None
+        votes: dict[str, dict[int, Tensor]] | None = {} if info is not None else None
         voted = vote(
             self.particles,
             voter_list,
             mode=opts.vote,
             weight=self.score_weight,
             density=self.density,
-            layout=self.thresholds,
-            alive=layout.alive,
+            layout=self.vote_layout,
+            alive=self.layout.alive,
             trace=votes,
         )
-        self.scores.mul_(opts.momentum).add_(voted)
-        self.step_index += 1
-        mean_level = sum(map(sum, level_list)) / (len(level_list) * len(level_list[0]))
-        if opts.early_stop and mean_level <= float(self.end.mean()):
-            self.stopped = True
-        self.dropped += dt
-        target = float((self.start - self.dropped).mean())
-        record = {
-            "step": t,
-            "target_density": target,
-            "mean_G": mean_level,
-            "loss": float(losses.mean()),
-            "distance": _mean_distance(self.particles, self.work),
-            "repulsion": push,
-            "attraction": attraction,
-            "seconds": time.perf_counter() - tic,
-        }
-        self.history.append(record)
-        if trace is not None:
+        if info is not None:
             info.update(
-                step=t,
-                dt=dt.tolist(),
-                start=self.start.tolist(),
-                end=self.end.tolist(),
-                G=levels.clone(),
-                E=losses.clone(),
-                K=kernel,
-                radius=radius.clone(),
-                mask_before=snapshot,
-                polarized=polarized,
-                neg_grad=self.neg_grads.clone(),
-                delta=self.forces.clone(),
-                mask_after=self.particles.clone(),
                 order=order.tolist(),
                 voters=voter_list,
                 scores_raw=votes.get("raw", {}),
                 scores_voted=votes.get("voted", {}),
-                voted=voted.clone(),
-                momentum=self.scores.clone(),
-                record=record,
             )
-            trace(info)
-        return record
+        return voted
 
     def _repel(self, info: dict[str, Any] | None) -> tuple[float, Tensor | None]:
         """Add ``λ R`` (all particles at once) to the forces; returns (mean ‖λR‖, K)."""
@@ -429,18 +388,6 @@ class ParticleSystem:
         if self.split:
             all_reduce_rows_(self.forces, losses)
         return losses, polarized
-
-
-def _mean_distance(particles: Tensor, work: Tensor) -> float:
-    """Mean Euclidean distance over particle pairs (0 for one particle)."""
-    n = particles.shape[0]
-    if n < 2:
-        return 0.0
-    centred = torch.sub(particles, particles.mean(0, keepdim=True), out=work)
-    gram = (centred @ centred.T).double()
-    q = gram.diagonal()
-    dist = (q[:, None] + q[None, :] - 2 * gram).clamp_min(0).sqrt()
-    return float(dist.sum() / (n * (n - 1)))
 
 
 def _sqrt_or_none(values: Tensor | None) -> Tensor | None:

@@ -34,7 +34,10 @@ class FlatLayout:
         theta: detached parameters by name (masked ones and tied biases).
     """
 
-    def __init__(self, model: nn.Module, masks: Masks) -> None:
+    def __init__(self, model: nn.Module, masks: Masks, *, mask_weights: bool = False) -> None:
+        """``mask_weights``: θ is taken as ``θ ⊙ 1[mask ≠ 0]`` (entries pruned in ``masks``
+        are absent from the simulated network and never alive), as if ``masks`` had been
+        applied to the model (spec §9.5)."""
         params = dict(model.named_parameters())
         self.names: list[str] = list(masks)
         self.shapes = [tuple(masks[n].shape) for n in self.names]
@@ -46,6 +49,11 @@ class FlatLayout:
         self.structured = masks.structure != "unstructured"
         self.tied = {b: w for b, w in masks.tied_biases.items() if b not in masks}
         self.theta: dict[str, Tensor] = {n: params[n].detach() for n in [*self.names, *self.tied]}
+        if mask_weights:
+            for name, mask in masks.effective_masks().items():
+                if bool((mask == 0).any()):
+                    theta = self.theta[name]
+                    self.theta[name] = theta * (mask != 0).to(theta.device, theta.dtype)
         first = self.theta[self.names[0]]
         self.dtype, self.device = first.dtype, first.device
         counts = [masks.weights_per_entry(n) for n in self.names]

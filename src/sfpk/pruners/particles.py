@@ -61,7 +61,8 @@ class _DynamicsOptions:
         (reference SpODE) instead of one persistent cyclic stream.
     start_one: start the dt schedule at 1.0 (reference SpODE) instead of G of the start mask.
     revive_pruned: entries already zero in the starting masks may come back (reference
-        §2.13); False keeps masks nested across rounds (§9.5).
+        §2.13); False keeps masks nested across rounds (§9.5) and simulates with
+        ``θ ⊙ 1[mask ≠ 0]``, as if the starting masks were applied to the model.
     continue_from: an engine state (``masks.engine_state`` of the previous round) to continue
         from: its particles and S carry over (§2.13).
     resume_state: a state from ``checkpoint_callback`` to resume an interrupted run; the
@@ -180,7 +181,7 @@ class _ParticlePruner(Pruner):
         (the final state, for ``continue_from`` in the next round).
         """
         opts = self.engine_options()
-        layout = FlatLayout(model, masks)
+        layout = FlatLayout(model, masks, mask_weights=not opts.revive_pruned)
         engine = ParticleSystem(model, layout, opts, density=1.0 - sparsity, scope=scope, ctx=ctx)
         if opts.resume_state is not None:
             engine.load_state_dict(opts.resume_state)

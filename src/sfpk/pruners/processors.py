@@ -27,6 +27,7 @@ __all__ = ["PROCESSORS", "ThresholdLayout", "binarize", "process", "quantile"]
 
 PROCESSORS = ("ohh", "ohhm", "oh", "ohm", "qt", "qtm", "gau", "gaum")
 GradFn = Callable[[Tensor], Tensor] | None
+_MIN_SPREAD = 1e-12  # smallest q_hi - q_lo of the qt/gau sigmoid
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,9 @@ def _sigmoid_mask(
         q_hi = mean + inv(removed) * std
         q_lo = mean + inv(max(removed * ratio, 1e-12)) * std
     upper, lower = math.log(eps / (1.0 - eps)), math.log((1.0 - eps) / eps)
-    return torch.sigmoid(lower + (rank - q_lo) / (q_hi - q_lo) * (upper - lower))
+    # Tied quantiles (e.g. many zeros of an earlier round's mask) would divide 0 by 0.
+    spread = (q_hi - q_lo).clamp_min(_MIN_SPREAD)
+    return torch.sigmoid(lower + (rank - q_lo) / spread * (upper - lower))
 
 
 def _soft(

@@ -1,0 +1,101 @@
+"""Checkpoint state of the particle engine: capture, validation, restore (docs/sfpk.md).
+
+A state is a plain dict of tensor copies and numbers, taken after a completed step, so an
+interrupted run resumes bit-identically (:meth:`ParticleSystem.load_state_dict`) and an
+iterative round continues from the previous one (:meth:`ParticleSystem.continue_from`).
+Kept apart from the step loop so that the engine module holds the dynamics only.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    from .engine import ParticleSystem
+
+__all__ = ["STATE_VERSION", "capture_state", "check_state", "restore_state", "restore_rng"]
+
+STATE_VERSION = 1
+
+
+def capture_state(system: ParticleSystem) -> dict[str, Any]:
+    """Everything needed to resume ``system`` bit-identically (tensors are copies)."""
+    rng = {"cpu": torch.get_rng_state()}
+    if system.layout.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(system.layout.device)
+    return {
+        "version": STATE_VERSION,
+        "names": list(system.layout.names),
+        "num_entries": system.layout.num_entries,
+        "num_steps": system.options.num_steps,
+        "density": system.density,
+        "particles": system.particles.detach().clone(),
+        "score": system.scores.detach().clone(),
+        "start": system.start.clone(),
+        "dropped": system.dropped.clone(),
+        "step": system.step_index,
+        "consumed": system.consumed,
+        "stopped": system.stopped,
+        "calibration": system.calibration.clone(),
+        "rng": rng,
+        "history": copy.deepcopy(system.history),
+    }
+
+
+def check_state(system: ParticleSystem, state: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` holds particles for these masks.
+
+    Raises:
+        CheckpointError: unknown version, other mask names or particle shape.
+    """
+    if state.get("version") != STATE_VERSION:
+        raise CheckpointError(f"particle state version {state.get('version')!r} unsupported")
+    particles = system.particles
+    if state["names"] != system.layout.names or tuple(state["particles"].shape) != tuple(
+        particles.shape
+    ):
+        raise CheckpointError(
+            "particle state does not fit: it holds "
+            f"{tuple(state['particles'].shape)} particles for {len(state['names'])} masks, "
+            f"this run needs {tuple(particles.shape)} for {system.layout.num_layers}"
+        )
+
+
+def restore_state(system: ParticleSystem, state: dict[str, Any]) -> None:
+    """Load a :func:`capture_state` dict into ``system`` (same options, data and masks).
+
+    Raises:
+        CheckpointError: the state does not fit (see :func:`check_state`), or it was taken
+            with another ``num_steps``, target density or scope.
+    """
+    check_state(system, state)
+    if state["num_steps"] != system.options.num_steps or state["density"] != system.density:
+        raise CheckpointError(
+            f"resume state is for num_steps={state['num_steps']}, density="
+            f"{state['density']}; this run has {system.options.num_steps}, {system.density}"
+        )
+    if state["start"].shape != system.start.shape:
+        raise CheckpointError(
+            f"resume state has {state['start'].numel()} start level(s), this run needs "
+            f"{system.start.numel()}: it was taken with another scope or ode_scope"
+        )
+    system.particles.copy_(state["particles"])
+    system.scores.copy_(state["score"])
+    system.start.copy_(state["start"])
+    system.dropped.copy_(state["dropped"])
+    system.step_index, system.consumed = int(state["step"]), int(state["consumed"])
+    system.stopped = bool(state["stopped"])
+    system.calibration.copy_(state["calibration"])
+    system.history = copy.deepcopy(state["history"])
+
+
+def restore_rng(rng: dict[str, Any], device: torch.device) -> None:
+    """Set the CPU (and ``device``'s CUDA) generator states saved by :func:`capture_state`."""
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
