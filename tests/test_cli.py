@@ -106,3 +106,76 @@ def test_relative_run_directory_works(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "x"
     assert (run / "summary.json").is_file() and (run / "model.safetensors").is_file()
     assert not (run / "runs").exists()
+
+
+def test_invalid_model_option_value_is_one_line_error(tmp_path, capsys):
+    """A model option of the wrong type (`hidden=-5`) is a one-line error, not a traceback."""
+    flags = [*TINY_FLAGS, "--model-option", "hidden=-5", "--method", "mag"]
+    assert main(["oneshot", *flags, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sfpk: error:") and "hidden" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["file", "below_file"])
+def test_run_directory_on_a_file_is_one_line_error(tmp_path, capsys, where):
+    """`--out` naming a file (or a path below one) fails with `sfpk: error:`, not OSError."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    out = blocker if where == "file" else blocker / "run"
+    assert main(["pretrain", *TINY_FLAGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sfpk: error:") and err.count("\n") == 1
+    assert blocker.read_text() == "x"
+
+
+def test_resume_with_changed_model_is_one_line_error(tmp_path, capsys):
+    """A config.yaml edited to another model cannot load the checkpoint: clear error, exit 2."""
+    out = tmp_path / "run"
+    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    config = out / "config.yaml"
+    config.write_text(config.read_text().replace("hidden:\n    - 32", "hidden:\n    - 16"))
+    assert main(["resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sfpk: error:") and "checkpoint" in err and err.count("\n") == 1
+
+
+def test_resume_from_another_directory_finds_relative_checkpoint(tmp_path, monkeypatch, capsys):
+    """A relative --checkpoint is stored absolute, so `sfpk resume` works from any directory."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", "dense"]) == 0
+    flags = [*TINY_FLAGS, "--method", "mag", "--checkpoint", "dense/model.safetensors"]
+    assert main(["oneshot", *flags, "--out", "run"]) == 0
+    first = json.loads((tmp_path / "run" / "summary.json").read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["resume", str(tmp_path / "run"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert again["dense_test_acc"] == first["dense_test_acc"]
+
+
+def test_report_mixes_dense_and_pruned_runs(tmp_path, capsys):
+    """`sfpk report` on a pretrain run plus pruned runs lists the dense one as its own row."""
+    dense, pruned = tmp_path / "dense", tmp_path / "pruned"
+    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", str(dense)]) == 0
+    flags = [*TINY_FLAGS, "--method", "mag", "--checkpoint", str(dense / "model.safetensors")]
+    assert main(["oneshot", *flags, "--out", str(pruned)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(dense), str(pruned), "-o", str(tmp_path / "rep")]) == 0
+    table = (tmp_path / "rep" / "report.md").read_text().splitlines()[2:]
+    assert len(table) == 2
+    assert any("| dense | 0.0000 |" in row for row in table)
+
+
+def test_report_into_a_file_is_one_line_error(tmp_path, capsys):
+    """`sfpk report -o FILE` names the problem on one line instead of raising OSError."""
+    run = tmp_path / "run"
+    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", str(run)]) == 0
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    capsys.readouterr()
+    assert main(["report", str(run), "-o", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sfpk: error:") and err.count("\n") == 1

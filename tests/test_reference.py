@@ -206,3 +206,33 @@ def test_reference_missing_cifar_says_where_to_put_it(tmp_path, capsys, monkeypa
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "cifar-100-python" in err and "never downloads" in err
+
+
+def test_iterative_readme_command_uses_the_optimizer_and_loss_the_reference_ran():
+    """ImageNet iterative: plain SGD, momentum 0, WD 5e-5 (§5.3) and label smoothing 0.1 (§5.2)."""
+    o = translate(ITERATIVE).overrides
+    assert o["train.momentum"] == 0.0 and o["train.weight_decay"] == 5e-5
+    assert o["train.label_smoothing"] == 0.1
+
+
+def test_iterative_ignores_momentum_and_weight_decay_as_the_reference():
+    """The reference's iterative optimizer ignores --momentum/--weight_decay; so does the map."""
+    t = translate([*ITERATIVE, "--momentum", "0.9", "--weight_decay", "1e-3"])
+    assert t.overrides["train.momentum"] == 0.0 and t.overrides["train.weight_decay"] == 5e-5
+    assert any("--momentum" in n and "ignores" in n for n in t.notes)
+
+
+def test_label_smoothing_applies_to_imagenet_only():
+    """The reference smooths labels only on ImageNet: a CIFAR command trains with plain CE."""
+    t = translate([*ONESHOT, "--label_smoothing", "0.2"])
+    assert "train.label_smoothing" not in t.overrides
+    assert any("--label_smoothing" in n for n in t.notes)
+
+
+def test_model_dir_uses_the_run_data_set_and_model(tmp_path):
+    """--model_dir without --data/--model looks for the run's own defaults (cifar100/resnet20)."""
+    weights = tmp_path / "pretrained" / "cifar100" / "resnet20.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    t = translate(["--model_dir", str(tmp_path)])
+    assert t.overrides["model.checkpoint"] == str(weights)

@@ -117,3 +117,14 @@ def test_report_names_a_run_without_summary(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="summary.json"):
         write_report([tmp_path / "empty"], tmp_path / "out")
+
+
+def test_runs_of_different_settings_are_not_averaged_as_seeds():
+    """Two data sets at the same (method, sparsity) give two rows, each naming its setting."""
+    base = {"method": "mag", "sparsity": 0.9, "pipeline": "oneshot", "model": "mlp"}
+    summaries = [
+        {**base, "dataset": "digits", "seed": 0, "final_test_acc": 0.8, "_run_dir": "a"},
+        {**base, "dataset": "mnist1d", "seed": 0, "final_test_acc": 0.4, "_run_dir": "b"},
+    ]
+    rows = {r["method"]: r["mean"] for r in summarize_runs(summaries)}
+    assert rows == {"mag (digits)": 0.8, "mag (mnist1d)": 0.4}

@@ -7,8 +7,9 @@ Subcommands live in one registry (:data:`COMMANDS`); adding one is a decorated f
 
 Pipeline flags are generated from the config dataclasses (:mod:`sfpk.config`), one per knob,
 with ``default=SUPPRESS`` so that only flags the user typed override the YAML recipe.
-Errors sfpk raises on purpose (:class:`sfpk.SfpkError`) are printed on one line
-(``sfpk: error: ...``) and exit with status 2, without a traceback.
+Errors sfpk raises on purpose (:class:`sfpk.SfpkError`) and file-system errors (``OSError``,
+e.g. ``--out`` naming a file) are printed on one line (``sfpk: error: ...``) and exit with
+status 2, without a traceback.
 
 Launched by ``torchrun`` (``torchrun --nproc_per_node W -m sfpk oneshot ...``), the pipeline
 commands join the process group the launcher describes: every rank runs the pipeline, SFPK /
@@ -244,7 +245,10 @@ def _print_summary(out: str, summary: dict[str, Any]) -> None:
         (f"last-{summary['last_k']} mean", _percent(summary.get("last_k_mean_test_acc"))),
         (
             "best-val test acc",
-            f"{_percent(summary.get('best_val_test_acc'))} (epoch {summary['best_val_epoch']})",
+            _percent(summary.get("best_val_test_acc"))
+            + (
+                "" if summary["best_val_epoch"] is None else f" (epoch {summary['best_val_epoch']})"
+            ),
         ),
         (
             "seconds",
@@ -402,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.command].run(args)
-    except SfpkError as exc:
+    except (SfpkError, OSError) as exc:  # OSError: e.g. --out or -o naming a file
         sys.stderr.write(f"sfpk: error: {exc}\n")  # one write: ranks' lines never interleave
         return 2
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -335,7 +336,8 @@ def build_config(
         check_paths: check that ``model.checkpoint`` and ``data.data_dir`` exist.
 
     Returns:
-        The validated config, with ``prune.rounds`` resolved.
+        The validated config, with ``prune.rounds`` resolved and ``model.checkpoint`` /
+        ``data.data_dir`` made absolute (relative to the current working directory).
 
     Raises:
         ConfigError: unknown key (with close matches), wrong type or invalid value.
@@ -353,6 +355,12 @@ def build_config(
     config = _from_dict(Config, data)
     if config.prune.rounds is None:
         config.prune.rounds = 10 if pipeline == "iterative" else 1
+    # Input paths are made absolute here, so the saved config.yaml (what `sfpk resume DIR`
+    # reads) names the same files whatever the working directory of the resume.
+    if config.model.checkpoint is not None:
+        config.model.checkpoint = os.path.abspath(os.path.expanduser(config.model.checkpoint))
+    if config.data.data_dir is not None:
+        config.data.data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
     validate(config, check_paths=check_paths)
     return config
 

@@ -11,6 +11,9 @@ meaning of every flag, and converts them once, here, at the edge:
   (``--mask_dim 1``, the default) or filters (``--mask_dim 0``).
 * The reference prunes linear biases, so ``prune.include_bias`` is turned on.
 * The reference's SynFlow schedule is pipeline rounds (``--prn_epochs``) of one scoring each.
+* ``--exp iterative`` trains with the reference's ``load_optimizer`` defaults (momentum 0 for
+  ``sgd``, weight decay 5e-5, or 0.05 for ``adamw``): it ignores ``--momentum`` and
+  ``--weight_decay`` (spec §5.3). ``--label_smoothing`` (default 0.1) applies to ImageNet only.
 
 Flags that are not given take sfpk's defaults, which are the reference README's recipe
 (method spec §9.1), not the reference's argparse defaults. Flags that cannot be honoured are
@@ -26,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import DataConfig, ModelConfig
 from .errors import ConfigError
 
 __all__ = ["FLAGS", "Translation", "translate", "native_command"]
@@ -305,9 +309,9 @@ def _freed_parameters(given: dict[str, Any], out: Translation) -> list[str]:
 
     from .models import create
 
-    dataset = out.overrides.get("data.dataset", "cifar100")
+    dataset = out.overrides.get("data.dataset", DataConfig().dataset)
     model = create(
-        out.overrides.get("model.name", "resnet20"),
+        out.overrides.get("model.name", ModelConfig().name),
         num_classes=10,
         input_shape=_INPUT_SHAPES.get(dataset, (3, 32, 32)),
     )
@@ -340,6 +344,31 @@ def _training(given: dict[str, Any], out: Translation) -> None:
         out.overrides.pop("train.cold_start_lr", None)
     if out.pipeline == "iterative":
         out.overrides["train.warmup_epochs"] = 0
+        _iterative_optimizer(given, out)
+    _label_smoothing(given, out)
+
+
+def _iterative_optimizer(given: dict[str, Any], out: Translation) -> None:
+    """The reference's iterative uses ``load_optimizer``'s own defaults (spec §5.3, §8.7)."""
+    for key in ("momentum", "weight_decay"):
+        if key in given:
+            out.notes.append(f"--{key}: accepted, the reference's iterative ignores it")
+    opt = given.get("opt", "sgd")
+    out.overrides["train.weight_decay"] = 0.05 if opt == "adamw" else 5e-5
+    if opt == "sgd":
+        out.overrides["train.momentum"] = 0.0
+    else:
+        out.overrides.pop("train.momentum", None)
+
+
+def _label_smoothing(given: dict[str, Any], out: Translation) -> None:
+    """The reference smooths the training labels (default 0.1) on ImageNet only (§5.2)."""
+    dataset = out.overrides.get("data.dataset", DataConfig().dataset)
+    if dataset == "imagenet":
+        out.overrides["train.label_smoothing"] = given.get("label_smoothing", 0.1)
+    elif "label_smoothing" in given:
+        out.notes.append("--label_smoothing: accepted, the reference uses it on ImageNet only")
+        out.overrides.pop("train.label_smoothing", None)
 
 
 def _device_and_weights(given: dict[str, Any], out: Translation) -> None:
@@ -359,8 +388,9 @@ def _device_and_weights(given: dict[str, Any], out: Translation) -> None:
     if "model_dir" in given:
         from pathlib import Path
 
-        data = out.overrides.get("data.dataset", "imagenet")
-        model = out.overrides.get("model.name", "resnet50")
+        # flags not given take sfpk's defaults, as for the run itself
+        data = out.overrides.get("data.dataset", DataConfig().dataset)
+        model = out.overrides.get("model.name", ModelConfig().name)
         path = Path(given["model_dir"]) / "pretrained" / data / f"{model}.pt"
         if out.pipeline != "pretrain":
             if not path.is_file():

@@ -55,11 +55,22 @@ def _accuracy(summary: dict[str, Any]) -> float:
 
 
 def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (method, sparsity): seeds, number of runs, mean and std accuracy."""
+    """One row per (method, sparsity): seeds, number of runs, mean and std accuracy.
+
+    When the runs span several data sets, models or pruning pipelines, those that differ are
+    part of the method label, so only seeds of the same experiment are averaged.
+    """
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    keys = [k for k in ("dataset", "model") if len({str(s.get(k)) for s in summaries}) > 1]
+    if len({str(s.get("pipeline")) for s in summaries if s.get("method")}) > 1:
+        keys.append("pipeline")  # oneshot and iterative runs of one method differ
     for summary in summaries:
-        key = (str(summary.get("method")), round(float(summary.get("sparsity", 0.0)), 6))
-        groups[key].append(summary)
+        # dense (pretrain) runs have method and sparsity None: one "dense" row at 0
+        method = str(summary.get("method") or "dense")
+        if keys:  # never average runs of different data / model / pipeline as seeds
+            method += f" ({' '.join(str(summary.get(k)) for k in keys)})"
+        sparsity = summary.get("sparsity") or 0.0
+        groups[(method, round(float(sparsity), 6))].append(summary)
     rows = []
     for (method, sparsity), runs in sorted(groups.items()):
         accs = [_accuracy(r) for r in runs]
@@ -72,7 +83,7 @@ def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "mean": statistics.fmean(accs),
                 "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                 "achieved_sparsity": statistics.fmean(
-                    float(r.get("achieved_sparsity", sparsity)) for r in runs
+                    float(r.get("achieved_sparsity") or sparsity) for r in runs
                 ),
             }
         )

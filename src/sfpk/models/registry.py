@@ -25,6 +25,7 @@ __all__ = [
     "list_models",
     "count_parameters",
     "image_channels",
+    "init_kaiming_normal",
 ]
 
 Builder = Callable[..., nn.Module]
@@ -111,7 +112,15 @@ def create(
     if builder is None:
         raise UnknownNameError("model", name, list_models())
     _check_options(name, builder, options)
-    return builder(num_classes=num_classes, input_shape=input_shape, **options)
+    try:
+        return builder(num_classes=num_classes, input_shape=input_shape, **options)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        if not options:
+            raise
+        # a value of the wrong type or range, e.g. hidden=-5 where a list of widths is due
+        raise ConfigError(f"model {name!r} rejected options {options!r}: {exc}") from exc
 
 
 create_model = create
@@ -120,6 +129,15 @@ create_model = create
 def count_parameters(model: nn.Module) -> int:
     """Number of scalar parameters (trainable or not; buffers excluded)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def init_kaiming_normal(model: nn.Module) -> None:
+    """Kaiming-normal conv and linear weights, zero biases (OpenLTH / SynFlow CIFAR nets)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 def image_channels(input_shape: tuple[int, ...] | None, default: int = 3) -> int:

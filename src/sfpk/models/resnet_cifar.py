@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .registry import image_channels, register_model
+from .registry import image_channels, init_kaiming_normal, register_model
 
 __all__ = ["BasicBlock", "CifarResNet"]
 
@@ -85,11 +85,7 @@ class CifarResNet(nn.Module):
             if conv_classifier
             else nn.Linear(channels, num_classes)
         )
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
-                nn.init.kaiming_normal_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_kaiming_normal(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

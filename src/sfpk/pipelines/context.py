@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from .. import data as data_module
 from .. import distributed, models
 from ..checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
+from ..errors import CheckpointError
 from ..masks import Masks
 from ..run import Run
 from ..train import EvalResult, Trainer, select_device
@@ -115,7 +116,14 @@ class Context:
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.state
-        self.model.load_state_dict(checkpoint.model_state)
+        try:
+            self.model.load_state_dict(checkpoint.model_state)
+        except RuntimeError as exc:  # config.yaml no longer describes the checkpointed model
+            first = str(exc).strip().splitlines()[1:2] or [str(exc)]
+            raise CheckpointError(
+                f"checkpoint {str(checkpoint.path)!r} does not fit the model of config.yaml "
+                f"({self.config.model.name}): {first[0].strip()[:200]}"
+            ) from exc
         if checkpoint.masks is not None:
             self.masks = checkpoint.masks
         self.progress = Progress(**state["progress"])
