@@ -179,3 +179,15 @@ def test_report_into_a_file_is_one_line_error(tmp_path, capsys):
     assert main(["report", str(run), "-o", str(blocker)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sfpk: error:") and err.count("\n") == 1
+
+
+def test_run_refused_before_any_checkpoint_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """A run that fails before its first checkpoint can be rerun as is, without --overwrite."""
+    monkeypatch.delenv("SFPK_DATA", raising=False)
+    out = tmp_path / "run"
+    flags = ["oneshot", *TINY_FLAGS, "--data", "cifar10", "--data-dir", str(tmp_path)]
+    assert main([*flags, "--out", str(out)]) == 2
+    assert "cifar-10-batches-py" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*flags, "--out", str(out)]) == 2  # the same error again, not "already exists"
+    assert "already exists" not in capsys.readouterr().err

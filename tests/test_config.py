@@ -221,3 +221,12 @@ def test_demo_recipe_matches_the_demo_preset():
     from_file = build_config("oneshot", yaml_path=recipe, check_paths=False)
     preset = build_config("oneshot", demo=True, overrides={"prune.sparsity": 0.95})
     assert config_to_dict(from_file) == config_to_dict(preset)
+
+
+def test_sfpk_data_is_frozen_into_the_config(tmp_path, monkeypatch):
+    """A run started with $SFPK_DATA resumes from the same folder whatever the environment."""
+    monkeypatch.setenv("SFPK_DATA", str(tmp_path))
+    config = build_config("oneshot", overrides={"data.dataset": "cifar10"}, check_paths=False)
+    assert config.data.data_dir == str(tmp_path)
+    embedded = build_config("oneshot", overrides={"data.dataset": "digits"}, check_paths=False)
+    assert embedded.data.data_dir is None

@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 PIPELINES = ("pretrain", "oneshot", "iterative")
+EMBEDDED_DATASETS = ("mnist1d", "digits")  # generated locally, never read from a directory
 PARTICLE_METHODS = ("sfpk", "spode")
 SECTIONS = ("data", "model", "pretrain", "train", "prune", "run")
 _OPTION_DICTS = {("model", "options"), ("prune", "options")}  # merged key-wise, free keys
@@ -359,8 +360,11 @@ def build_config(
     # reads) names the same files whatever the working directory of the resume.
     if config.model.checkpoint is not None:
         config.model.checkpoint = os.path.abspath(os.path.expanduser(config.model.checkpoint))
-    if config.data.data_dir is not None:
-        config.data.data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
+    # $SFPK_DATA is frozen into the config for the same reason: a resume in another
+    # environment must read the data the run started with.
+    data_dir = config.data.data_dir or os.environ.get("SFPK_DATA") or None
+    if data_dir is not None and config.data.dataset not in EMBEDDED_DATASETS:
+        config.data.data_dir = os.path.abspath(os.path.expanduser(data_dir))
     validate(config, check_paths=check_paths)
     return config
 

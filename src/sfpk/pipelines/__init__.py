@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from .. import distributed
 from ..checkpoint import read_latest_checkpoint
 from ..config import Config
+from ..errors import SfpkError
 from ..run import Run
 from .context import PAUSE_ENV, Context
 from .flows import run_iterative, run_oneshot, run_pretrain, summarize
@@ -54,7 +56,16 @@ def start(config: Config, *, overwrite: bool = False) -> dict[str, Any]:
     Raises:
         ConfigError: no ``run.out``, or it already holds a run and ``overwrite`` is False.
     """
-    return execute(Run.create(config, overwrite=overwrite))
+    run = Run.create(config, overwrite=overwrite)
+    try:
+        return execute(run)
+    except SfpkError:
+        # A run refused before its first checkpoint (bad data directory, a model that does
+        # not fit the data, ...) holds nothing to resume: remove it, so that the corrected
+        # command can be rerun as is rather than stopping at "already exists".
+        if run.writer and read_latest_checkpoint(run.checkpoints_dir) is None:
+            shutil.rmtree(run.directory, ignore_errors=True)
+        raise
 
 
 def resume(directory: str | Path, *, quiet: bool | None = None) -> dict[str, Any]:
