@@ -236,3 +236,11 @@ def test_model_dir_uses_the_run_data_set_and_model(tmp_path):
     weights.write_bytes(b"")
     t = translate(["--model_dir", str(tmp_path)])
     assert t.overrides["model.checkpoint"] == str(weights)
+
+
+def test_dry_run_still_validates_values(capsys):
+    """A dry run never shows a native command that the real run would refuse."""
+    from sfpk.cli import main
+
+    assert main(["reference", "--dry-run", "--N", "-3"]) == 2
+    assert "num_steps" in capsys.readouterr().err

@@ -344,9 +344,13 @@ def _reference(args: argparse.Namespace) -> int:
     for note in translation.notes:
         print(f"sfpk reference: note: {note}", file=sys.stderr)
     print("equivalent native command:\n  " + shlex.join(native_command(translation)))
+    # Validated in a dry run too (files need not exist yet), so it never shows a command
+    # that would then be refused.
+    config = build_config(
+        translation.pipeline, overrides=translation.overrides, check_paths=not args.dry_run
+    )
     if args.dry_run:
         return 0
-    config = build_config(translation.pipeline, overrides=translation.overrides)
     if config.run.out is None:
         raise ConfigError("sfpk reference: give a run directory with --out_dir")
     return _in_process_group(
