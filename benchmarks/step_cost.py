@@ -24,9 +24,9 @@ from torch import nn
 import sfpk
 from sfpk.masks import Masks
 from sfpk.pruners.base import PruneContext
-from sfpk.pruners.engine import ParticleSystem
-from sfpk.pruners.layout import FlatLayout
 from sfpk.pruners.particles import ParticleOptions
+from sfpk.pruners.particles.engine import ParticleSystem
+from sfpk.pruners.particles.layout import FlatLayout
 
 RESULTS = Path(__file__).resolve().parent / "results" / "step_cost.json"
 

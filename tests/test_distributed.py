@@ -23,10 +23,10 @@ WORLD = 2
 STEPS = 3
 # name -> (method, options); n=3 does not divide the world size of 2.
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "even": ("sfpk", {"num_particles": 4, "checkpoint_every": 1}),
+    "even": ("sfpk", {"num_particles": 4}),  # also checkpoints every step
     "uneven": ("sfpk", {"num_particles": 3, "repulsion_weight": 1.0}),
     "spode": ("spode", {}),
-    "off": ("sfpk", {"num_particles": 3, "distributed": False}),
+    "off": ("sfpk", {"num_particles": 3}),
 }
 
 
@@ -43,19 +43,22 @@ def _run_case(name: str, trace: bool) -> dict[str, Any]:
     def on_checkpoint(state: dict[str, Any]) -> None:
         checkpoints[0] += 1
 
-    extra = {"checkpoint_callback": on_checkpoint} if "checkpoint_every" in options else {}
-    if trace:
-        extra["trace_callback"] = lambda info: energies.append(info["E"])
-    masks = sfpk.prune(
+    observer = sfpk.PruneObserver(
+        trace=(lambda info: energies.append(info["E"])) if trace else None,
+        checkpoint_every=1 if name == "even" else 0,
+        on_checkpoint=on_checkpoint,
+    )
+    result = sfpk.run_pruner(
         model, data, method=method, sparsity=0.8, seed=3, num_steps=STEPS, loss_fn=loss_fn,
-        early_stop=False, **options, **extra,
+        early_stop=False, observer=observer, distributed=False if name == "off" else None,
+        **options,
     )  # fmt: skip
-    state = masks.engine_state
+    state = result.state
     return {
-        "masks": dict(masks),
+        "masks": dict(result.masks),
         "particles": state["particles"],
         "score": state["score"],
-        "history": [{k: v for k, v in r.items() if k != "seconds"} for r in masks.history],
+        "history": [{k: v for k, v in r.items() if k != "seconds"} for r in result.history],
         "energies": energies,
         "passes": passes[0],
         "checkpoints": checkpoints[0],
@@ -146,7 +149,7 @@ def test_each_rank_runs_only_the_passes_of_its_own_particles(ranks, single):
     assert single["even"]["passes"] == 4 * STEPS
 
 
-def test_checkpoint_callback_fires_on_rank_zero_only(ranks, single):
+def test_checkpoints_reach_rank_zero_only(ranks, single):
     """Only rank 0 writes files, so only it receives the checkpoint state."""
     assert [r["even"]["checkpoints"] for r in ranks] == [STEPS, 0]
     assert single["even"]["checkpoints"] == STEPS

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sfpk.errors import ConfigError
-from sfpk.pruners.dynamics import (
+from sfpk.pruners.particles.dynamics import (
     EPS,
     drift,
     dt_schedule,
@@ -19,8 +19,8 @@ from sfpk.pruners.dynamics import (
     repulsion,
     size_and_gradient,
 )
-from sfpk.pruners.processors import ThresholdLayout, binarize, process, quantile
-from sfpk.pruners.voting import hard_cut, rank_voters, score_weight, vote
+from sfpk.pruners.particles.processors import ThresholdLayout, binarize, process, quantile
+from sfpk.pruners.particles.voting import hard_cut, rank_voters, score_weight, vote
 
 F64 = torch.float64
 

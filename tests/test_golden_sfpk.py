@@ -54,17 +54,17 @@ def _run(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], sfpk.Masks, l
 
     steps: list[dict[str, Any]] = []
     structured = name in STRUCTURE
-    masks = sfpk.prune(
+    masks = sfpk.run_pruner(
         model,
         Recorder(data),
         method=method,
         sparsity=0.5,
         scope="local" if structured else "global",
         structure=STRUCTURE.get(name),
-        trace_callback=steps.append,
+        observer=sfpk.PruneObserver(trace=steps.append),
         **_SFPK_COMMON,
         **options,
-    )
+    ).masks
     return case, steps, masks, consumed
 
 

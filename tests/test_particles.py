@@ -17,13 +17,27 @@ from sfpk.errors import CheckpointError, ConfigError
 FAST = dict(num_steps=6, num_particles=3)
 
 
-def _prune(name="conv_bn", method="sfpk", sparsity=0.8, seed=0, **options):
+def _run(
+    name="conv_bn", method="sfpk", sparsity=0.8, seed=0, *, on_checkpoint=None,
+    checkpoint_every=0, trace=None, start=None, progress=False, **options,
+) -> sfpk.PruneResult:  # fmt: skip
     model, data = model_and_batches(name, count=4)
-    return sfpk.prune(model, data, method=method, sparsity=sparsity, seed=seed, **options)
+    observer = sfpk.PruneObserver(
+        progress=progress, trace=trace, checkpoint_every=checkpoint_every,
+        on_checkpoint=on_checkpoint,
+    )  # fmt: skip
+    return sfpk.run_pruner(
+        model, data, method=method, sparsity=sparsity, seed=seed, start=start,
+        observer=observer, **options,
+    )  # fmt: skip
 
 
-def _scores(masks: sfpk.Masks) -> torch.Tensor:
-    return masks.engine_state["score"]
+def _prune(*args, **kwargs) -> sfpk.Masks:
+    return _run(*args, **kwargs).masks
+
+
+def _scores(result: sfpk.PruneResult) -> torch.Tensor:
+    return result.state["score"]
 
 
 @pytest.mark.parametrize("structure", ["unstructured", "filter", "channel"])
@@ -42,9 +56,9 @@ def test_exact_sparsity_for_every_structure_and_scope(structure, scope, method):
 def test_one_particle_without_repulsion_is_spode():
     """SFPK with n=1, λ=0 and SpODE's switches is the same computation as SpODE."""
     common = dict(num_steps=5, early_stop=False, reference_batch_order=True, start_one=True)
-    a = _prune(method="sfpk", num_particles=1, repulsion_weight=0.0, **common)
-    b = _prune(method="spode", **common)
-    assert all(torch.equal(a[n], b[n]) for n in a)
+    a = _run(method="sfpk", num_particles=1, repulsion_weight=0.0, **common)
+    b = _run(method="spode", **common)
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
     assert torch.equal(_scores(a), _scores(b))
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a.history]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b.history]
@@ -68,23 +82,23 @@ def test_spode_defaults_use_the_cyclic_stream():
 
 def test_repulsion_keeps_particles_diverse():
     """With λ > 0 the particles end further apart than without (same seed and batches)."""
-    on = _prune(num_steps=8, num_particles=4, repulsion_weight=2.0)
-    off = _prune(num_steps=8, num_particles=4, repulsion_weight=0.0)
+    on = _run(num_steps=8, num_particles=4, repulsion_weight=2.0)
+    off = _run(num_steps=8, num_particles=4, repulsion_weight=0.0)
     assert on.history[-1]["distance"] > off.history[-1]["distance"] > 0
     assert on.history[-1]["repulsion"] > 0 == off.history[-1]["repulsion"]
 
 
 def test_seeded_runs_are_identical():
     """Same seed, same data: identical masks, scores and per-step records."""
-    a, b = _prune(**FAST), _prune(**FAST)
-    assert all(torch.equal(a[n], b[n]) for n in a)
+    a, b = _run(**FAST), _run(**FAST)
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
     assert torch.equal(_scores(a), _scores(b))
     assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
 
 
 def test_history_records_every_step():
-    """masks.history has one record per step with the documented fields."""
-    masks = _prune(**FAST)
+    """PruneResult.history has one record per step with the documented fields."""
+    masks = _run(**FAST)
     assert [r["step"] for r in masks.history] == list(range(FAST["num_steps"]))
     keys = {"step", "target_density", "mean_G", "loss", "distance", "repulsion"}
     assert keys | {"attraction", "seconds"} == set(masks.history[0])
@@ -95,7 +109,7 @@ def test_history_records_every_step():
 def test_momentum_accumulates_the_voted_scores():
     """S_t = s̄_t + μ S_(t-1), starting from S = 0 (spec §2.10)."""
     steps = []
-    _prune(**FAST, momentum=0.3, trace_callback=steps.append)
+    _prune(**FAST, momentum=0.3, trace=steps.append)
     previous = torch.zeros_like(steps[0]["voted"])
     for step in steps:
         assert torch.allclose(step["momentum"], step["voted"] + 0.3 * previous)
@@ -105,7 +119,7 @@ def test_momentum_accumulates_the_voted_scores():
 def test_vote_ratio_selects_the_lowest_energies():
     """vote_ratio 0.5 of 4 particles: the two lowest energies vote."""
     steps = []
-    _prune(num_steps=2, num_particles=4, vote_ratio=0.5, trace_callback=steps.append)
+    _prune(num_steps=2, num_particles=4, vote_ratio=0.5, trace=steps.append)
     for step in steps:
         assert step["voters"] == torch.argsort(step["E"], stable=True)[:2].tolist()
 
@@ -113,8 +127,8 @@ def test_vote_ratio_selects_the_lowest_energies():
 @pytest.mark.parametrize("processor", ["ohh", "ohhm", "oh", "ohm", "qt", "qtm", "gau", "gaum"])
 def test_every_processor_runs(processor):
     """Each mask processor of spec §2.5 drives a run to the exact target."""
-    masks = _prune(**FAST, processor=processor)
-    assert masks.sparsity() == pytest.approx(0.8, abs=0.01)
+    masks = _run(**FAST, processor=processor)
+    assert masks.masks.sparsity() == pytest.approx(0.8, abs=0.01)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in masks.history)
 
 
@@ -142,7 +156,7 @@ def test_every_processor_runs(processor):
 )
 def test_option_variants_run(options):
     """Every documented variant (incl. the ones the reference crashes on, §9.4) works."""
-    masks = _prune(**FAST, **options)
+    masks = _run(**FAST, **options)
     assert len(masks.history) >= 1 and torch.isfinite(_scores(masks)).all()
 
 
@@ -183,40 +197,40 @@ def test_resume_from_a_checkpoint_is_bit_identical():
     """A run resumed from its state at step k ends with the same masks and scores."""
     states = []
     options = dict(num_steps=6, num_particles=3, checkpoint_every=2)
-    full = _prune(**options, checkpoint_callback=states.append)
+    full = _run(**options, on_checkpoint=states.append)
     assert [s["step"] for s in states] == [2, 4, 6]
-    resumed = _prune(**options, resume_state=states[0])
-    assert all(torch.equal(full[n], resumed[n]) for n in full)
+    resumed = _run(**options, start=sfpk.StartState(states[0], resume=True))
+    assert all(torch.equal(full.masks[n], resumed.masks[n]) for n in full.masks)
     assert torch.equal(_scores(full), _scores(resumed))
-    assert torch.equal(full.engine_state["particles"], resumed.engine_state["particles"])
+    assert torch.equal(full.state["particles"], resumed.state["particles"])
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
 
 
 def test_resume_state_must_fit():
     """A state from another configuration is refused with a clear error."""
     states = []
-    _prune(num_steps=4, num_particles=3, checkpoint_every=2, checkpoint_callback=states.append)
+    _prune(num_steps=4, num_particles=3, checkpoint_every=2, on_checkpoint=states.append)
     with pytest.raises(CheckpointError, match="particle state"):
-        _prune(num_steps=4, num_particles=2, resume_state=states[0])
+        _prune(num_steps=4, num_particles=2, start=sfpk.StartState(states[0], resume=True))
     with pytest.raises(CheckpointError, match="num_steps"):
-        _prune(num_steps=5, num_particles=3, resume_state=states[0])
+        _prune(num_steps=5, num_particles=3, start=sfpk.StartState(states[0], resume=True))
 
 
 def test_continuation_keeps_masks_nested():
     """Iterative rounds: particles and S carry over and pruned entries stay pruned (§9.5)."""
     model, data = model_and_batches("conv_bn", count=4)
-    first = sfpk.prune(model, data, method="sfpk", sparsity=0.5, **FAST)
-    second = sfpk.prune(
-        model, data, method="sfpk", sparsity=0.8, masks=first,
-        continue_from=first.engine_state, **FAST,
+    first = sfpk.run_pruner(model, data, method="sfpk", sparsity=0.5, **FAST)
+    second = sfpk.run_pruner(
+        model, data, method="sfpk", sparsity=0.8, masks=first.masks,
+        start=sfpk.StartState(first.state), **FAST,
     )  # fmt: skip
-    assert all(bool((second[n] <= first[n]).all()) for n in first)
-    assert second.sparsity() == pytest.approx(0.8, abs=0.01)
+    assert all(bool((second.masks[n] <= first.masks[n]).all()) for n in first.masks)
+    assert second.masks.sparsity() == pytest.approx(0.8, abs=0.01)
     assert second.history[0]["mean_G"] < 1.0  # started from the carried particles
 
 
 def test_progress_bar_does_not_change_results():
-    """ctx.progress only adds a tqdm bar."""
+    """observer.progress only adds a tqdm bar."""
     a = _prune(**FAST, progress=True)
     b = _prune(**FAST)
     assert all(torch.equal(a[n], b[n]) for n in a)
@@ -291,30 +305,34 @@ def test_resume_is_bit_identical_with_data_that_draws_random_numbers(wrap, optio
     """Replayed batches must not shift the RNG or skip the data's own reshuffles."""
     model, data = model_and_batches("conv_bn", count=4)
     options = dict(num_steps=4, num_particles=2, checkpoint_every=2, **options)
+    every = options.pop("checkpoint_every")
     states = []
-    full = sfpk.prune(model, wrap(data), method="sfpk", sparsity=0.8,
-                      checkpoint_callback=states.append, **options)  # fmt: skip
-    resumed = sfpk.prune(model, wrap(data), method="sfpk", sparsity=0.8,
-                         resume_state=states[0], **options)  # fmt: skip
-    assert torch.equal(full.engine_state["particles"], resumed.engine_state["particles"])
+    observer = sfpk.PruneObserver(checkpoint_every=every, on_checkpoint=states.append)
+    full = sfpk.run_pruner(model, wrap(data), method="sfpk", sparsity=0.8,
+                           observer=observer, **options)  # fmt: skip
+    resumed = sfpk.run_pruner(model, wrap(data), method="sfpk", sparsity=0.8,
+                              start=sfpk.StartState(states[0], resume=True),
+                              **options)  # fmt: skip
+    assert torch.equal(full.state["particles"], resumed.state["particles"])
     assert torch.equal(_scores(full), _scores(resumed))
 
 
 def test_resume_state_of_another_scope_is_refused():
     """A global-scope state has one start level; a local-scope run needs one per layer."""
     states = []
-    _prune(num_steps=4, num_particles=2, checkpoint_every=2, checkpoint_callback=states.append)
+    _prune(num_steps=4, num_particles=2, checkpoint_every=2, on_checkpoint=states.append)
     with pytest.raises(CheckpointError, match="scope"):
-        _prune(num_steps=4, num_particles=2, scope="local", resume_state=states[0])
+        resume = sfpk.StartState(states[0], resume=True)
+        _prune(num_steps=4, num_particles=2, scope="local", start=resume)
 
 
 def test_hard_vote_cuts_at_the_final_scope_not_the_ode_scope():
     """ode_scope="local" with global scope: the hard vote is one global cut (§2.10)."""
-    from sfpk.pruners.processors import ThresholdLayout
-    from sfpk.pruners.voting import hard_cut
+    from sfpk.pruners.particles.processors import ThresholdLayout
+    from sfpk.pruners.particles.voting import hard_cut
 
     steps = []
-    _prune(**FAST, vote="hard", ode_scope="local", trace_callback=steps.append)
+    _prune(**FAST, vote="hard", ode_scope="local", trace=steps.append)
     for step in steps:
         for index, raw in step["scores_raw"].items():
             expected = hard_cut(raw, 0.2, ThresholdLayout())
@@ -326,9 +344,9 @@ def test_template_masks_act_whether_or_not_baked_into_the_weights():
     model, data = model_and_batches("conv_bn", count=4)
     template = sfpk.prune(model, data, method="mag", sparsity=0.5)
     baked = template.apply(copy.deepcopy(model))
-    a = sfpk.prune(model, data, method="sfpk", sparsity=0.8, masks=template, **FAST)
-    b = sfpk.prune(baked, data, method="sfpk", sparsity=0.8, masks=template, **FAST)
-    assert all(torch.equal(a[n], b[n]) for n in a)
+    a = sfpk.run_pruner(model, data, method="sfpk", sparsity=0.8, masks=template, **FAST)
+    b = sfpk.run_pruner(baked, data, method="sfpk", sparsity=0.8, masks=template, **FAST)
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
     assert torch.equal(_scores(a), _scores(b))
 
 
@@ -338,7 +356,8 @@ def test_soft_processors_survive_starting_masks_with_many_zeros(processor):
     model, data = model_and_batches("conv_bn", count=4)
     template = sfpk.prune(model, data, method="mag", sparsity=0.5)
     template.apply(model)
-    masks = sfpk.prune(model, data, method="sfpk", sparsity=0.8, masks=template,
-                       processor=processor, **FAST)  # fmt: skip
-    assert all(math.isfinite(r["loss"]) for r in masks.history)
-    assert torch.isfinite(_scores(masks)).all() and masks.sparsity() == pytest.approx(0.8, abs=0.01)
+    result = sfpk.run_pruner(model, data, method="sfpk", sparsity=0.8, masks=template,
+                             processor=processor, **FAST)  # fmt: skip
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    assert torch.isfinite(_scores(result)).all()
+    assert result.masks.sparsity() == pytest.approx(0.8, abs=0.01)

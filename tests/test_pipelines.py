@@ -13,7 +13,7 @@ from sfpk import api
 from sfpk.checkpoint import load_state_dict_file
 from sfpk.config import build_config
 from sfpk.pipelines import start
-from sfpk.pipelines.phases import round_sparsity
+from sfpk.selection import round_sparsity
 
 SUMMARY_KEYS = {
     "method", "sparsity", "achieved_sparsity", "per_layer", "dense_test_acc", "pruned_test_acc",
@@ -108,14 +108,14 @@ def test_oneshot_rounds_follow_exponential_targets(tmp_path, tiny):
 def test_iterative_prunes_monotone_masks_and_tunes_between_rounds(tmp_path, tiny, monkeypatch):
     """Each round passes the previous masks, so pruned entries never come back (spec §9.5)."""
     calls = []
-    real = api.prune
+    real = api.run_pruner
 
     def spy(*args, **kwargs):
-        masks = real(*args, **kwargs)
-        calls.append({n: m.clone() for n, m in masks.items()})
-        return masks
+        result = real(*args, **kwargs)
+        calls.append({n: m.clone() for n, m in result.masks.items()})
+        return result
 
-    monkeypatch.setattr(api, "prune", spy)
+    monkeypatch.setattr(api, "run_pruner", spy)
     overrides = {
         **tiny, "prune.method": "rand", "prune.rounds": 3, "train.round_epochs": [1],
         "train.round_lr_end": [1e-3],

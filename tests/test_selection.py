@@ -225,3 +225,41 @@ def test_scores_for_unmasked_parameters_are_an_error():
     scores = {"0.weight": torch.rand(3, 4), "0.bias": torch.rand(3)}
     with pytest.raises(ConfigError, match="0.bias"):
         select_topk(scores, template, sparsity=0.5)
+
+
+# -- the shared cuts used by the particle engine --------------------------------------------
+def test_cut_tie_rules():
+    """stable drops exactly k (ties by index); drop removes every tie at τ; keep none."""
+    from sfpk.selection import cut
+
+    values = torch.tensor([3.0, 1.0, 2.0, 1.0, 5.0])
+    assert cut(values, 1).tolist() == [1, 0, 1, 1, 1]
+    assert cut(values, 2, ties="stable").tolist() == [1, 0, 1, 0, 1]
+    assert cut(values, 1, ties="drop").tolist() == [1, 0, 1, 0, 1]
+    assert cut(values, 1, ties="keep").tolist() == [1, 1, 1, 1, 1]
+    assert cut(values, 3, ties="keep").tolist() == [1, 0, 1, 0, 1]
+    assert cut(values, 0).tolist() == [1] * 5 and cut(values, 9).tolist() == [0] * 5
+
+
+def test_weighted_cut_counts_removed_weights():
+    """Groups are ranked by score per weight and the budget is counted in weights."""
+    from sfpk.selection import weighted_cut
+
+    values = torch.tensor([4.0, 1.0, 9.0, 2.0])
+    weights = torch.tensor([4.0, 1.0, 3.0, 1.0])  # per weight 1, 1, 3, 2; cumsum 4, 5, 6, 9
+    # Budget 4.5: only the first group fits, τ = 1; its tie (group 1) follows the rule.
+    assert weighted_cut(values, weights, 4.5, ties="keep").tolist() == [1, 1, 1, 1]
+    assert weighted_cut(values, weights, 4.5, ties="drop").tolist() == [0, 0, 1, 1]
+    # Budget 6: three groups fit, τ = 2.
+    assert weighted_cut(values, weights, 6.0, ties="keep").tolist() == [0, 0, 1, 1]
+    assert weighted_cut(values, weights, 6.0, ties="drop").tolist() == [0, 0, 1, 0]
+    assert weighted_cut(values, weights, 3.5) is None  # not even the first group fits
+
+
+def test_round_sparsity_is_exponential_and_ends_on_target():
+    """Round k of K keeps (1-s)^((k+1)/K); the last round is the target exactly."""
+    from sfpk.selection import round_sparsity
+
+    assert [round(round_sparsity(0.75, k, 2), 12) for k in range(2)] == [0.5, 0.75]
+    assert round_sparsity(0.9, 2, 3) == 0.9
+    assert round_sparsity(0.3, 0, 1) == 0.3

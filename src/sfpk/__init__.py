@@ -5,6 +5,7 @@ fraction kept (see :mod:`sfpk.masks`).
 """
 
 from .api import prune as prune
+from .api import run_pruner as run_pruner
 from .batchnorm import recalibrate_bn as recalibrate_bn
 from .config import Config as Config
 from .config import build_config as build_config
@@ -29,6 +30,9 @@ from .errors import (
 from .masks import Masks as Masks
 from .masks import load_masks as load_masks
 from .masks import prunable_parameters as prunable_parameters
+from .pruners import PruneObserver as PruneObserver
+from .pruners import PruneResult as PruneResult
+from .pruners import StartState as StartState
 from .pruners import create_pruner as create_pruner
 from .pruners import methods as methods
 from .pruners import pruner_class as pruner_class
@@ -44,7 +48,10 @@ __all__ = [
     "DataError",
     "MaskMismatchError",
     "Masks",
+    "PruneObserver",
+    "PruneResult",
     "SfpkError",
+    "StartState",
     "Trainer",
     "UnknownNameError",
     "__version__",
@@ -55,6 +62,7 @@ __all__ = [
     "prunable_parameters",
     "prune",
     "pruner_class",
+    "run_pruner",
     "recalibrate_bn",
     "select_topk",
 ]

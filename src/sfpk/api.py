@@ -1,4 +1,4 @@
-"""The one-call pruning API: ``sfpk.prune(model, data, method=..., sparsity=...)``."""
+"""The pruning API: ``sfpk.prune(...) -> Masks`` and ``sfpk.run_pruner(...) -> PruneResult``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from torch import Tensor, nn
 
 from .errors import ConfigError, check_choice, check_fraction
 from .masks import SCOPES, STRUCTURES, Masks, Scope, Structure
-from .pruners.base import Batch, PruneContext, create_pruner
+from .pruners.base import (
+    Batch,
+    PruneContext,
+    PruneObserver,
+    PruneResult,
+    StartState,
+    create_pruner,
+)
 from .selection import check_achieved_sparsity
 
-__all__ = ["prune"]
+__all__ = ["prune", "run_pruner"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ def prune(
 
     The model is left as it was (weights, BatchNorm statistics, train/eval mode): apply the
     result with ``masks.apply(model)`` and, for BN models, ``sfpk.recalibrate_bn``.
+    :func:`run_pruner` takes the same arguments and returns the full result (per-step
+    history, the state to continue from).
 
     Args:
         model: any ``nn.Module`` made of standard layers; its conv and linear weights are
@@ -56,7 +65,7 @@ def prune(
         include, exclude, include_bias: choose the prunable parameters.
         loss_fn: the loss for data-driven methods (mean cross-entropy by default).
         progress: show a progress bar for long methods.
-        **options: the method's own options (``sfpk.pruner_class(method).Options``).
+        **options: the method's hyperparameters (``sfpk.pruner_class(method).Options``).
 
     Returns:
         0/1 :class:`Masks` whose achieved sparsity has been checked, globally and per layer.
@@ -70,32 +79,64 @@ def prune(
         >>> masks = sfpk.prune(model, loader, method="sfpk", sparsity=0.9)  # doctest: +SKIP
         >>> masks.apply(model)  # doctest: +SKIP
     """
+    return run_pruner(
+        model,
+        data,
+        method=method,
+        sparsity=sparsity,
+        scope=scope,
+        structure=structure,
+        seed=seed,
+        masks=masks,
+        include=include,
+        exclude=exclude,
+        include_bias=include_bias,
+        loss_fn=loss_fn,
+        observer=PruneObserver(progress=progress),
+        **options,
+    ).masks
+
+
+def run_pruner(
+    model: nn.Module,
+    data: Iterable[Batch] | None,
+    *,
+    method: str,
+    sparsity: float,
+    scope: Scope = "global",
+    structure: Structure | None = None,
+    seed: int = 0,
+    masks: Masks | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    include_bias: bool = False,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    start: StartState | None = None,
+    observer: PruneObserver | None = None,
+    distributed: bool | None = None,
+    **options: Any,
+) -> PruneResult:
+    """:func:`prune`, returning the full :class:`PruneResult` (masks, history, state).
+
+    Args (besides those of :func:`prune`, whose ``progress`` is ``observer.progress``):
+        start: a state to continue from (``StartState(previous_result.state)``, the next
+            iterative round) or to resume (``StartState(saved, resume=True)``).
+        observer: progress bar, per-step callback and trace, periodic checkpoints.
+        distributed: split the work over an initialised ``torch.distributed`` group
+            (None: when one with more than one rank exists).
+
+    Example:
+        >>> first = sfpk.run_pruner(model, loader, method="sfpk", sparsity=0.5)  # doctest: +SKIP
+        >>> second = sfpk.run_pruner(model, loader, method="sfpk", sparsity=0.75,
+        ...     masks=first.masks, start=sfpk.StartState(first.state))  # doctest: +SKIP
+    """
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)
     check_choice("scope", scope, SCOPES)
     check_choice("structure", structure or "unstructured", STRUCTURES)
-    if masks is None:
-        masks = Masks.ones(
-            model,
-            structure=structure or "unstructured",
-            include=include,
-            exclude=exclude,
-            include_bias=include_bias,
-        )
-    else:
-        masks.check_fits(model)
-        if structure and structure != masks.structure:
-            raise ConfigError(
-                f"structure={structure!r} differs from the starting masks' "
-                f"structure={masks.structure!r}; the result keeps the masks' structure"
-            )
-        if masks.sparsity() > sparsity + 1e-9:
-            raise ConfigError(
-                f"the starting masks already remove {masks.sparsity():.4f} of the weights, "
-                f"more than the requested sparsity={sparsity}; pruned entries never revive"
-            )
+    masks = _starting_masks(model, masks, sparsity, structure, include, exclude, include_bias)
     device = next(model.parameters()).device
-    ctx = PruneContext(device=device, seed=seed, progress=progress)
+    ctx = PruneContext(device=device, seed=seed, distributed=distributed)
     if loss_fn is not None:
         ctx.loss_fn = loss_fn
     saved = _ModelState(model)
@@ -109,17 +150,50 @@ def prune(
                 sparsity=sparsity,
                 scope=scope,
                 ctx=ctx,
+                start=start,
+                observer=observer,
             )
     finally:
         saved.restore(model)
-    result.method = pruner.name
-    result.target_sparsity = sparsity
-    result.scope = scope
-    check_achieved_sparsity(result, sparsity, scope)
-    log.info(
-        "%s: %.4f of %d weights removed", pruner.name, result.sparsity(), result.total_weights()
-    )
+    final = result.masks
+    final.method = pruner.name
+    final.target_sparsity = sparsity
+    final.scope = scope
+    check_achieved_sparsity(final, sparsity, scope)
+    log.info("%s: %.4f of %d weights removed", pruner.name, final.sparsity(), final.total_weights())
     return result
+
+
+def _starting_masks(
+    model: nn.Module,
+    masks: Masks | None,
+    sparsity: float,
+    structure: Structure | None,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    include_bias: bool,
+) -> Masks:
+    """All-ones masks of the prunable parameters, or the checked starting ``masks``."""
+    if masks is None:
+        return Masks.ones(
+            model,
+            structure=structure or "unstructured",
+            include=include,
+            exclude=exclude,
+            include_bias=include_bias,
+        )
+    masks.check_fits(model)
+    if structure and structure != masks.structure:
+        raise ConfigError(
+            f"structure={structure!r} differs from the starting masks' "
+            f"structure={masks.structure!r}; the result keeps the masks' structure"
+        )
+    if masks.sparsity() > sparsity + 1e-9:
+        raise ConfigError(
+            f"the starting masks already remove {masks.sparsity():.4f} of the weights, "
+            f"more than the requested sparsity={sparsity}; pruned entries never revive"
+        )
+    return masks
 
 
 class _ModelState:

@@ -1,56 +1,49 @@
 """Mask files: safetensors tensors plus a JSON header, written atomically, read with checks.
 
-The header (safetensors metadata key ``"sfpk"``) records the format and version, the method,
-target and achieved sparsity, structure, scope, the parameter shapes and tied biases, so a
-file can be checked against a model (:meth:`sfpk.masks.Masks.check_fits`) without it.
+The header (safetensors metadata key ``"sfpk"``) records the format and version and what
+:meth:`sfpk.masks.Masks.header` gives: method, target and achieved sparsity, structure,
+scope, the parameter shapes and tied biases, so a file can be checked against a model
+(:meth:`sfpk.masks.Masks.check_fits`) without it. This module knows the file, not
+:class:`~sfpk.masks.Masks`, which builds on it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
-from .masks import Masks
+from torch import Tensor
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "header", "save_masks", "read_masks"]
+from .errors import CheckpointError
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "write_mask_file", "read_mask_file"]
 
 FORMAT = "sfpk-masks"
 FORMAT_VERSION = 1
 
 
-def header(masks: Masks) -> dict[str, Any]:
-    """The JSON header written with the tensors of ``masks``."""
-    return {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "method": masks.method,
-        "target_sparsity": masks.target_sparsity,
-        "achieved_sparsity": masks.sparsity(),
-        "structure": masks.structure,
-        "scope": masks.scope,
-        "shapes": {n: list(s) for n, s in masks.shapes.items()},
-        "tied_biases": masks.tied_biases,
-    }
-
-
-def save_masks(masks: Masks, path: str | os.PathLike) -> Path:
-    """Write ``masks`` to a safetensors file: a temp file, then an atomic rename."""
+def write_mask_file(
+    path: str | os.PathLike, tensors: Mapping[str, Tensor], header: Mapping[str, Any]
+) -> Path:
+    """Write mask ``tensors`` and their JSON ``header`` (format and version added):
+    a temp file, then an atomic rename."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tensors = {n: m.detach().to("cpu").contiguous() for n, m in masks.items()}
-    save_file(tensors, str(tmp), metadata={"sfpk": json.dumps(header(masks))})
+    info = {"format": FORMAT, "version": FORMAT_VERSION, **header}
+    cpu = {n: m.detach().to("cpu").contiguous() for n, m in tensors.items()}
+    save_file(cpu, str(tmp), metadata={"sfpk": json.dumps(info)})
     os.replace(tmp, path)
     return path
 
 
-def read_masks(path: str | os.PathLike) -> Masks:
-    """Read a mask file written by :func:`save_masks`.
+def read_mask_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors and header of a file written by :func:`write_mask_file`.
 
     Raises:
         CheckpointError: missing, corrupted or foreign file.
@@ -67,14 +60,9 @@ def read_masks(path: str | os.PathLike) -> Masks:
         info = json.loads(meta["sfpk"])
         if info.get("format") != FORMAT:
             raise ValueError("not an sfpk mask file")
+        for key in ("shapes", "structure"):
+            if key not in info:
+                raise ValueError(f"the header has no {key!r}")
     except Exception as exc:  # safetensors raises several unrelated types
         raise CheckpointError(f"cannot read mask file {str(path)!r}: {exc}") from exc
-    return Masks(
-        tensors,
-        shapes=info["shapes"],
-        structure=info["structure"],
-        method=info.get("method"),
-        target_sparsity=info.get("target_sparsity"),
-        scope=info.get("scope"),
-        tied_biases=info.get("tied_biases"),
-    )
+    return tensors, info

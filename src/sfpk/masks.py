@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, MaskMismatchError, check_choice
+from .mask_files import read_mask_file, write_mask_file
 
 __all__ = [
     "Structure",
@@ -187,10 +188,6 @@ class Masks(Mapping[str, Tensor]):
         # Filter masks also silence the bias of the same layer (a removed filter must not
         # keep emitting its constant bias): bias name -> weight name.
         self.tied_biases: dict[str, str] = dict(tied_biases or {})
-        # Filled by the particle pruners: one record per step, and the final engine state
-        # (pass it as ``continue_from`` to the next pruning round).
-        self.history: list[dict[str, Any]] = []
-        self.engine_state: dict[str, Any] | None = None
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -367,18 +364,22 @@ class Masks(Mapping[str, Tensor]):
         """A copy on another device / dtype."""
         return self.with_tensors({n: m.to(device=device, dtype=dtype) for n, m in self.items()})
 
-    # -- files (format and checks live in sfpk.mask_files) -------------------------------
+    # -- files (the format lives in sfpk.mask_files) -----------------------------------
     def header(self) -> dict[str, Any]:
-        """The JSON header written with the tensors."""
-        from .mask_files import header
-
-        return header(self)
+        """The JSON header written with the tensors (besides the format and version)."""
+        return {
+            "method": self.method,
+            "target_sparsity": self.target_sparsity,
+            "achieved_sparsity": self.sparsity(),
+            "structure": self.structure,
+            "scope": self.scope,
+            "shapes": {n: list(s) for n, s in self.shapes.items()},
+            "tied_biases": self.tied_biases,
+        }
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the masks to a safetensors file (atomically: temp file, then rename)."""
-        from .mask_files import save_masks
-
-        return save_masks(self, path)
+        return write_mask_file(path, self._tensors, self.header())
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> Masks:
@@ -388,9 +389,16 @@ class Masks(Mapping[str, Tensor]):
             CheckpointError: missing, corrupted or foreign file.
             MaskMismatchError: the masks do not fit ``model``.
         """
-        from .mask_files import read_masks
-
-        masks = read_masks(path)
+        tensors, info = read_mask_file(path)
+        masks = cls(
+            tensors,
+            shapes=info["shapes"],
+            structure=info["structure"],
+            method=info.get("method"),
+            target_sparsity=info.get("target_sparsity"),
+            scope=info.get("scope"),
+            tied_biases=info.get("tied_biases"),
+        )
         if model is not None:
             masks.check_fits(model)
         return masks

@@ -1,7 +1,9 @@
-"""Top-k selection from scores: exact kept counts, global or per-layer scope, and the check.
+"""Every "keep the top k" decision: exact final masks, the engine's thresholds, the check.
 
 This is the one place where scores become 0/1 masks (pruners only score). Higher score means
-keep. See :mod:`sfpk.masks` for the sparsity and tie-breaking conventions.
+keep. See :mod:`sfpk.masks` for the sparsity and tie-breaking conventions. The particle
+engine's in-simulation thresholds (polarisation, hard vote) use :func:`cut` and
+:func:`weighted_cut` with the reference's tie rules; final masks use :func:`select_topk`.
 
 Counting rules:
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -27,7 +30,18 @@ from torch import Tensor
 from .errors import ConfigError, SfpkError, check_choice, check_fraction
 from .masks import SCOPES, Masks, Scope, removal_count
 
-__all__ = ["select_topk", "check_achieved_sparsity", "SparsityCheckError"]
+__all__ = [
+    "Ties",
+    "SparsityCheckError",
+    "check_achieved_sparsity",
+    "cut",
+    "kth_smallest",
+    "round_sparsity",
+    "select_topk",
+    "weighted_cut",
+]
+
+Ties = Literal["stable", "drop", "keep"]
 
 
 class SparsityCheckError(SfpkError):
@@ -52,24 +66,89 @@ def _flat(scores: Mapping[str, Tensor], template: Masks) -> Tensor:
     return flat
 
 
-def _keep_vector(values: Tensor, remove: int) -> Tensor:
-    """0/1 vector keeping all but the ``remove`` lowest values (stable: lower index goes first).
+def kth_smallest(values: Tensor, k: int) -> Tensor:
+    """The ``k``-th smallest entry of a flat tensor (1-based), without a full sort.
 
-    The ``remove``-th smallest value is found with ``kthvalue`` instead of a full stable sort
-    (several times faster on the 10-25 M weights of ImageNet models); everything below it
-    goes, then the ties at it in index order, which is exactly what a stable sort removes.
+    ``kthvalue`` is several times faster than a stable sort on the 10-25 M weights of
+    ImageNet models.
     """
-    keep = torch.ones_like(values)
-    if remove <= 0:
-        return keep
-    if remove >= values.numel():
+    return torch.kthvalue(values, k).values
+
+
+def cut(values: Tensor, remove: int, *, ties: Ties = "stable") -> Tensor:
+    """0/1 keep vector (``values``' dtype) that drops the ``remove`` lowest entries.
+
+    Args:
+        values: flat scores; higher means keep.
+        remove: how many entries to drop; below 1 nothing is dropped.
+        ties: what happens to the entries equal to the cut value ``τ`` (the ``remove``-th
+            smallest): ``"stable"`` drops exactly ``remove`` entries, the ties at ``τ`` in
+            index order (what a stable sort removes; used for every final mask);
+            ``"drop"`` drops every entry ``≤ τ`` and ``"keep"`` only those ``< τ`` (the
+            reference's hard-vote and polarisation thresholds, method spec §2.5, §2.10).
+    """
+    if remove < 1:
+        return torch.ones_like(values)
+    if ties == "stable" and remove >= values.numel():
         return torch.zeros_like(values)
-    threshold = torch.kthvalue(values, remove).values
-    below = values < threshold
+    tau = kth_smallest(values, remove)
+    if ties == "drop":
+        return (values > tau).to(values.dtype)
+    if ties == "keep":
+        return (values >= tau).to(values.dtype)
+    if ties != "stable":
+        raise ConfigError(f"ties={ties!r}; choose one of stable, drop, keep")
+    keep = torch.ones_like(values)
+    below = values < tau
     keep[below] = 0.0
-    ties = torch.nonzero(values == threshold).reshape(-1)
-    keep[ties[: remove - int(below.sum())]] = 0.0
+    at = torch.nonzero(values == tau).reshape(-1)
+    keep[at[: remove - int(below.sum())]] = 0.0
     return keep
+
+
+def _per_weight_prefix(
+    values: Tensor, weights: Tensor, budget: float
+) -> tuple[Tensor, Tensor, int]:
+    """``(per_weight, order, k)``: score per weight, its stable ascending order, and how many
+    of the lowest groups fit in ``budget`` removed weights (the greedy prefix)."""
+    per_weight = values / weights
+    order = torch.sort(per_weight, stable=True).indices
+    k = int((torch.cumsum(weights[order], 0) <= budget).sum())
+    return per_weight, order, k
+
+
+def weighted_cut(
+    values: Tensor, weights: Tensor, budget: float, *, ties: Ties = "keep"
+) -> Tensor | None:
+    """The global structured threshold: groups ranked by score per weight, counted in weights.
+
+    A group's score sums over the weights it controls, so raw sums would favour removing
+    small groups. The lowest groups whose weights fit in ``budget`` set the threshold ``τ``;
+    ``ties`` is ``"drop"`` (keep ``> τ``) or ``"keep"`` (keep ``≥ τ``), as in :func:`cut`.
+
+    Returns:
+        A 0/1 keep vector, or None when not even one group fits in the budget.
+    """
+    per_weight, order, k = _per_weight_prefix(values, weights, budget)
+    if k < 1:
+        return None
+    tau = per_weight[order[k - 1]]
+    if ties == "drop":
+        return (per_weight > tau).to(values.dtype)
+    if ties == "keep":
+        return (per_weight >= tau).to(values.dtype)
+    raise ConfigError(f"ties={ties!r}; weighted_cut takes drop or keep")
+
+
+def round_sparsity(sparsity: float, round_index: int, rounds: int) -> float:
+    """Target of round ``k`` of ``K`` in an exponential schedule: density ``(1 - s)^((k+1)/K)``.
+
+    Used by iterative pruning and by SynFlow's rounds; the last round lands on ``sparsity``
+    exactly.
+    """
+    if round_index + 1 >= rounds:
+        return sparsity
+    return 1.0 - (1.0 - sparsity) ** ((round_index + 1) / rounds)
 
 
 def select_topk(
@@ -103,12 +182,12 @@ def select_topk(
     per_entry = [template.weights_per_entry(n) for n in template]
     if scope == "local":
         pieces = [
-            _keep_vector(chunk, removal_count(chunk.numel(), sparsity))
+            cut(chunk, removal_count(chunk.numel(), sparsity))
             for chunk in flat.split(sizes)
         ]
         keep = torch.cat(pieces)
     elif template.structure == "unstructured":
-        keep = _keep_vector(flat, removal_count(flat.numel(), sparsity))
+        keep = cut(flat, removal_count(flat.numel(), sparsity))
     else:
         weights = torch.cat(
             [
@@ -117,8 +196,7 @@ def select_topk(
             ]
         ).to(flat.device)
         budget = removal_count(template.total_weights(), sparsity)
-        per_weight = flat / weights
-        order = torch.sort(per_weight, stable=True).indices
+        per_weight, order, _ = _per_weight_prefix(flat, weights, budget)
         # Never remove every group of a tensor: that disconnects the network.
         best = torch.stack(
             [

@@ -51,11 +51,13 @@ class Progress:
     Attributes:
         done: names of completed phases.
         current: the phase in progress: ``{"key", "epoch", "trainer"}`` for training,
-            ``{"key", "engine"}`` for a particle pruning call; None between phases.
+            ``{"key", "pruner"}`` for a pruning call that checkpoints its steps (the
+            state its observer received); None between phases.
         records: per training phase, one ``{"epoch", "val_acc", "test_acc"}`` per epoch.
         results: numbers for ``summary.json`` gathered so far.
-        history: per-step rows of SFPK / SpODE pruning calls (``masks.history``).
-        continue_from: the particle engine's final state of the last pruning call.
+        history: per-step rows of the pruning calls (``PruneResult.history``).
+        pruner_state: the last pruning call's ``PruneResult.state``, which the next call
+            continues from (None for stateless methods).
         metric_rows: rows of ``metrics.csv`` covered by this checkpoint.
         seconds: wall time spent up to this checkpoint (over all processes).
     """
@@ -65,7 +67,7 @@ class Progress:
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-    continue_from: Any = None
+    pruner_state: Any = None
     metric_rows: int = 0
     seconds: float = 0.0
 
@@ -126,7 +128,7 @@ class Context:
             ) from exc
         if checkpoint.masks is not None:
             self.masks = checkpoint.masks
-        self.progress = Progress(**state["progress"])
+        self.progress = Progress(**_upgrade_progress(state["progress"]))
         set_rng_state(state["rng"])
         self.run.truncate_metrics(self.progress.metric_rows)
         log.info("resuming after %s", ", ".join(self.progress.done) or "(start)")
@@ -212,3 +214,15 @@ class Context:
         self.run.write_text("PAUSED", label)
         while True:
             time.sleep(0.5)
+
+
+def _upgrade_progress(progress: dict[str, Any]) -> dict[str, Any]:
+    """Read progress saved by sfpk 0.1.0, whose names for the pruner state differed."""
+    progress = dict(progress)
+    if "continue_from" in progress:
+        progress["pruner_state"] = progress.pop("continue_from")
+    current = progress.get("current")
+    if current is not None and "engine" in current:
+        progress["current"] = {**current, "pruner": current["engine"]}
+        del progress["current"]["engine"]
+    return progress

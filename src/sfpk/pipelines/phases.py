@@ -15,12 +15,20 @@ from typing import Any
 from .. import api, distributed
 from ..batchnorm import recalibrate_bn
 from ..checkpoint import derive_seed, load_state_dict_file
-from ..config import PARTICLE_METHODS
 from ..masks import Masks
+from ..pruners import PruneObserver, StartState
+from ..selection import round_sparsity
 from ..train import OptimizerOptions, Trainer
 from .context import Context
 
-__all__ = ["train_phase", "pretrain_phase", "dense_phase", "prune_round", "best_record"]
+__all__ = [
+    "train_phase",
+    "pretrain_phase",
+    "dense_phase",
+    "prune_round",
+    "best_record",
+    "round_sparsity",
+]
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +168,12 @@ def dense_phase(ctx: Context) -> None:
     ctx.complete("dense")
 
 
-def round_sparsity(sparsity: float, round_index: int, rounds: int) -> float:
-    """Target of round k: density ``(1 - s)^((k + 1) / K)`` (exponential schedule)."""
-    return 1.0 - (1.0 - sparsity) ** ((round_index + 1) / rounds)
-
-
 def prune_round(ctx: Context, round_index: int) -> Masks:
     """Prune to round ``k``'s target, apply the masks, recalibrate BatchNorm, evaluate.
 
-    Masks are monotone across rounds (the previous masks are the template, spec §9.5), and
-    SFPK / SpODE continue from the previous call's particle state.
+    Masks are monotone across rounds (the previous masks are the template, spec §9.5). A
+    method that returns a state (SFPK / SpODE: the particles) continues from it in the next
+    round, and a call interrupted mid-way resumes from its last step checkpoint.
     """
     key = f"prune:{round_index}"
     cfg = ctx.config.prune
@@ -177,13 +181,10 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         return ctx.masks  # type: ignore[return-value]
     began = time.perf_counter()
     target = round_sparsity(cfg.sparsity, round_index, cfg.rounds)  # type: ignore[arg-type]
-    options = dict(cfg.options)
-    if cfg.method.lower() in PARTICLE_METHODS:
-        options.update(_engine_options(ctx, key))
     # Replicas trained on every rank start the call from rank 0's exact weights and masks
     # (insurance against nondeterministic GPU kernels; no-op in a single process).
     distributed.broadcast_([*ctx.model.state_dict().values(), *(ctx.masks or {}).values()])
-    masks = api.prune(
+    result = api.run_pruner(
         ctx.model,
         ctx.pruning_loader(key),
         method=cfg.method,
@@ -194,11 +195,13 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         masks=ctx.masks,
         exclude=cfg.exclude or None,
         include_bias=cfg.include_bias,
-        progress=ctx.show_progress and sys.stderr.isatty(),
-        **options,
+        start=_start_state(ctx, key),
+        observer=_observer(ctx, key),
+        **cfg.options,
     )
-    ctx.progress.history.extend({"round": round_index, **row} for row in masks.history)
-    ctx.progress.continue_from = getattr(masks, "engine_state", None)
+    masks = result.masks
+    ctx.progress.history.extend({"round": round_index, **row} for row in result.history)
+    ctx.progress.pruner_state = result.state
     ctx.masks = masks
     masks.apply(ctx.model)
     if cfg.bn_batches > 0:
@@ -229,23 +232,25 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
     return masks
 
 
-def _engine_options(ctx: Context, key: str) -> dict[str, Any]:
-    """Checkpoint / resume / continuation options of the particle engine (sfpk, spode)."""
-    calls = 0
-
-    def save(engine_state: dict[str, Any]) -> None:
-        nonlocal calls
-        ctx.progress.current = {"key": key, "engine": engine_state}
-        ctx.checkpoint()
-        calls += 1
-        ctx.pause_point(f"{key}:step-checkpoint:{calls}")
-
+def _start_state(ctx: Context, key: str) -> StartState | None:
+    """Resume the interrupted call ``key``, else continue from the last call's state."""
     current = ctx.current(key)
-    resume_state = current["engine"] if current is not None else None
-    return {
-        "checkpoint_every": ctx.config.run.checkpoint_every_steps,
-        "checkpoint_callback": save,
-        "resume_state": resume_state,
-        # the engine takes one of the two: a resumed call already holds the continuation
-        "continue_from": ctx.progress.continue_from if resume_state is None else None,
-    }
+    if current is not None:
+        return StartState(current["pruner"], resume=True)
+    if ctx.progress.pruner_state is not None:
+        return StartState(ctx.progress.pruner_state)
+    return None
+
+
+def _observer(ctx: Context, key: str) -> PruneObserver:
+    """Progress bar and step checkpoints of pruning call ``key``."""
+
+    def save(state: dict[str, Any]) -> None:
+        ctx.progress.current = {"key": key, "pruner": state}
+        ctx.checkpoint()
+
+    return PruneObserver(
+        progress=ctx.show_progress and sys.stderr.isatty(),
+        checkpoint_every=ctx.config.run.checkpoint_every_steps,
+        on_checkpoint=save,
+    )

@@ -1,11 +1,19 @@
-"""Pruning methods behind one registry: ``create_pruner(name, **options)``."""
+"""Pruning methods behind one contract and one registry (see :mod:`.base`).
+
+``scores`` holds the score-and-select baselines (rand, mag, snip, grasp, synflow);
+``particles`` the SFPK particle engine (sfpk, spode). Importing this package registers them.
+"""
 
 from . import particles as _particles  # noqa: F401  (registers sfpk, spode)
 from . import scores as _scores  # noqa: F401  (registers rand, mag, snip, grasp, synflow)
 from .base import (
     Batch,
     PruneContext,
+    PruneObserver,
     Pruner,
+    PruneResult,
+    ScorePruner,
+    StartState,
     batch_stream,
     create_pruner,
     methods,
@@ -16,7 +24,11 @@ from .base import (
 __all__ = [
     "Batch",
     "PruneContext",
+    "PruneObserver",
+    "PruneResult",
     "Pruner",
+    "ScorePruner",
+    "StartState",
     "batch_stream",
     "create_pruner",
     "methods",

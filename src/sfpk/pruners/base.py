@@ -1,9 +1,26 @@
-"""The Pruner interface, its registry, and helpers shared by every pruner.
+"""The Pruner contract, its registry, and helpers shared by every pruner.
 
-Pruners score, masks select (style.md §2): a pruner returns one score per mask entry
-(higher means keep) and :func:`sfpk.selection.select_topk` turns scores into exact 0/1
-masks. Pruners that need more than one scoring pass (SynFlow's rounds, the SFPK particle
-system) override :meth:`Pruner.prune`.
+One way in, one way out: every method implements :meth:`Pruner.prune`, which takes the
+model, the data, the current masks and the target, and returns a :class:`PruneResult`
+(the masks, a per-step history and the state to continue from). What a method needs
+besides that comes in three separate arguments, so that method options stay pure
+hyperparameters:
+
+* :class:`PruneContext`: where and how to compute (device, seed, loss, distributed split);
+* :class:`StartState`: a state to continue from (the previous call's ``PruneResult.state``,
+  iterative rounds) or to resume (a mid-call checkpoint of an interrupted call);
+* :class:`PruneObserver`: progress bar, per-step trace and periodic checkpoints.
+
+Why a result object rather than a stateful pruner that lives across rounds: the pipelines
+must write the state to disk anyway (a killed run resumes from its checkpoint, in a new
+process), so the state has to be plain data; passing it in and out explicitly keeps one
+code path for "next round" and "resumed round", and a pruner object stays a function of
+its options.
+
+Two families implement the contract. :class:`ScorePruner` methods score (one score per mask
+entry, higher means keep) and :func:`sfpk.selection.select_topk` selects, once or over
+``rounds`` re-scoring rounds (style.md §2). The particle methods (``sfpk``, ``spode``,
+:mod:`sfpk.pruners.particles`) simulate and then select from their final score.
 """
 
 from __future__ import annotations
@@ -20,12 +37,16 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, SfpkError, UnknownNameError
 from ..masks import Masks, Scope
-from ..selection import select_topk
+from ..selection import round_sparsity, select_topk
 
 __all__ = [
     "Batch",
     "PruneContext",
+    "PruneObserver",
+    "PruneResult",
     "Pruner",
+    "ScorePruner",
+    "StartState",
     "register",
     "create_pruner",
     "methods",
@@ -36,35 +57,95 @@ __all__ = [
 ]
 
 Batch = tuple[Tensor, Tensor]
+StateCallback = Callable[[dict[str, Any]], None]
 _REGISTRY: dict[str, type[Pruner]] = {}
 
 
 @dataclass
 class PruneContext:
-    """What every pruner may use besides the model, data and masks.
+    """Where and how a pruning call computes; the same for every method.
 
     Attributes:
         device: where the computation runs (the model's device).
         seed: the seed of this pruning call; ``generator`` is seeded with it.
         loss_fn: the energy / scoring loss, mean cross-entropy by default.
-        progress: show a tqdm bar for long loops.
+        distributed: split work over the ranks of an initialised ``torch.distributed``
+            group (``torchrun``): None (default) when one with more than one rank exists,
+            True to require one, False never. Methods without per-rank work ignore it.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
-    progress: bool = False
+    distributed: bool | None = None
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator(device="cpu").manual_seed(self.seed)
 
 
-class Pruner(abc.ABC):
-    """Base class: subclasses set ``name``, an ``Options`` dataclass and :meth:`score`.
+@dataclass(frozen=True)
+class StartState:
+    """A method state a pruning call starts from.
 
-    ``Options`` is a frozen dataclass whose fields are the method's keyword options (they are
-    validated in its ``__post_init__``). ``sfpk.prune(..., method=name, **options)`` builds it.
+    Attributes:
+        state: a ``PruneResult.state`` (``resume=False``: continue from the end of the
+            previous call, e.g. the last iterative round) or a state given to
+            ``PruneObserver.on_checkpoint`` (``resume=True``: finish the interrupted call
+            that saved it; the data must replay the same batches).
+        resume: which of the two ``state`` is.
+    """
+
+    state: dict[str, Any]
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class PruneObserver:
+    """How a caller watches and checkpoints a long pruning call; never changes its result.
+
+    Attributes:
+        progress: show a tqdm bar for long loops.
+        on_step: receives each per-step history record as it is made.
+        trace: receives a dict of cloned per-step tensors (tests, debugging; slow).
+        checkpoint_every: call ``on_checkpoint`` every this many steps (0: never).
+        on_checkpoint: receives a resumable state (pass it back as
+            ``StartState(state, resume=True)``).
+    """
+
+    progress: bool = False
+    on_step: StateCallback | None = None
+    trace: StateCallback | None = None
+    checkpoint_every: int = 0
+    on_checkpoint: StateCallback | None = None
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every={self.checkpoint_every!r} must be >= 0")
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a pruning call returns.
+
+    Attributes:
+        masks: the exact 0/1 masks.
+        history: one record per simulation step (particle methods; empty otherwise).
+        state: the method's final state, to continue from in the next call
+            (``StartState(state)``); None for stateless methods.
+    """
+
+    masks: Masks
+    history: list[dict[str, Any]] = field(default_factory=list)
+    state: dict[str, Any] | None = None
+
+
+class Pruner(abc.ABC):
+    """The contract of every method: build from options, then :meth:`prune`.
+
+    Subclasses set ``name`` (the registry key) and ``Options``, a frozen dataclass whose
+    fields are the method's hyperparameters (validated in its ``__post_init__``);
+    ``sfpk.prune(..., method=name, **options)`` builds it.
     """
 
     name: ClassVar[str]
@@ -78,8 +159,48 @@ class Pruner(abc.ABC):
         self.options = options if options is not None else self.Options()
 
     @abc.abstractmethod
+    def prune(
+        self,
+        model: nn.Module,
+        data: Iterable[Batch],
+        masks: Masks,
+        *,
+        sparsity: float,
+        scope: Scope,
+        ctx: PruneContext,
+        start: StartState | None = None,
+        observer: PruneObserver | None = None,
+    ) -> PruneResult:
+        """Prune from ``masks`` to ``sparsity`` (fraction removed) and return the result.
+
+        The model's weights are read, never written; :func:`sfpk.prune` restores its mode,
+        buffers and ``requires_grad`` flags afterwards.
+        """
+
+
+class ScorePruner(Pruner):
+    """A method that scores (higher means keep) and lets :func:`select_topk` select.
+
+    ``rounds`` > 1 re-scores the masked network that many times on an exponential schedule
+    that ends at the target (SynFlow); :meth:`setup` runs once before the rounds.
+    """
+
+    def rounds(self) -> int:
+        """How many score-and-select rounds one call makes (1 by default)."""
+        return 1
+
+    def setup(self, model: nn.Module, data: Iterable[Batch], ctx: PruneContext) -> Any:
+        """Work shared by every round (passed to :meth:`score` as ``prepared``)."""
+        return None
+
+    @abc.abstractmethod
     def score(
-        self, model: nn.Module, data: Iterable[Batch], masks: Masks, ctx: PruneContext
+        self,
+        model: nn.Module,
+        data: Iterable[Batch],
+        masks: Masks,
+        ctx: PruneContext,
+        prepared: Any = None,
     ) -> dict[str, Tensor]:
         """One score per mask entry, shaped like ``masks``; higher means keep."""
 
@@ -92,10 +213,19 @@ class Pruner(abc.ABC):
         sparsity: float,
         scope: Scope,
         ctx: PruneContext,
-    ) -> Masks:
-        """Score once and select the top entries at ``sparsity``."""
-        scores = self.score(model, data, masks, ctx)
-        return select_topk(scores, masks, sparsity=sparsity, scope=scope)
+        start: StartState | None = None,
+        observer: PruneObserver | None = None,
+    ) -> PruneResult:
+        """Score and select, round by round; the last round lands on ``sparsity``."""
+        if start is not None:
+            raise ConfigError(f"method {self.name!r} keeps no state to start from")
+        prepared = self.setup(model, data, ctx)
+        rounds = self.rounds()
+        for k in range(rounds):
+            scores = self.score(model, data, masks, ctx, prepared)
+            target = round_sparsity(sparsity, k, rounds)
+            masks = select_topk(scores, masks, sparsity=target, scope=scope)
+        return PruneResult(masks)
 
 
 def register(cls: type[Pruner]) -> type[Pruner]:

@@ -14,9 +14,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..errors import ConfigError, SfpkError, check_positive
-from ..masks import Masks, Scope, reduce_to_mask
-from ..selection import select_topk
-from .base import Batch, PruneContext, Pruner, register, take_batches, to_device
+from ..masks import Masks, reduce_to_mask
+from .base import Batch, PruneContext, ScorePruner, register, take_batches, to_device
 
 __all__ = ["RandomPruner", "MagnitudePruner", "SnipPruner", "GraspPruner", "SynFlowPruner"]
 
@@ -32,13 +31,13 @@ def _prunable(model: nn.Module, masks: Masks) -> dict[str, Tensor]:
 
 
 @register
-class RandomPruner(Pruner):
+class RandomPruner(ScorePruner):
     """Random pruning: a signed N(0, 1) score per mask entry (reference ``Randn``/``Rand``)."""
 
     name = "rand"
     needs_data = False
 
-    def score(self, model, data, masks, ctx):  # noqa: D102
+    def score(self, model, data, masks, ctx, prepared=None):  # noqa: D102
         return {
             n: torch.randn(m.shape, generator=ctx.generator, dtype=torch.float64).to(m.device)
             for n, m in masks.items()
@@ -46,19 +45,19 @@ class RandomPruner(Pruner):
 
 
 @register
-class MagnitudePruner(Pruner):
+class MagnitudePruner(ScorePruner):
     """Magnitude pruning: ``|theta|`` (structured: summed over the group)."""
 
     name = "mag"
     needs_data = False
 
-    def score(self, model, data, masks, ctx):  # noqa: D102
+    def score(self, model, data, masks, ctx, prepared=None):  # noqa: D102
         params = dict(model.named_parameters())
         return {n: reduce_to_mask(params[n].detach().abs(), m.shape) for n, m in masks.items()}
 
 
 @register
-class SnipPruner(Pruner):
+class SnipPruner(ScorePruner):
     """SNIP (Lee et al. 2019), eq. 6: ``|sum_b dL_b/dm|``, normalised to sum 1."""
 
     name = "snip"
@@ -78,7 +77,7 @@ class SnipPruner(Pruner):
         def __post_init__(self) -> None:
             _check_batches(self.batches)
 
-    def score(self, model, data, masks, ctx):  # noqa: D102
+    def score(self, model, data, masks, ctx, prepared=None):  # noqa: D102
         model.train(self.options.train_mode)
         params = _prunable(model, masks)
         leaves = {n: m.detach().clone().requires_grad_(True) for n, m in masks.items()}
@@ -102,7 +101,7 @@ class SnipPruner(Pruner):
 
 
 @register
-class GraspPruner(Pruner):
+class GraspPruner(ScorePruner):
     """GraSP (Wang et al. 2020), eq. 8: ``theta * Hg`` with temperature T, normalised.
 
     Keeping the largest ``theta * Hg`` is the paper's "remove the largest -theta * Hg".
@@ -126,7 +125,7 @@ class GraspPruner(Pruner):
             _check_batches(self.batches)
             check_positive("temperature", self.temperature)
 
-    def score(self, model, data, masks, ctx):  # noqa: D102
+    def score(self, model, data, masks, ctx, prepared=None):  # noqa: D102
         model.train(self.options.train_mode)
         temperature = self.options.temperature
         batches = take_batches(data, self.options.batches)
@@ -170,7 +169,7 @@ class GraspPruner(Pruner):
 
 
 @register
-class SynFlowPruner(Pruner):
+class SynFlowPruner(ScorePruner):
     """SynFlow (Tanaka et al. 2020), eq. 2, with its iterative exponential schedule.
 
     Every round replaces the model's state by its absolute value, forwards one all-ones
@@ -198,12 +197,10 @@ class SynFlowPruner(Pruner):
         def __post_init__(self) -> None:
             check_positive("rounds", self.rounds)
 
-    def score(self, model, data, masks, ctx):  # noqa: D102
-        return self._score(model, masks, *self._abs_state_and_input(model, data, ctx))
+    def rounds(self) -> int:  # noqa: D102
+        return self.options.rounds
 
-    def _abs_state_and_input(
-        self, model: nn.Module, data, ctx: PruneContext
-    ) -> tuple[dict[str, Tensor], Tensor]:
+    def setup(self, model: nn.Module, data, ctx: PruneContext) -> tuple[dict[str, Tensor], Tensor]:
         """``|state|`` in the compute dtype and the all-ones input; the same every round."""
         first = next(iter(islice(iter(data), 1)), None)
         if first is None:
@@ -216,9 +213,8 @@ class SynFlowPruner(Pruner):
         ones = torch.ones((1, *first[0].shape[1:]), dtype=dtype, device=ctx.device)
         return state, ones
 
-    def _score(
-        self, model: nn.Module, masks: Masks, state: dict[str, Tensor], ones: Tensor
-    ) -> dict[str, Tensor]:
+    def score(self, model, data, masks, ctx, prepared=None):  # noqa: D102
+        state, ones = prepared if prepared is not None else self.setup(model, data, ctx)
         model.train(self.options.train_mode)
         mask_of = masks.effective_masks()
         leaves = {n: state[n].clone().requires_grad_(True) for n in mask_of}
@@ -229,14 +225,3 @@ class SynFlowPruner(Pruner):
             n: reduce_to_mask((g * leaves[n].detach()).abs(), masks[n].shape)
             for n, g in zip(masks, grads, strict=True)
         }
-
-    def prune(self, model, data, masks, *, sparsity: float, scope: Scope, ctx: PruneContext):
-        """Run the rounds back to back; the last one lands on ``sparsity`` exactly."""
-        density = 1.0 - sparsity
-        rounds = self.options.rounds
-        state, ones = self._abs_state_and_input(model, data, ctx)  # reads one batch, once
-        for k in range(rounds):
-            round_sparsity = 1.0 - density ** ((k + 1) / rounds) if k + 1 < rounds else sparsity
-            scores = self._score(model, masks, state, ones)
-            masks = select_topk(scores, masks, sparsity=round_sparsity, scope=scope)
-        return masks

@@ -21,7 +21,8 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ...errors import ConfigError
+from ...selection import cut, weighted_cut
 
 __all__ = ["PROCESSORS", "ThresholdLayout", "binarize", "process", "quantile"]
 
@@ -50,12 +51,6 @@ class ThresholdLayout:
     skip_at_one: bool = False
 
 
-def _kept_at(rank: Tensor, k: int) -> Tensor:
-    """``1[c ≥ τ]`` with ``τ`` the k-th smallest value of ``rank`` (k ≥ 1)."""
-    tau = torch.kthvalue(rank, k).values
-    return (rank >= tau).to(rank.dtype)
-
-
 def binarize(
     rank: Tensor, density: float | Sequence[float], layout: ThresholdLayout
 ) -> tuple[Tensor | None, Tensor | None]:
@@ -74,9 +69,10 @@ def binarize(
     if layout.segments is None:
         d = float(density if not isinstance(density, Sequence) else density[0])
         if layout.entry_weight is not None:
-            return _binarize_weighted(rank, d, layout), None
+            budget = (1.0 - d) * layout.total_weights
+            return weighted_cut(rank, layout.entry_weight, budget, ties="keep"), None
         k = math.floor((1.0 - d) * rank.numel())
-        return (_kept_at(rank, k), None) if k >= 1 else (None, None)
+        return (cut(rank, k, ties="keep"), None) if k >= 1 else (None, None)
     keep = torch.ones_like(rank)
     active = torch.zeros(rank.shape, dtype=torch.bool, device=rank.device)
     floor = 2 if layout.skip_at_one else 1
@@ -85,24 +81,12 @@ def binarize(
         d = float(density[index] if isinstance(density, Sequence) else density)
         k = math.floor((1.0 - d) * (hi - lo))
         if k >= floor:
-            keep[lo:hi] = _kept_at(rank[lo:hi], k)
+            keep[lo:hi] = cut(rank[lo:hi], k, ties="keep")
             active[lo:hi] = True
             any_done = True
     if not any_done:
         return None, None
     return keep, (None if bool(active.all()) else active)
-
-
-def _binarize_weighted(rank: Tensor, density: float, layout: ThresholdLayout) -> Tensor | None:
-    """Global structured threshold: rank by score per weight, count removals in weights."""
-    weight = layout.entry_weight
-    per_weight = rank / weight
-    order = torch.sort(per_weight, stable=True).indices
-    removed = torch.cumsum(weight[order], 0) <= (1.0 - density) * layout.total_weights
-    k = int(removed.sum())
-    if k < 1:
-        return None
-    return (per_weight >= per_weight[order[k - 1]]).to(rank.dtype)
 
 
 def quantile(values: Tensor, q: float) -> Tensor:

@@ -13,7 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ...errors import ConfigError
+from ...selection import cut, weighted_cut
 from .processors import ThresholdLayout
 
 __all__ = ["VOTES", "SCORES", "rank_voters", "score_weight", "hard_cut", "vote"]
@@ -49,14 +50,6 @@ def score_weight(kind: str, abs_theta: Tensor, entry_weight: Tensor | None) -> T
     raise ConfigError(f"score={kind!r}; choose one of {', '.join(SCORES)}")
 
 
-def _cut(score: Tensor, k: int) -> Tensor:
-    """``s ⊙ 1[s > τ]``, τ the k-th smallest (no cut when k < 1)."""
-    if k < 1:
-        return score
-    tau = torch.kthvalue(score, k).values
-    return score * (score > tau)
-
-
 def hard_cut(score: Tensor, density: float, layout: ThresholdLayout) -> Tensor:
     """The hard-vote cut at the final target density (spec §2.10 step 4, §9.4).
 
@@ -67,17 +60,17 @@ def hard_cut(score: Tensor, density: float, layout: ThresholdLayout) -> Tensor:
     removed = 1.0 - density
     if layout.segments is not None:
         return torch.cat(
-            [_cut(score[lo:hi], math.floor(removed * (hi - lo))) for lo, hi in layout.segments]
+            [
+                score[lo:hi] * cut(score[lo:hi], math.floor(removed * (hi - lo)), ties="drop")
+                for lo, hi in layout.segments
+            ]
         )
     if layout.entry_weight is None:
-        return _cut(score, math.floor(removed * score.numel()))
-    weight = layout.entry_weight
-    per_weight = score / weight
-    order = torch.sort(per_weight, stable=True).indices
-    k = int((torch.cumsum(weight[order], 0) <= removed * layout.total_weights).sum())
-    if k < 1:
-        return score
-    return score * (per_weight > per_weight[order[k - 1]])
+        return score * cut(score, math.floor(removed * score.numel()), ties="drop")
+    keep = weighted_cut(
+        score, layout.entry_weight, removed * layout.total_weights, ties="drop"
+    )
+    return score if keep is None else score * keep
 
 
 def vote(

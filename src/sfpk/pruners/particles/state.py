@@ -9,21 +9,48 @@ Kept apart from the step loop so that the engine module holds the dynamics only.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
+from .layout import FlatLayout
 
-if TYPE_CHECKING:
-    from .engine import ParticleSystem
-
-__all__ = ["STATE_VERSION", "capture_state", "check_state", "restore_state", "restore_rng"]
+__all__ = [
+    "STATE_VERSION",
+    "SimulationState",
+    "capture_state",
+    "check_state",
+    "restore_state",
+    "restore_rng",
+]
 
 STATE_VERSION = 1
 
 
-def capture_state(system: ParticleSystem) -> dict[str, Any]:
+class SimulationState(Protocol):
+    """What a checkpoint reads from and writes into the engine (its mutable state).
+
+    :class:`sfpk.pruners.particles.engine.ParticleSystem` has these attributes; declaring
+    them here keeps this module below the engine (no import back into it).
+    """
+
+    layout: FlatLayout
+    options: Any
+    density: float
+    particles: Tensor
+    scores: Tensor
+    start: Tensor
+    dropped: Tensor
+    step_index: int
+    consumed: int
+    stopped: bool
+    calibration: Tensor
+    history: list[dict[str, Any]]
+
+
+def capture_state(system: SimulationState) -> dict[str, Any]:
     """Everything needed to resume ``system`` bit-identically (tensors are copies)."""
     rng = {"cpu": torch.get_rng_state()}
     if system.layout.device.type == "cuda":
@@ -47,7 +74,7 @@ def capture_state(system: ParticleSystem) -> dict[str, Any]:
     }
 
 
-def check_state(system: ParticleSystem, state: dict[str, Any]) -> None:
+def check_state(system: SimulationState, state: dict[str, Any]) -> None:
     """Raise :class:`CheckpointError` unless ``state`` holds particles for these masks.
 
     Raises:
@@ -66,7 +93,7 @@ def check_state(system: ParticleSystem, state: dict[str, Any]) -> None:
         )
 
 
-def restore_state(system: ParticleSystem, state: dict[str, Any]) -> None:
+def restore_state(system: SimulationState, state: dict[str, Any]) -> None:
     """Load a :func:`capture_state` dict into ``system`` (same options, data and masks).
 
     Raises:

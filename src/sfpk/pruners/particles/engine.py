@@ -30,11 +30,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..distributed import all_reduce_rows_, is_main, particle_owner, rank, world_size
-from ..distributed import resolve_distributed as _resolve_distributed
-from ..errors import SfpkError
-from ..functional import effective_weight_grads
-from .base import Batch, PruneContext, batch_stream, to_device
+from ...distributed import all_reduce_rows_, is_main, particle_owner, rank, world_size
+from ...distributed import resolve_distributed as _resolve_distributed
+from ...errors import SfpkError
+from ...functional import effective_weight_grads
+from ..base import Batch, PruneContext, PruneObserver, batch_stream, to_device
 from .dynamics import (
     drift,
     dt_schedule,
@@ -46,9 +46,9 @@ from .dynamics import (
     repulsion,
     size_and_gradient,
 )
-from .engine_state import STATE_VERSION, capture_state, check_state, restore_rng, restore_state
 from .layout import FlatLayout
 from .processors import ThresholdLayout, process
+from .state import STATE_VERSION, capture_state, check_state, restore_rng, restore_state
 from .voting import rank_voters, score_weight, vote
 
 __all__ = ["ParticleSystem", "STATE_VERSION"]
@@ -121,7 +121,7 @@ class ParticleSystem:
         entry = layout.entry_weight
         self.kernel_root = layout.sq_theta_root if kernel_weight else _sqrt_or_none(entry)
         self.kernel_norm = layout.abs_theta if kernel_weight else entry
-        self.split = _resolve_distributed(opts.distributed)
+        self.split = _resolve_distributed(ctx.distributed)
         world, me = (world_size(), rank()) if self.split else (1, 0)
         self.owned = [particle_owner(i, world) == me for i in range(n)]
 
@@ -188,14 +188,14 @@ class ParticleSystem:
                 yield first[0]
         yield from batch_stream(data)
 
-    def run(self, data: Iterable[Batch], *, trace: Trace | None = None) -> Tensor:
+    def run(self, data: Iterable[Batch], observer: PruneObserver | None = None) -> Tensor:
         """Run the remaining steps; returns the momentum score ``S`` (flat, ``[P_m]``).
 
-        ``options.checkpoint_callback`` receives :meth:`state_dict` every
-        ``options.checkpoint_every`` steps; ``trace`` (tests, debugging) receives a dict of
-        cloned per-step tensors.
+        ``observer`` (optional) shows progress, receives each step's record and trace, and
+        every ``checkpoint_every`` steps a :meth:`state_dict` (on rank 0 only when split).
         """
         opts = self.options
+        observer = observer or PruneObserver()
         draws = self._draws(data)
         for _ in range(self.consumed):  # resume: replay the draws already used, then ...
             next(draws)
@@ -205,19 +205,21 @@ class ParticleSystem:
         bar = tqdm(
             total=opts.num_steps,
             initial=self.step_index,
-            disable=not self.ctx.progress,
+            disable=not observer.progress,
             desc=f"{opts.num_particles} particles",
             leave=False,
         )
         try:
             while self.step_index < opts.num_steps and not self.stopped:
-                record = self.step(draws, trace)
+                record = self.step(draws, observer.trace)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", dist=f"{record['distance']:.3g}")
-                every = opts.checkpoint_every
+                if observer.on_step is not None:
+                    observer.on_step(record)
+                every = observer.checkpoint_every
                 due = every and self.step_index % every == 0 and (is_main() or not self.split)
-                if due and opts.checkpoint_callback:
-                    opts.checkpoint_callback(self.state_dict())
+                if due and observer.on_checkpoint is not None:
+                    observer.on_checkpoint(self.state_dict())
         finally:
             bar.close()
         return self.scores

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..masks import Masks, reduce_to_mask
+from ...masks import Masks, reduce_to_mask
 
 __all__ = ["FlatLayout"]
 

@@ -11,18 +11,18 @@ there) are listed in ``docs/sfpk.md``.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_choice, check_positive
-from ..masks import Masks, Scope
-from ..selection import select_topk
-from .base import PruneContext, Pruner, register
+from ...errors import ConfigError, check_choice, check_positive
+from ...masks import Masks, Scope
+from ...selection import select_topk
+from ..base import PruneContext, PruneObserver, Pruner, PruneResult, StartState, register
 from .dynamics import DT_SCHEDULES, RADIUS_SCHEDULES, dt_schedule, parse_size_functional
 from .engine import ParticleSystem
 from .layout import FlatLayout
@@ -31,7 +31,6 @@ from .voting import SCORES, VOTES
 
 __all__ = ["SfpkPruner", "SpodePruner", "ParticleOptions"]
 
-StateCallback = Callable[[dict[str, Any]], None]
 _REPULSIONS = ("exp", "cos", "none")
 
 
@@ -63,17 +62,9 @@ class _DynamicsOptions:
     revive_pruned: entries already zero in the starting masks may come back (reference
         §2.13); False keeps masks nested across rounds (§9.5) and simulates with
         ``θ ⊙ 1[mask ≠ 0]``, as if the starting masks were applied to the model.
-    continue_from: an engine state (``masks.engine_state`` of the previous round) to continue
-        from: its particles and S carry over (§2.13).
-    resume_state: a state from ``checkpoint_callback`` to resume an interrupted run; the
-        data must replay the same batches.
-    checkpoint_every: call ``checkpoint_callback`` every this many steps (0: never).
-    checkpoint_callback: receives the engine ``state_dict()``.
-    trace_callback: receives a dict of cloned per-step tensors (tests, debugging; slow).
-    distributed: split the particles' forward+backward passes over the ranks of an
-        initialised ``torch.distributed`` group (``torchrun``): None (default) when one with
-        more than one rank exists, True to require one, False never. Results equal the
-        single-process run (docs/sfpk.md, "Scaling out with torchrun").
+
+    Continuing from a previous round, resuming, checkpoints and tracing are not options:
+    they are the ``start`` and ``observer`` arguments of :meth:`Pruner.prune`.
     """
 
     num_steps: int = 100
@@ -94,12 +85,6 @@ class _DynamicsOptions:
     reference_batch_order: bool = False
     start_one: bool = False
     revive_pruned: bool = False
-    continue_from: dict[str, Any] | None = None
-    resume_state: dict[str, Any] | None = None
-    checkpoint_every: int = 0
-    checkpoint_callback: StateCallback | None = None
-    trace_callback: StateCallback | None = None
-    distributed: bool | None = None
 
     def __post_init__(self) -> None:
         check_positive("num_steps", self.num_steps)
@@ -119,9 +104,6 @@ class _DynamicsOptions:
             raise ConfigError(f"processor_eps={self.processor_eps!r} must be > 0.5")
         check_choice("score", self.score, SCORES)
         check_choice("ode_scope", self.ode_scope, ("global", "local"))
-        check_positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
-        if self.continue_from is not None and self.resume_state is not None:
-            raise ConfigError("give continue_from or resume_state, not both")
 
 
 @dataclass(frozen=True)
@@ -158,12 +140,9 @@ class ParticleOptions(_DynamicsOptions):
 class _ParticlePruner(Pruner):
     """Shared ``prune`` of the particle methods: simulate, then exact top-k of S (§2.12)."""
 
+    @abc.abstractmethod
     def engine_options(self) -> ParticleOptions:
         """The full engine options for this method."""
-        raise NotImplementedError
-
-    def score(self, model, data, masks, ctx):  # noqa: D102
-        raise ConfigError(f"{self.name} scores only inside prune() (it needs the target)")
 
     def prune(
         self,
@@ -174,27 +153,31 @@ class _ParticlePruner(Pruner):
         sparsity: float,
         scope: Scope,
         ctx: PruneContext,
-    ) -> Masks:
+        start: StartState | None = None,
+        observer: PruneObserver | None = None,
+    ) -> PruneResult:
         """Run the particle system to ``1 - sparsity`` and select the top-k of its score.
 
-        The returned masks carry ``history`` (one record per step) and ``engine_state``
-        (the final state, for ``continue_from`` in the next round).
+        ``start`` continues from a previous call's final state (its particles and S carry
+        over, §2.13) or resumes an interrupted call; the result's ``state`` is the final
+        engine state and its ``history`` one record per step.
         """
         opts = self.engine_options()
+        observer = observer or PruneObserver()
         layout = FlatLayout(model, masks, mask_weights=not opts.revive_pruned)
         engine = ParticleSystem(model, layout, opts, density=1.0 - sparsity, scope=scope, ctx=ctx)
-        if opts.resume_state is not None:
-            engine.load_state_dict(opts.resume_state)
-        elif opts.continue_from is not None:
-            engine.continue_from(opts.continue_from)
-        else:
+        if start is None:
             engine.init_from_masks(dict(masks))
+        elif start.resume:
+            engine.load_state_dict(start.state)
+        else:
+            engine.continue_from(start.state)
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         model.train(opts.train_mode)
         try:
             for p in model.parameters():
                 p.requires_grad_(False)  # θ is frozen; only w_eff leaves get gradients
-            scores = engine.run(data, trace=opts.trace_callback)
+            scores = engine.run(data, observer)
         finally:
             for n, p in model.named_parameters():
                 p.requires_grad_(flags[n])
@@ -202,9 +185,7 @@ class _ParticlePruner(Pruner):
         result = select_topk(
             final, masks, sparsity=sparsity, scope=scope, keep_pruned=not opts.revive_pruned
         )
-        result.history = engine.history
-        result.engine_state = engine.state_dict()
-        return result
+        return PruneResult(result, history=list(engine.history), state=engine.state_dict())
 
 
 @register
