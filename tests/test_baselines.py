@@ -43,7 +43,7 @@ def test_all_baselines_are_registered():
 @pytest.mark.parametrize("method", METHODS)
 def test_unstructured_global_removes_exactly_floor_sp(method, model_name):
     """Global unstructured pruning removes exactly floor(s*P) weights, on every model."""
-    _, masks = _prune(model_name, method, sparsity=SPARSITY)
+    _, masks = _prune(model_name, method, sparsity=SPARSITY, scope="global")
     total = masks.total_weights()
     assert total - masks.kept_weights() == _floor(SPARSITY, total)
     assert all(set(m.unique().tolist()) <= {0.0, 1.0} for m in masks.values())

@@ -238,7 +238,9 @@ def _tiny(method: str) -> dict[str, object]:
 def test_every_method_prunes_resnet20_to_exact_global_sparsity(method):
     """Each registered method (later ones join automatically) lands on floor(s * P) on ResNet-20."""
     model, data = _build("cifar_resnet")
-    masks = sfpk.prune(model, data, method=method, sparsity=0.8, seed=1, **_tiny(method))
+    masks = sfpk.prune(
+        model, data, method=method, sparsity=0.8, seed=1, scope="global", **_tiny(method)
+    )
     total = masks.total_weights()
     assert (masks.method, total - masks.kept_weights()) == (method, math.floor(0.8 * total))
     _apply_and_forward(model, masks, data)

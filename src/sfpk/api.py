@@ -32,7 +32,7 @@ def prune(
     *,
     method: str,
     sparsity: float,
-    scope: Scope = "global",
+    scope: Scope | None = None,
     structure: Structure | None = None,
     seed: int = 0,
     masks: Masks | None = None,
@@ -55,9 +55,13 @@ def prune(
             pruned (see :func:`sfpk.masks.prunable_parameters` and ``include``/``exclude``).
         data: an iterable of ``(inputs, targets)`` batches (a DataLoader or a list). Data-free
             methods (rand, mag, synflow) need only one batch, for the input shape.
-        method: one of :func:`sfpk.methods` (rand, mag, snip, grasp, synflow, spode, sfpk).
+        method: one of :func:`sfpk.methods` (rand, mag, snip, grasp, synflow, wanda, spode,
+            sfpk).
         sparsity: fraction of prunable weights removed, in (0, 1); 0.95 keeps 5 %.
-        scope: ``"global"`` (one ranking over all layers) or ``"local"`` (each layer alone).
+        scope: ``"global"`` (one ranking over all layers), ``"local"`` (each layer alone) or
+            ``"row"`` (each output row alone; unstructured only). None: the method's
+            default, ``"global"`` for all but wanda, which compares within rows as its
+            paper does (globally for structured masks).
         structure: None or ``"unstructured"``, ``"filter"`` (output filters/neurons) or
             ``"channel"`` (input channels/features).
         seed: seeds every random choice of this call (the caller's RNG state is restored).
@@ -103,7 +107,7 @@ def run_pruner(
     *,
     method: str,
     sparsity: float,
-    scope: Scope = "global",
+    scope: Scope | None = None,
     structure: Structure | None = None,
     seed: int = 0,
     masks: Masks | None = None,
@@ -132,9 +136,11 @@ def run_pruner(
     """
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)
-    check_choice("scope", scope, SCOPES)
     check_choice("structure", structure or "unstructured", STRUCTURES)
     masks = _starting_masks(model, masks, sparsity, structure, include, exclude, include_bias)
+    if scope is None:  # a row is one filter in a structured mask: rank those globally
+        scope = pruner.default_scope if masks.structure == "unstructured" else "global"
+    check_choice("scope", scope, SCOPES)
     device = next(model.parameters()).device
     ctx = PruneContext(device=device, seed=seed, distributed=distributed)
     if loss_fn is not None:

@@ -47,9 +47,9 @@ __all__ = [
 ]
 
 Structure = Literal["unstructured", "filter", "channel"]
-Scope = Literal["global", "local"]
+Scope = Literal["global", "local", "row"]
 STRUCTURES: tuple[str, ...] = ("unstructured", "filter", "channel")
-SCOPES: tuple[str, ...] = ("global", "local")
+SCOPES: tuple[str, ...] = ("global", "local", "row")
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 FilterFn = Callable[[str, nn.Module, str], bool]
 

@@ -9,6 +9,8 @@ Counting rules:
 
 * unstructured, ``global``: exactly ``floor(sparsity * P)`` of the ``P`` prunable weights go.
 * unstructured, ``local``: exactly ``floor(sparsity * numel)`` go from every tensor.
+* unstructured, ``row``: exactly ``floor(sparsity * k)`` go from every output row of ``k``
+  weights (the first dim of each tensor; Wanda's comparison group).
 * structured, ``local``: ``floor(sparsity * C)`` of the ``C`` filters/channels of each tensor
   go, so each layer is exact up to one group.
 * structured, ``global``: groups are ranked by their score per weight (a group's score is a
@@ -180,12 +182,24 @@ def select_topk(
         flat = torch.where(current.to(flat.device) == 0, torch.full_like(flat, -math.inf), flat)
     sizes = [template[n].numel() for n in template]
     per_entry = [template.weights_per_entry(n) for n in template]
+    if scope == "row" and template.structure != "unstructured":
+        raise ConfigError(
+            f"scope='row' compares weights within each output row and needs unstructured "
+            f"masks, not structure={template.structure!r}; use global or local"
+        )
     if scope == "local":
         pieces = [
             cut(chunk, removal_count(chunk.numel(), sparsity))
             for chunk in flat.split(sizes)
         ]
         keep = torch.cat(pieces)
+    elif scope == "row":
+        keep = torch.cat(
+            [
+                _row_cut(chunk.reshape(_rows(template[n].shape), -1), sparsity).reshape(-1)
+                for n, chunk in zip(template, flat.split(sizes), strict=True)
+            ]
+        )
     elif template.structure == "unstructured":
         keep = cut(flat, removal_count(flat.numel(), sparsity))
     else:
@@ -216,6 +230,21 @@ def select_topk(
         for n, piece in zip(template, keep.split(sizes), strict=True)
     }
     return template.with_tensors(tensors, target_sparsity=sparsity, scope=scope)
+
+
+def _rows(shape: tuple[int, ...] | torch.Size) -> int:
+    """Output rows of a tensor: its first dim (a 1-D tensor, e.g. a bias, is one row)."""
+    return shape[0] if len(shape) > 1 else 1
+
+
+def _row_cut(values: Tensor, sparsity: float) -> Tensor:
+    """Per row of ``[rows, cols]``, drop the ``floor(sparsity * cols)`` lowest (stable ties)."""
+    remove = removal_count(values.shape[1], sparsity)
+    keep = torch.ones_like(values)
+    if remove > 0:
+        order = torch.sort(values, dim=1, stable=True).indices[:, :remove]
+        keep.scatter_(1, order, 0.0)
+    return keep
 
 
 def _starts(sizes: list[int]) -> list[int]:
@@ -268,6 +297,18 @@ def check_achieved_sparsity(masks: Masks, sparsity: float, scope: Scope) -> None
             )
         return
     for name in masks:
+        if scope == "row":
+            rows = masks[name].reshape(_rows(masks[name].shape), -1)
+            cols = rows.shape[1]
+            kept_rows = torch.count_nonzero(rows, dim=1)
+            expected_row = cols - removal_count(cols, sparsity)
+            if bool((kept_rows != expected_row).any()):
+                raise SparsityCheckError(
+                    f"layer {name!r}: a row keeps {int(kept_rows.min())}..."
+                    f"{int(kept_rows.max())} of {cols} entries, expected {expected_row} in "
+                    f"every row (sparsity {sparsity})"
+                )
+            continue
         size = masks[name].numel()
         kept = int(torch.count_nonzero(masks[name]))
         expected_kept = size - removal_count(size, sparsity)

@@ -1,11 +1,13 @@
 """Pruning methods behind one contract and one registry (see :mod:`.base`).
 
-``scores`` holds the score-and-select baselines (rand, mag, snip, grasp, synflow);
+``scores`` holds the score-and-select baselines (rand, mag, snip, grasp, synflow) and
+``wanda`` the activation-aware one;
 ``particles`` the SFPK particle engine (sfpk, spode). Importing this package registers them.
 """
 
 from . import particles as _particles  # noqa: F401  (registers sfpk, spode)
 from . import scores as _scores  # noqa: F401  (registers rand, mag, snip, grasp, synflow)
+from . import wanda as _wanda  # noqa: F401  (registers wanda)
 from .base import (
     Batch,
     PruneContext,

@@ -150,6 +150,7 @@ class Pruner(abc.ABC):
 
     name: ClassVar[str]
     needs_data: ClassVar[bool] = True
+    default_scope: ClassVar[Scope] = "global"  # the scope when the caller gives none
 
     @dataclass(frozen=True)
     class Options:
