@@ -29,7 +29,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -127,7 +127,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 "default": argparse.SUPPRESS,
                 "help": field.metadata.get("help", ""),
             }
-            if base is bool:
+            if base is Literal:  # no argparse `choices`: the config's check gives one line
+                kwargs.update(type=str, metavar="{" + ",".join(typing.get_args(hint)) + "}")
+            elif base is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             elif base is list:
                 kwargs.update(type=_list_of(typing.get_args(hint)[0]), metavar="A,B,...")

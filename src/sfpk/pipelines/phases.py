@@ -17,7 +17,8 @@ from ..batchnorm import recalibrate_bn
 from ..checkpoint import derive_seed, load_state_dict_file
 from ..config import PARTICLE_METHODS
 from ..masks import Masks
-from ..train import OptimizerOptions, Trainer
+from ..schedules import PRETRAIN_LR_MIN, pretrain_lr
+from ..train import OptimizerConfig, Trainer
 from .context import Context
 
 __all__ = ["train_phase", "pretrain_phase", "dense_phase", "prune_round", "best_record"]
@@ -36,7 +37,7 @@ def train_phase(
     *,
     epochs: int,
     lr_at: Callable[[int], float],
-    options: OptimizerOptions,
+    options: OptimizerConfig,
     batch_size: int,
     round_index: int | None = None,
     keep_best: bool = False,
@@ -48,7 +49,7 @@ def train_phase(
         key: the phase name, e.g. ``"finetune"`` or ``"tune:2"``.
         epochs: number of epochs.
         lr_at: the LR of epoch ``e`` (a function from :mod:`sfpk.schedules`).
-        options: optimizer settings.
+        options: optimizer and loss settings (a config section: ``config.train``).
         batch_size: training batch size.
         round_index: the pruning round, for the metrics rows.
         keep_best: save the best-on-validation weights to ``checkpoints/best_<key>``
@@ -114,22 +115,22 @@ def train_phase(
 
 
 def pretrain_phase(ctx: Context) -> None:
-    """Dense training with cosine LR to ``pretrain.lr_min``; keeps the best-on-val model.
+    """Dense training with cosine LR to ``pretrain.lr_min`` (None: 1e-6); keeps the best model.
 
-    The selected dense weights are also written to ``dense.safetensors`` in the run folder
+    The best model is the one of the epoch with the highest validation accuracy. Its
+    weights are also written to ``dense.safetensors`` in the run folder
     (reusable with ``--checkpoint``).
     """
-    from ..schedules import pretrain_lr
-
     if "pretrain" in ctx.progress.done:
         return
     p = ctx.config.pretrain
+    lr_min = PRETRAIN_LR_MIN if p.lr_min is None else p.lr_min
     records = train_phase(
         ctx,
         "pretrain",
         epochs=p.epochs,
-        lr_at=lambda e: pretrain_lr(e, lr=p.lr, epochs=p.epochs, lr_min=p.lr_min),
-        options=ctx.config.optimizer_options("pretrain"),
+        lr_at=lambda e: pretrain_lr(e, lr=p.lr, epochs=p.epochs, lr_min=lr_min),
+        options=p,
         batch_size=p.batch_size,
         keep_best=True,
     )
