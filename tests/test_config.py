@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sfpk.cli import build_parser, overrides_from_args
+from sfpk.cli import build_parser
 from sfpk.config import (
     PRETRAIN_DEFAULTS,
     Config,
@@ -17,6 +17,7 @@ from sfpk.config import (
     load_config,
     save_config,
 )
+from sfpk.config_flags import overrides_from_args
 from sfpk.errors import ConfigError
 
 
