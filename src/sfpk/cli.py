@@ -207,11 +207,8 @@ def _methods(args: argparse.Namespace) -> int:
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name}: {summary}")
         for field in dataclasses.fields(cls.Options):
-            default = (
-                field.default
-                if field.default is not dataclasses.MISSING
-                else field.default_factory()  # type: ignore[misc]
-            )
+            factory = field.default_factory
+            default = factory() if callable(factory) else field.default
             print(f"    {field.name} = {default!r}")
     return 0
 

@@ -145,7 +145,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     values = {}
     for f in dataclasses.fields(cls):
         hint, value, name = hints[f.name], data[f.name], f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[f.name] = from_dict(hint, value, prefix=f"{name}.")
         else:
             values[f.name] = coerce(name, value, hint)

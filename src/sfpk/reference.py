@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import torch
 from torch import nn
@@ -155,9 +155,13 @@ FLAGS: dict[str, Flag] = {
     "ckpt_freq": Flag(int, None, note="checkpoints are written every epoch"),
     "save_dist": Flag("store_true", None, unsupported="per-particle distance dumps"),
 }
-# Flags that set a method option are the particle engine's (SFPK and SpODE); those named
-# sfpk_* apply to SFPK only.
-_PARTICLE_ONLY = {name for name, flag in FLAGS.items() if (flag.target or "").startswith("option:")}
+# Flags that set a method option are the particle engine's (SFPK and SpODE), flag -> option;
+# those named sfpk_* apply to SFPK only.
+_PARTICLE_ONLY = {
+    name: flag.target.removeprefix("option:")
+    for name, flag in FLAGS.items()
+    if flag.target is not None and flag.target.startswith("option:")
+}
 _SFPK_ONLY = {name for name in _PARTICLE_ONLY if name.startswith("sfpk_")}
 
 
@@ -171,7 +175,7 @@ class Translation:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # noqa: D102 - raise instead of exiting
+    def error(self, message: str) -> NoReturn:  # raise instead of exiting
         raise ConfigError(f"sfpk reference: {message}")
 
 
@@ -246,7 +250,7 @@ def _pruning(given: dict[str, Any], out: Translation) -> None:
     sfpk_only = [k for k in given if k in _SFPK_ONLY] if method == "spode" else []
     for key in [*particle, *sfpk_only]:
         out.notes.append(f"--{key}: accepted, it does not apply to --pruner {pruner}")
-        options.pop(FLAGS[key].target[7:], None)
+        options.pop(_PARTICLE_ONLY[key], None)
     if method == "synflow":  # the reference's SynFlow: one scoring per pipeline round
         options.update(rounds=1, train_mode=True)
     if method in ("snip", "grasp"):  # the reference scores on the whole pruning loader

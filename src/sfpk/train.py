@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
@@ -254,7 +254,7 @@ class Trainer:
         self.set_lr(lr)
         self.optimizer.zero_grad(set_to_none=True)
         accum = self.options.grad_accum_steps
-        num_batches = len(loader) if hasattr(loader, "__len__") else None
+        num_batches = len(loader) if isinstance(loader, Sized) else None
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=desc, leave=False, disable=not self.progress)
         for index, batch in enumerate(bar):
