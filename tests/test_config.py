@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from sfpk.cli import build_parser, overrides_from_args
-from sfpk.config import Config, build_config, config_to_dict, load_config, save_config
+from sfpk.cli import build_parser
+from sfpk.config import (
+    PRETRAIN_DEFAULTS,
+    Config,
+    build_config,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from sfpk.config_flags import overrides_from_args
 from sfpk.errors import ConfigError
 
 
@@ -230,3 +239,58 @@ def test_sfpk_data_is_frozen_into_the_config(tmp_path, monkeypatch):
     assert config.data.data_dir == str(tmp_path)
     embedded = build_config("oneshot", overrides={"data.dataset": "digits"}, check_paths=False)
     assert embedded.data.data_dir is None
+
+
+def test_training_sections_are_one_optimizer_config():
+    """pretrain and train share the Trainer's fields, declared once, and stay flat in YAML."""
+    from sfpk.train import OptimizerConfig
+
+    config = Config()
+    assert isinstance(config.pretrain, OptimizerConfig)
+    assert isinstance(config.train, OptimizerConfig)
+    shared = [f.name for f in dataclasses.fields(OptimizerConfig)]
+    saved = config_to_dict(config)
+    assert list(saved["pretrain"]) == shared
+    assert list(saved["train"])[: len(shared)] == shared
+
+
+def test_pretrain_section_holds_the_pretraining_recipe():
+    """Only the five values in which pretraining differs from fine-tuning change (§5.7)."""
+    pretrain, train = Config().pretrain, Config().train
+    assert {k: getattr(pretrain, k) for k in PRETRAIN_DEFAULTS} == PRETRAIN_DEFAULTS
+    assert pretrain.momentum == train.momentum and pretrain.optimizer == train.optimizer
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"pretrain.lr_min": -1.0}, r"pretrain\.lr_min"),
+        ({"pretrain.optimizer": "rmsprop"}, r"pretrain\.optimizer"),
+        ({"prune.scope": 3}, r"prune\.scope"),
+        ({"prune.structure": "Filter"}, "unstructured, filter|filter, unstructured"),
+    ],
+)
+def test_errors_name_the_dotted_key_and_choices(tiny, overrides, match):
+    """A bad value of a shared or Literal field names its section, and the choices."""
+    with pytest.raises(ConfigError, match=match):
+        build_config("oneshot", overrides={**tiny, **overrides})
+
+
+def _sfpk_imports(module) -> set[str]:
+    """The sfpk modules ``module`` imports anywhere in its source (also inside functions)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sfpk."):
+            found.add(node.module.removeprefix("sfpk."))
+    return found
+
+
+def test_config_checks_does_not_import_config():
+    """config imports config_checks, never the other way round (no import circle)."""
+    import sfpk.config_checks
+
+    assert "config" not in _sfpk_imports(sfpk.config_checks)

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from sfpk.data import DataSplits, list_datasets, load_dataset, make_loader
+from sfpk.data import (
+    DataSplits,
+    dataset_spec,
+    embedded_datasets,
+    list_datasets,
+    load_dataset,
+    make_loader,
+    register_dataset,
+)
 from sfpk.data.fake import write_fake_cifar, write_fake_imagenet, write_fake_tiny_imagenet
 from sfpk.data.transforms import CIFAR100_MEAN, CIFAR100_STD, RandomCrop
 from sfpk.errors import ConfigError, DataError, UnknownNameError
@@ -57,6 +65,39 @@ def test_unknown_dataset_name_names_choices() -> None:
         load_dataset("cifar1000")
 
 
+@pytest.mark.parametrize("name", list_datasets())
+def test_registering_a_taken_dataset_name_raises(name: str) -> None:
+    """Two loaders under one name would silently shadow each other; any case is the same name."""
+    before = dataset_spec(name)
+    with pytest.raises(ConfigError, match="already registered"):
+
+        @register_dataset(name.upper(), input_shape=(1,), on_disk=False)
+        def shadow(*, seed: int = 0, val_fraction: float = 0.1, augment: bool = True):
+            raise AssertionError("never called")
+
+    assert dataset_spec(name) is before
+
+
+def test_unknown_dataset_lists_every_choice() -> None:
+    """The error carries the whole registry, so the CLI and config can show what exists."""
+    with pytest.raises(UnknownNameError) as info:
+        dataset_spec("cifar1000")
+    assert info.value.choices == list_datasets()
+    assert all(name in str(info.value) for name in list_datasets())
+
+
+def test_embedded_datasets_come_from_the_registry() -> None:
+    """The data sets needing no data directory are the registry's, not a list kept elsewhere."""
+    assert embedded_datasets() == ["digits", "mnist1d"]
+    assert sorted(set(list_datasets()) - set(embedded_datasets())) == sorted(ON_DISK)
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist1d"])
+def test_registered_input_shape_matches_the_loaded_data(name: str) -> None:
+    """The shape the registry states (used before loading, e.g. by `sfpk reference`) is true."""
+    assert load_dataset(name).input_shape == dataset_spec(name).input_shape
+
+
 @pytest.mark.parametrize("name", ON_DISK)
 def test_fake_layout_loads_with_shapes_labels_and_sizes(name: str, data_root) -> None:
     """Each on-disk format yields float32 inputs of input_shape and int64 labels in range."""
@@ -64,6 +105,7 @@ def test_fake_layout_loads_with_shapes_labels_and_sizes(name: str, data_root) ->
     train_size, test_size, num_classes, shape = FAKE_SIZES[name]
     assert isinstance(splits, DataSplits)
     assert (splits.num_classes, splits.input_shape) == (num_classes, shape)
+    assert dataset_spec(name).input_shape == shape
     assert len(splits.train) + len(splits.val) == train_size
     assert len(splits.val) == round(0.25 * train_size)
     assert len(splits.test) == test_size

@@ -14,9 +14,13 @@ from sfpk.models import (
     count_parameters,
     create,
     create_model,
+    external_prefixes,
+    is_external,
     list_models,
     load_weights,
+    model_builder,
     register_model,
+    register_prefix,
 )
 
 SMALL_INPUTS = {"mlp": (40,), "cnn1d": (40,), "cnn_digits": (1, 8, 8)}
@@ -132,6 +136,39 @@ def test_registering_a_taken_name_raises() -> None:
         @register_model
         def mlp(*, num_classes: int, input_shape=None) -> nn.Module:
             return nn.Linear(1, num_classes)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_name_is_refused_a_second_time(name: str) -> None:
+    """Registering any taken name (in any case) fails and leaves the first builder in place."""
+    before = model_builder(name)
+    with pytest.raises(ConfigError, match="already registered"):
+        register_model(lambda **kw: nn.Identity(), name=name.upper())
+    assert model_builder(name) is before
+
+
+@pytest.mark.parametrize("prefix", external_prefixes())
+def test_registering_a_taken_external_prefix_raises(prefix: str) -> None:
+    """A second library under tv: or timm: would silently shadow the first."""
+    with pytest.raises(ConfigError, match="already registered"):
+        register_prefix(prefix)(lambda name, **kw: nn.Identity())
+
+
+def test_unknown_model_lists_every_choice() -> None:
+    """The error carries the whole registry, so the CLI and config can show what exists."""
+    with pytest.raises(UnknownNameError) as info:
+        model_builder("resnet21")
+    assert info.value.choices == list_models()
+    assert all(name in str(info.value) for name in list_models())
+
+
+def test_external_prefixes_come_from_the_registry() -> None:
+    """tv: and timm: are registered once; other names with a colon are not external."""
+    assert external_prefixes() == ["timm", "tv"]
+    assert is_external("tv:resnet18") and is_external("TIMM:resnet18")
+    assert not is_external("hf:bert") and not is_external("resnet20")
+    with pytest.raises(UnknownNameError):
+        create("hf:bert", num_classes=10)
 
 
 def test_list_models_holds_own_names_only() -> None:

@@ -139,7 +139,8 @@ def test_translation_builds_a_valid_native_config(argv):
 
 def test_native_command_round_trips_through_the_cli_parser():
     """The printed native command parses back to the same overrides."""
-    from sfpk.cli import build_parser, overrides_from_args
+    from sfpk.cli import build_parser
+    from sfpk.config_flags import overrides_from_args
 
     t = translate(ONESHOT)
     argv = native_command(t)
@@ -244,3 +245,20 @@ def test_dry_run_still_validates_values(capsys):
 
     assert main(["reference", "--dry-run", "--N", "-3"]) == 2
     assert "num_steps" in capsys.readouterr().err
+
+
+def test_reference_translation_does_not_import_the_cli():
+    """The flag table is independent of the CLI: reference.py never imports sfpk.cli."""
+    import ast
+    from pathlib import Path
+
+    import sfpk.reference
+
+    tree = ast.parse(Path(sfpk.reference.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported |= {node.module or ""} | {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+    assert not {"cli", "sfpk.cli"} & imported

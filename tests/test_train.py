@@ -8,7 +8,7 @@ from torch import nn
 
 import sfpk
 from sfpk.errors import ConfigError, SfpkError
-from sfpk.train import OptimizerOptions, Trainer, make_optimizer, select_device
+from sfpk.train import OptimizerConfig, Trainer, make_optimizer, select_device
 
 CPU = torch.device("cpu")
 
@@ -35,7 +35,7 @@ def test_pruned_weights_stay_exactly_zero_with_momentum_and_weight_decay(optimiz
     """Momentum filled before pruning would revive pruned weights unless masks are re-applied."""
     data = _data()
     model = _model()
-    options = OptimizerOptions(
+    options = OptimizerConfig(
         optimizer=optimizer, momentum=0.9, nesterov=optimizer == "sgd", weight_decay=0.1
     )
     dense = Trainer(model, options, device=CPU, progress=False)
@@ -61,10 +61,9 @@ def test_gradient_accumulation_matches_one_big_batch():
     small = _data(batch=8)
     a, b = _model(), _model()
     opts = dict(optimizer="sgd", momentum=0.0)
-    Trainer(a, OptimizerOptions(**opts), device=CPU, progress=False).train_epoch(big, lr=0.1)
-    Trainer(
-        b, OptimizerOptions(**opts, grad_accum_steps=2), device=CPU, progress=False
-    ).train_epoch(small, lr=0.1)
+    Trainer(a, OptimizerConfig(**opts), device=CPU, progress=False).train_epoch(big, lr=0.1)
+    accumulated = OptimizerConfig(**opts, grad_accum_steps=2)
+    Trainer(b, accumulated, device=CPU, progress=False).train_epoch(small, lr=0.1)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-6)
 
@@ -73,7 +72,7 @@ def test_trailing_partial_accumulation_group_is_stepped_not_dropped():
     """Unlike the reference (§8.26), 5 batches with accumulation 2 give 3 optimizer steps."""
     data = _data(n=40, batch=8)  # 5 batches
     trainer = Trainer(
-        _model(), OptimizerOptions(optimizer="adam", grad_accum_steps=2), device=CPU, progress=False
+        _model(), OptimizerConfig(optimizer="adam", grad_accum_steps=2), device=CPU, progress=False
     )
     trainer.train_epoch(data, lr=1e-3)
     steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
@@ -88,7 +87,7 @@ def test_evaluate_reports_loss_top1_top5():
         model.weight[0, 5] = -1.0  # sample 5: true class 0 gets the lowest logit
     x = torch.eye(6)
     y = torch.tensor([0, 1, 2, 3, 4, 0])  # sample 5 ranks its true class 6th of 6
-    result = Trainer(model, OptimizerOptions(), device=CPU, progress=False).evaluate([(x, y)])
+    result = Trainer(model, OptimizerConfig(), device=CPU, progress=False).evaluate([(x, y)])
     expected_loss = nn.functional.cross_entropy(model(x), y).item()
     assert result.top1 == pytest.approx(5 / 6)
     assert result.top5 == pytest.approx(5 / 6)
@@ -98,7 +97,7 @@ def test_evaluate_reports_loss_top1_top5():
 def test_training_reports_nan_loss():
     """A diverged run must stop with a clear error, not train on NaNs."""
     data = [(torch.full((4, 10), float("nan")), torch.zeros(4, dtype=torch.long))]
-    trainer = Trainer(_model(), OptimizerOptions(), device=CPU, progress=False)
+    trainer = Trainer(_model(), OptimizerConfig(), device=CPU, progress=False)
     with pytest.raises(SfpkError, match="nan"):
         trainer.train_epoch(data, lr=0.1)
 
@@ -113,20 +112,25 @@ def test_training_reports_nan_loss():
         {"grad_clip": 0.0},
         {"label_smoothing": 1.0},
         {"optimizer": "adam", "nesterov": True},
+        {"epochs": -1},
+        {"batch_size": 0},
+        {"lr": 0.0},
+        {"lr_min": -1e-3},
     ],
 )
-def test_optimizer_options_reject_bad_values(kwargs):
+def test_optimizer_config_rejects_bad_values(kwargs):
     """Bad optimizer settings are ConfigErrors at construction, before any training."""
     with pytest.raises(ConfigError):
-        OptimizerOptions(**kwargs)
+        OptimizerConfig(**kwargs)
 
 
 def test_make_optimizer_builds_requested_class():
     """sgd (with Nesterov), adam and adamw map to the torch optimizers."""
     params = [nn.Parameter(torch.zeros(2))]
-    sgd = make_optimizer(params, OptimizerOptions(nesterov=True), lr=0.1)
+    sgd = make_optimizer(params, OptimizerConfig(nesterov=True), lr=0.1)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"]
-    assert isinstance(make_optimizer(params, OptimizerOptions("adamw"), lr=0.1), torch.optim.AdamW)
+    adamw = OptimizerConfig(optimizer="adamw")
+    assert isinstance(make_optimizer(params, adamw, lr=0.1), torch.optim.AdamW)
 
 
 def test_select_device():

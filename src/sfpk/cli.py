@@ -5,8 +5,8 @@ Subcommands live in one registry (:data:`COMMANDS`); adding one is a decorated f
     @command("reference", help="...", configure=add_reference_flags)
     def _reference(args: argparse.Namespace) -> int: ...
 
-Pipeline flags are generated from the config dataclasses (:mod:`sfpk.config`), one per knob,
-with ``default=SUPPRESS`` so that only flags the user typed override the YAML recipe.
+Pipeline flags are generated from the config dataclasses (:mod:`sfpk.config_flags`), one per
+knob, with ``default=SUPPRESS`` so that only flags the user typed override the YAML recipe.
 Errors sfpk raises on purpose (:class:`sfpk.SfpkError`) and file-system errors (``OSError``,
 e.g. ``--out`` naming a file) are printed on one line (``sfpk: error: ...``) and exit with
 status 2, without a traceback.
@@ -23,27 +23,29 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import sys
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import SECTIONS, Config, build_config, demo_preset, load_config
+from . import distributed, pipelines
+from .config import build_config, demo_preset, load_config
+from .config_flags import add_config_flags, overrides_from_args
+from .data import list_datasets
 from .errors import ConfigError, SfpkError
+from .models import list_models
+from .pruners import methods, pruner_class
+from .reference import native_command, translate
+from .report import write_report
 
 __all__ = [
     "COMMANDS",
     "Command",
     "command",
     "build_parser",
-    "flag_for",
     "main",
-    "overrides_from_args",
 ]
 
 log = logging.getLogger("sfpk")
@@ -81,83 +83,6 @@ def command(
     return decorate
 
 
-# -- config flags -------------------------------------------------------------------------
-
-
-def _flag_name(section: str, field: dataclasses.Field) -> str:
-    flag = field.metadata.get("flag")
-    if flag is None:
-        flag = f"{section}-{field.name}" if section == "pretrain" else field.name
-    return "--" + flag.replace("_", "-")
-
-
-def _list_of(kind: type) -> Callable[[str], list[Any]]:
-    def parse(text: str) -> list[Any]:
-        try:
-            return [kind(item) for item in text.split(",") if item.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a comma-separated list of {kind.__name__}"
-            ) from None
-
-    return parse
-
-
-def _option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} must look like KEY=VALUE")
-    return key.strip(), yaml.safe_load(value)
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config knob (dest ``"section.field"``, default SUPPRESS)."""
-    sections = typing.get_type_hints(Config)
-    for section in SECTIONS:
-        cls = sections[section]
-        group = parser.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0]})")
-        hints = typing.get_type_hints(cls)
-        for field in dataclasses.fields(cls):
-            hint = hints[field.name]
-            if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
-                hint = next(a for a in typing.get_args(hint) if a is not type(None))
-            base = typing.get_origin(hint) or hint
-            kwargs: dict[str, Any] = {
-                "dest": f"{section}.{field.name}",
-                "default": argparse.SUPPRESS,
-                "help": field.metadata.get("help", ""),
-            }
-            if base is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            elif base is list:
-                kwargs.update(type=_list_of(typing.get_args(hint)[0]), metavar="A,B,...")
-            elif base is dict:
-                kwargs.update(type=_option, action="append", metavar="KEY=VALUE")
-            else:
-                kwargs["type"] = base
-            group.add_argument(_flag_name(section, field), **kwargs)
-
-
-def flag_for(key: str) -> str:
-    """The command-line flag of the dotted config key ``key`` (e.g. ``"train.lr"`` -> ``--lr``)."""
-    section, _, name = key.partition(".")
-    cls = typing.get_type_hints(Config).get(section)
-    fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else {}
-    if name not in fields:
-        raise KeyError(f"no config key {key!r}")
-    return _flag_name(section, fields[name])
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The dotted config keys the user typed on the command line, with their values."""
-    out = {}
-    for key, value in vars(args).items():
-        if "." not in key:
-            continue
-        out[key] = dict(value) if key.endswith(".options") else value
-    return out
-
-
 # -- pipelines ----------------------------------------------------------------------------
 
 _DEMO_HELP = (
@@ -177,8 +102,6 @@ def _pipeline_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
-    from . import pipelines
-
     overrides = overrides_from_args(args)
     config = build_config(args.command, yaml_path=args.config, overrides=overrides, demo=args.demo)
     if args.demo:
@@ -203,8 +126,6 @@ def _in_process_group(device: str, body: Callable[[], dict[str, Any]], *, out: s
     summary. The group is destroyed however ``body`` ends. Without torchrun this simply runs
     ``body`` and prints.
     """
-    from . import distributed
-
     distributed.init_from_env(device)
     try:
         main = distributed.is_main()
@@ -270,8 +191,6 @@ def _resume_flags(parser: argparse.ArgumentParser) -> None:
     "resume", help="continue an interrupted run from its last checkpoint", configure=_resume_flags
 )
 def _resume(args: argparse.Namespace) -> int:
-    from . import pipelines
-
     saved = Path(args.directory) / "config.yaml"  # missing: pipelines.resume explains
     device = load_config(saved).run.device if saved.is_file() else "auto"
     return _in_process_group(
@@ -283,34 +202,25 @@ def _resume(args: argparse.Namespace) -> int:
 
 @command("methods", help="list the pruning methods and their options")
 def _methods(args: argparse.Namespace) -> int:
-    from .pruners import methods, pruner_class
-
     for name in methods():
         cls = pruner_class(name)
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name}: {summary}")
         for field in dataclasses.fields(cls.Options):
-            default = (
-                field.default
-                if field.default is not dataclasses.MISSING
-                else field.default_factory()  # type: ignore[misc]
-            )
+            factory = field.default_factory
+            default = factory() if callable(factory) else field.default
             print(f"    {field.name} = {default!r}")
     return 0
 
 
 @command("models", help="list the registered models")
 def _models(args: argparse.Namespace) -> int:
-    from .models import list_models
-
     print("\n".join(list_models()))
     return 0
 
 
 @command("datasets", help="list the data sets")
 def _datasets(args: argparse.Namespace) -> int:
-    from .data import list_datasets
-
     print("\n".join(list_datasets()))
     return 0
 
@@ -335,11 +245,6 @@ def _reference_flags(parser: argparse.ArgumentParser) -> None:
     passthrough=True,
 )
 def _reference(args: argparse.Namespace) -> int:
-    import shlex
-
-    from . import pipelines
-    from .reference import native_command, translate
-
     translation = translate(args.extra)
     for note in translation.notes:
         print(f"sfpk reference: note: {note}", file=sys.stderr)
@@ -369,8 +274,6 @@ def _report_flags(parser: argparse.ArgumentParser) -> None:
     configure=_report_flags,
 )
 def _report(args: argparse.Namespace) -> int:
-    from .report import write_report
-
     path = write_report(args.runs, args.out)
     print(path.read_text(), end="")
     print(f"wrote {path} and {path.parent / 'accuracy_vs_sparsity.png'}")

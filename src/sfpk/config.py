@@ -6,6 +6,11 @@ recipe (CIFAR-100 ResNet-20, one-shot SFPK at 95 % sparsity, method spec §5.7 a
 recipes in ``configs/`` hold only their differences. Every run writes its fully resolved
 ``config.yaml``, which is also what ``sfpk resume`` reads back.
 
+Validation happens in three places, each next to what it knows: every section checks its
+own values when it is built (``__post_init__``, as every options dataclass of sfpk does),
+:class:`Config` checks the rules that span sections, and :mod:`sfpk.config_checks` checks
+names, the device and paths against the registries and the host.
+
 Conventions: ``prune.sparsity`` is the fraction of prunable weights REMOVED, in (0, 1).
 Method options (``prune.options``) are checked by ``sfpk.create_pruner(method, **options)``.
 """
@@ -14,23 +19,33 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import yaml
 
-from .config_checks import validate
-from .errors import ConfigError, check_choice
-from .train import OptimizerOptions
+from .config_checks import (
+    check_dataset,
+    check_device,
+    check_input_paths,
+    check_method,
+    check_model,
+)
+from .config_layers import from_dict, merge, nest, read_yaml
+from .data import embedded_datasets
+from .errors import ConfigError, check_choice, check_fraction, check_positive
+from .masks import SCOPES, STRUCTURES, Scope, Structure
+from .schedules import PRETRAIN_LR_MIN
+from .train import OptimizerConfig
 
 __all__ = [
+    "Pipeline",
     "PIPELINES",
-    "PARTICLE_METHODS",
+    "SECTIONS",
+    "PRETRAIN_DEFAULTS",
     "DataConfig",
     "ModelConfig",
     "PretrainConfig",
@@ -43,12 +58,11 @@ __all__ = [
     "save_config",
     "config_to_dict",
     "demo_preset",
+    "validate",
 ]
 
-PIPELINES = ("pretrain", "oneshot", "iterative")
-EMBEDDED_DATASETS = ("mnist1d", "digits")  # generated locally, never read from a directory
-PARTICLE_METHODS = ("sfpk", "spode")
-SECTIONS = ("data", "model", "pretrain", "train", "prune", "run")
+Pipeline = Literal["pretrain", "oneshot", "iterative"]
+PIPELINES: tuple[str, ...] = typing.get_args(Pipeline)
 _OPTION_DICTS = {("model", "options"), ("prune", "options")}  # merged key-wise, free keys
 
 
@@ -71,6 +85,15 @@ class DataConfig:
     augment: bool = _knob(True, "training augmentation (image data sets)")
     eval_batch_size: int = _knob(256, "batch size of validation / test evaluation")
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(
+                f"data.val_fraction={self.val_fraction!r} must be in (0, 1): model "
+                "selection uses the validation split, never the test split"
+            )
+        check_positive("data.num_workers", self.num_workers, allow_zero=True)
+        check_positive("data.eval_batch_size", self.eval_batch_size)
+
 
 @dataclass
 class ModelConfig:
@@ -85,40 +108,45 @@ class ModelConfig:
     )
 
 
-@dataclass
-class PretrainConfig:
-    """Dense pretraining (reference CIFAR recipe, spec §5.7); flags are --pretrain-*."""
-
-    epochs: int = _knob(200, "pretraining epochs")
-    batch_size: int = _knob(64, "pretraining batch size")
-    optimizer: str = _knob("sgd", "sgd, adam or adamw")
-    lr: float = _knob(0.05, "peak pretraining LR (cosine down to lr_min)")
-    lr_min: float = _knob(1e-6, "pretraining cosine floor")
-    momentum: float = _knob(0.875, "SGD momentum")
-    nesterov: bool = _knob(True, "Nesterov momentum")
-    weight_decay: float = _knob(5e-4, "weight decay")
-    label_smoothing: float = _knob(0.0, "label smoothing of the training loss")
-    grad_accum_steps: int = _knob(1, "batches per optimizer step")
-    grad_clip: float | None = _knob(None, "global gradient-norm clip")
+# Pretraining's defaults where they differ from fine-tuning's (reference CIFAR recipe, §5.7).
+PRETRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 200,
+    "lr": 0.05,
+    "lr_min": PRETRAIN_LR_MIN,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+}
 
 
-@dataclass
-class TrainConfig:
-    """Fine-tuning of the pruned network (final phase and iterative rounds)."""
+@dataclass(frozen=True)
+class PretrainConfig(OptimizerConfig):
+    """Dense pretraining (reference CIFAR recipe, spec §5.7); flags are --pretrain-*.
 
-    epochs: int = _knob(100, "final fine-tuning epochs (reference --ft_epochs)")
-    batch_size: int = _knob(64, "fine-tuning batch size (reference --bsz)")
-    optimizer: str = _knob("sgd", "sgd, adam or adamw")
-    lr: float = _knob(1e-2, "peak fine-tuning LR")
-    lr_min: float | None = _knob(
-        None, "cosine floor (default: 1e-8 one-shot, 0.1*lr iterative or with fixed-LR epochs)"
-    )
-    momentum: float = _knob(0.875, "SGD momentum (used in every phase, also iterative)")
-    nesterov: bool = _knob(False, "Nesterov momentum")
-    weight_decay: float = _knob(0.0, "weight decay (used in every phase, also iterative)")
-    label_smoothing: float = _knob(0.0, "label smoothing of the training loss")
-    grad_accum_steps: int = _knob(1, "batches per optimizer step (reference --n_grad_accum)")
-    grad_clip: float | None = _knob(None, "global gradient-norm clip")
+    Its fields are :class:`sfpk.train.OptimizerConfig`'s, declared once there (see that
+    class for why it is inherited). The defaults in which pretraining differs are
+    :data:`PRETRAIN_DEFAULTS`, applied by :class:`Config` when it builds its default
+    section: ``Config().pretrain`` holds the pretraining recipe, while a bare
+    ``PretrainConfig()`` holds the shared defaults. Redeclaring those fields here only to
+    change their defaults would repeat them. Frozen, like the Trainer options it is.
+    """
+
+    key_prefix: ClassVar[str] = "pretrain."
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("pretrain.epochs", self.epochs)
+
+
+@dataclass(frozen=True)
+class TrainConfig(OptimizerConfig):
+    """Fine-tuning of the pruned network (final phase and iterative rounds).
+
+    The training fields (``epochs``, ``lr``, ``momentum``, ...) are
+    :class:`sfpk.train.OptimizerConfig`'s; the fields below are the fine-tuning schedule's.
+    """
+
+    key_prefix: ClassVar[str] = "train."
+
     warmup_epochs: int = _knob(5, "one-shot linear warm-up epochs (iterative: none)")
     cold_start_lr: float = _knob(1e-4, "LR at the start of the warm-up")
     fixed_lr_epochs: int = _knob(0, "final epochs held at the cosine floor")
@@ -132,6 +160,12 @@ class TrainConfig:
         help="iterative: end LR per round", factory=lambda: [5e-4, 2e-4] + [1e-4] * 7
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("train.warmup_epochs", self.warmup_epochs, allow_zero=True)
+        check_positive("train.fixed_lr_epochs", self.fixed_lr_epochs, allow_zero=True)
+        check_positive("train.report_last_k", self.report_last_k)
+
 
 @dataclass
 class PruneConfig:
@@ -139,8 +173,10 @@ class PruneConfig:
 
     method: str = _knob("sfpk", "pruning method (sfpk methods)", flag="method")
     sparsity: float = _knob(0.95, "fraction of prunable weights REMOVED, in (0, 1)")
-    scope: str = _knob("global", "global or local (per-layer) top-k")
-    structure: str = _knob("unstructured", "unstructured, filter or channel masks")
+    scope: Scope | None = _knob(
+        None, "global, local (per layer) or row (per output row) top-k; default: the method's"
+    )
+    structure: Structure = _knob("unstructured", "unstructured, filter or channel masks")
     rounds: int | None = _knob(None, "pruning rounds K (default: oneshot 1, iterative 10)")
     batch_size: int = _knob(512, "pruning batch size", flag="prune-batch-size")
     num_samples: int | None = _knob(
@@ -155,6 +191,18 @@ class PruneConfig:
         factory=dict,
     )
 
+    def __post_init__(self) -> None:
+        check_fraction("prune.sparsity", self.sparsity)
+        if self.scope is not None:
+            check_choice("prune.scope", self.scope, SCOPES)
+        check_choice("prune.structure", self.structure, STRUCTURES)
+        if self.rounds is not None and self.rounds < 1:
+            raise ConfigError(f"prune.rounds={self.rounds!r} must be >= 1")
+        check_positive("prune.batch_size", self.batch_size)
+        if self.num_samples is not None:
+            check_positive("prune.num_samples", self.num_samples)
+        check_positive("prune.bn_batches", self.bn_batches, allow_zero=True)
+
 
 @dataclass
 class RunConfig:
@@ -168,31 +216,63 @@ class RunConfig:
     plots: bool = _knob(True, "draw figures into plots/ at the end")
     checkpoint_every_steps: int = _knob(10, "checkpoint SFPK/SpODE every k steps (0: off)")
 
+    def __post_init__(self) -> None:
+        check_positive("run.checkpoint_every_steps", self.checkpoint_every_steps, allow_zero=True)
+
 
 @dataclass
 class Config:
-    """Everything one run needs; ``pipeline`` is set by the subcommand."""
+    """Everything one run needs; ``pipeline`` is set by the subcommand.
 
-    pipeline: str = "oneshot"
+    Built, each section has checked its own values; this class checks the rules between
+    sections (per-round lists against ``prune.rounds``, the fine-tuning epoch budget).
+    """
+
+    pipeline: Pipeline = "oneshot"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(**PRETRAIN_DEFAULTS))
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def optimizer_options(self, phase: str) -> OptimizerOptions:
-        """The Trainer options of ``"pretrain"`` or fine-tuning (``"train"``)."""
-        section = self.pretrain if phase == "pretrain" else self.train
-        return OptimizerOptions(
-            optimizer=section.optimizer,  # type: ignore[arg-type]
-            momentum=section.momentum,
-            nesterov=section.nesterov,
-            weight_decay=section.weight_decay,
-            label_smoothing=section.label_smoothing,
-            grad_accum_steps=section.grad_accum_steps,
-            grad_clip=section.grad_clip,
-        )
+    def __post_init__(self) -> None:
+        check_choice("pipeline", self.pipeline, PIPELINES)
+        self._check_epoch_budget()
+        self._check_round_lists()
+
+    def _check_epoch_budget(self) -> None:
+        t = self.train
+        warmup = t.warmup_epochs if self.pipeline == "oneshot" else 0  # iterative: no warm-up
+        if warmup + t.fixed_lr_epochs > t.epochs:
+            raise ConfigError(
+                f"train.warmup_epochs + train.fixed_lr_epochs = {warmup} + "
+                f"{t.fixed_lr_epochs} must not exceed train.epochs = {t.epochs}"
+            )
+
+    def _check_round_lists(self) -> None:
+        rounds = self.prune.rounds
+        if self.pipeline != "iterative" or rounds is None or rounds == 1:
+            return
+        t = self.train
+        for key, values in {
+            "train.round_epochs": t.round_epochs,
+            "train.round_lr": t.round_lr,
+            "train.round_lr_end": t.round_lr_end,
+        }.items():
+            if values is not None and len(values) not in (1, rounds - 1):
+                raise ConfigError(
+                    f"{key} has {len(values)} entries; with prune.rounds={rounds} give "
+                    f"{rounds - 1} (one per round but the last) or 1 (the same for every round)"
+                )
+            for value in values or []:
+                check_positive(key, value, allow_zero=key == "train.round_epochs")
+
+
+# The config sections, in YAML order: every field of Config but the pipeline.
+SECTIONS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(Config) if f.name != "pipeline"
+)
 
 
 def demo_preset() -> dict[str, Any]:
@@ -225,102 +305,8 @@ def save_config(config: Config, path: str | Path) -> Path:
     return path
 
 
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-    return data
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any], prefix: str = "") -> None:
-    """Merge ``update`` into ``base`` in place, rejecting keys ``base`` does not have."""
-    for key, value in update.items():
-        name = f"{prefix}{key}"
-        if key not in base:
-            close = difflib.get_close_matches(str(key), [str(k) for k in base], n=3)
-            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
-            raise ConfigError(f"unknown config key {name!r}{hint}")
-        section = tuple(name.split("."))
-        if section in _OPTION_DICTS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{name} must be a mapping of option names to values")
-            base[key] = {**base[key], **value}
-        elif isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{name} must be a mapping (a config section)")
-            _merge(base[key], value, prefix=f"{name}.")
-        else:
-            base[key] = value
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """``value`` converted to the annotated type ``hint``, or ConfigError."""
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner)
-    if origin is list:
-        items = value if isinstance(value, list | tuple) else [value]
-        return [_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(items)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}={value!r} must be a mapping")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            try:
-                return float(value)  # YAML 1.1 reads 1e-2 as a string
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{name}={value!r} must be of type {getattr(hint, '__name__', hint)}")
-
-
-def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in dataclasses.fields(cls):
-        hint, value, name = hints[f.name], data[f.name], f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hint):
-            values[f.name] = _from_dict(hint, value, prefix=f"{name}.")
-        else:
-            values[f.name] = _coerce(name, value, hint)
-    return cls(**values)
-
-
-def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
-    """``{"prune.sparsity": 0.9}`` -> ``{"prune": {"sparsity": 0.9}}``."""
-    out: dict[str, Any] = {}
-    for key, value in dotted.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def build_config(
-    pipeline: str,
+    pipeline: Pipeline,
     *,
     yaml_path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -344,18 +330,18 @@ def build_config(
         ConfigError: unknown key (with close matches), wrong type or invalid value.
     """
     check_choice("pipeline", pipeline, PIPELINES)
-    file_data = _read_yaml(yaml_path) if yaml_path is not None else {}
+    file_data = read_yaml(yaml_path) if yaml_path is not None else {}
     file_data.pop("pipeline", None)
-    user = _nest(overrides or {})
+    user = nest(overrides or {})
     layers = [file_data, user]
     if demo:
         layers.insert(0, demo_preset())
     data = config_to_dict(Config(pipeline=pipeline))
     for layer in layers:
-        _merge(data, copy.deepcopy(layer))
-    config = _from_dict(Config, data)
-    if config.prune.rounds is None:
-        config.prune.rounds = 10 if pipeline == "iterative" else 1
+        merge(data, copy.deepcopy(layer), free_dicts=_OPTION_DICTS)
+    if data["prune"]["rounds"] is None:
+        data["prune"]["rounds"] = 10 if pipeline == "iterative" else 1
+    config: Config = from_dict(Config, data)
     # Input paths are made absolute here, so the saved config.yaml (what `sfpk resume DIR`
     # reads) names the same files whatever the working directory of the resume.
     if config.model.checkpoint is not None:
@@ -363,14 +349,33 @@ def build_config(
     # $SFPK_DATA is frozen into the config for the same reason: a resume in another
     # environment must read the data the run started with.
     data_dir = config.data.data_dir or os.environ.get("SFPK_DATA") or None
-    if data_dir is not None and config.data.dataset not in EMBEDDED_DATASETS:
+    if data_dir is not None and config.data.dataset.lower() not in embedded_datasets():
         config.data.data_dir = os.path.abspath(os.path.expanduser(data_dir))
     validate(config, check_paths=check_paths)
     return config
 
 
+def validate(config: Config, *, check_paths: bool = True) -> None:
+    """Check what a config cannot check alone: names, device and paths against the world.
+
+    The values themselves were checked when the config was built; this looks the data set,
+    the model and the method (with its options) up in their registries, asks torch for the
+    device and, with ``check_paths``, checks that ``model.checkpoint`` and ``data.data_dir``
+    exist.
+
+    Raises:
+        ConfigError: the first failing check (UnknownNameError for an unknown name).
+    """
+    check_dataset(config.data.dataset)
+    check_model(config.model.name)
+    check_method(config.prune.method, config.prune.options)
+    check_device(config.run.device)
+    if check_paths:
+        check_input_paths(checkpoint=config.model.checkpoint, data_dir=config.data.data_dir)
+
+
 def load_config(path: str | Path, *, check_paths: bool = True) -> Config:
     """Read back a resolved ``config.yaml`` (as written by :func:`save_config`)."""
-    data = _read_yaml(path)
+    data = read_yaml(path)
     pipeline = data.get("pipeline", "oneshot")
     return build_config(pipeline, yaml_path=path, check_paths=check_paths)

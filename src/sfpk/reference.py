@@ -27,10 +27,17 @@ import argparse
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn, cast
 
-from .config import DataConfig, ModelConfig
+import torch
+from torch import nn
+
+from .config import PIPELINES, DataConfig, ModelConfig, Pipeline
+from .config_flags import args_for
+from .data import dataset_spec
 from .errors import ConfigError
+from .models import create_model
 
 __all__ = ["FLAGS", "Translation", "translate", "native_command"]
 
@@ -148,49 +155,37 @@ FLAGS: dict[str, Flag] = {
     "ckpt_freq": Flag(int, None, note="checkpoints are written every epoch"),
     "save_dist": Flag("store_true", None, unsupported="per-particle distance dumps"),
 }
+# Flags that set a method option are the particle engine's (SFPK and SpODE), flag -> option;
+# those named sfpk_* apply to SFPK only.
 _PARTICLE_ONLY = {
-    "N",
-    "r",
-    "ode_scope",
-    "sparsity_option",
-    "score_option",
-    "schedule",
-    "rt_schedule",
-    "mom",
-    "mask_proc_option",
-    "mask_proc_eps",
-    "mask_proc_ratio",
-    "sfpk_n_mask",
-    "sfpk_repl_mode",
-    "sfpk_repl_lam",
-    "sfpk_vote_ratio",
-    "sfpk_vote_mode",
+    name: flag.target.removeprefix("option:")
+    for name, flag in FLAGS.items()
+    if flag.target is not None and flag.target.startswith("option:")
 }
-_SFPK_ONLY = {"sfpk_n_mask", "sfpk_repl_mode", "sfpk_repl_lam", "sfpk_vote_ratio", "sfpk_vote_mode"}
+_SFPK_ONLY = {name for name in _PARTICLE_ONLY if name.startswith("sfpk_")}
 
 
 @dataclass
 class Translation:
     """The native equivalent of one reference command line."""
 
-    pipeline: str
+    pipeline: Pipeline
     overrides: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # noqa: D102 - raise instead of exiting
+    def error(self, message: str) -> NoReturn:  # raise instead of exiting
         raise ConfigError(f"sfpk reference: {message}")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sfpk reference", add_help=False, allow_abbrev=False)
     for name, flag in FLAGS.items():
-        dest = name
         if flag.kind == "store_true":
-            parser.add_argument(f"--{name}", dest=dest, action="store_true", default=None)
+            parser.add_argument(f"--{name}", dest=name, action="store_true", default=None)
         else:
-            parser.add_argument(f"--{name}", dest=dest, type=flag.kind, default=None)
+            parser.add_argument(f"--{name}", dest=name, type=flag.kind, default=None)
     return parser
 
 
@@ -219,11 +214,9 @@ def translate(argv: Sequence[str]) -> Translation:
     if refused:
         raise ConfigError(f"sfpk reference: unsupported flag(s): {'; '.join(refused)}")
     pipeline = given.get("exp", "oneshot")
-    if pipeline not in ("pretrain", "oneshot", "iterative"):
-        raise ConfigError(
-            f"--exp {pipeline!r} is not implemented; choose pretrain, oneshot or iterative"
-        )
-    out = Translation(pipeline)
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"--exp {pipeline!r} is not implemented; choose {', '.join(PIPELINES)}")
+    out = Translation(cast(Pipeline, pipeline))
     for name, value in given.items():
         flag = FLAGS[name]
         if flag.note:
@@ -236,6 +229,9 @@ def translate(argv: Sequence[str]) -> Translation:
         else:
             out.overrides[flag.target] = value
     _pruning(given, out)
+    _sparsity(given, out)
+    if given.get("free_conv1") or given.get("free_lastfc"):
+        out.overrides["prune.exclude"] = _freed_parameters(given, out)
     _training(given, out)
     _device_and_weights(given, out)
     return out
@@ -254,7 +250,7 @@ def _pruning(given: dict[str, Any], out: Translation) -> None:
     sfpk_only = [k for k in given if k in _SFPK_ONLY] if method == "spode" else []
     for key in [*particle, *sfpk_only]:
         out.notes.append(f"--{key}: accepted, it does not apply to --pruner {pruner}")
-        options.pop(FLAGS[key].target[7:], None)
+        options.pop(_PARTICLE_ONLY[key], None)
     if method == "synflow":  # the reference's SynFlow: one scoring per pipeline round
         options.update(rounds=1, train_mode=True)
     if method in ("snip", "grasp"):  # the reference scores on the whole pruning loader
@@ -272,6 +268,10 @@ def _pruning(given: dict[str, Any], out: Translation) -> None:
     ):
         if key in given and given[key] != expected:
             raise ConfigError(f"--{key} {given[key]!r} is not supported; only {expected!r}")
+
+
+def _sparsity(given: dict[str, Any], out: Translation) -> None:
+    """The reference's density (fraction KEPT) as sfpk's sparsity, structure and scope."""
     density = given.get("sparsity", 0.7)  # the reference's argparse default
     if not 0.0 < density < 1.0:
         raise ConfigError(
@@ -291,29 +291,15 @@ def _pruning(given: dict[str, Any], out: Translation) -> None:
         if "mask_dim" in given:
             out.notes.append("--mask_dim: accepted, it only applies with --structural")
         out.overrides["prune.sparsity"] = round(1.0 - density, 12)  # 1 - 0.7 = 0.30000000000000004
-    if given.get("free_conv1") or given.get("free_lastfc"):
-        out.overrides["prune.exclude"] = _freed_parameters(given, out)
-
-
-_INPUT_SHAPES = {
-    "mnist1d": (40,),
-    "digits": (1, 8, 8),
-    "tiny_imagenet": (3, 64, 64),
-    "imagenet": (3, 224, 224),
-}
 
 
 def _freed_parameters(given: dict[str, Any], out: Translation) -> list[str]:
     """Parameters freed by ``--free_conv1`` (first conv) and ``--free_lastfc`` (last linear)."""
-    from torch import nn
-
-    from .models import create
-
     dataset = out.overrides.get("data.dataset", DataConfig().dataset)
-    model = create(
+    model = create_model(
         out.overrides.get("model.name", ModelConfig().name),
         num_classes=10,
-        input_shape=_INPUT_SHAPES.get(dataset, (3, 32, 32)),
+        input_shape=dataset_spec(dataset).input_shape,
     )
     names: list[str] = []
     modules = list(model.named_modules())
@@ -372,8 +358,6 @@ def _label_smoothing(given: dict[str, Any], out: Translation) -> None:
 
 
 def _device_and_weights(given: dict[str, Any], out: Translation) -> None:
-    import torch
-
     if "cuda_idx" in given:
         if torch.cuda.is_available():
             out.overrides["run.device"] = f"cuda:{given['cuda_idx']}"
@@ -386,8 +370,6 @@ def _device_and_weights(given: dict[str, Any], out: Translation) -> None:
             "supported; give pretrained weights with --model_dir"
         )
     if "model_dir" in given:
-        from pathlib import Path
-
         # flags not given take sfpk's defaults, as for the run itself
         data = out.overrides.get("data.dataset", DataConfig().dataset)
         model = out.overrides.get("model.name", ModelConfig().name)
@@ -403,26 +385,4 @@ def _device_and_weights(given: dict[str, Any], out: Translation) -> None:
 
 def native_command(translation: Translation) -> list[str]:
     """The equivalent ``sfpk <pipeline> ...`` argument list."""
-    from .cli import flag_for
-
-    argv = ["sfpk", translation.pipeline]
-    for key, value in translation.overrides.items():
-        flag = flag_for(key)
-        if isinstance(value, dict):
-            for name, item in value.items():
-                argv += [flag, f"{name}={_text(item)}"]
-        elif isinstance(value, bool):
-            argv.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, list):
-            argv += [flag, ",".join(_text(v) for v in value)]
-        else:
-            argv += [flag, _text(value)]
-    return argv
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
+    return ["sfpk", translation.pipeline, *args_for(translation.overrides)]

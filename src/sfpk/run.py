@@ -29,7 +29,7 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
@@ -37,9 +37,7 @@ from . import distributed
 from .checkpoint import save_state_dict, write_checkpoint
 from .config import Config, load_config, save_config
 from .errors import CheckpointError, ConfigError, SfpkError
-
-if TYPE_CHECKING:
-    from .masks import Masks
+from .masks import Masks
 
 __all__ = ["METRIC_COLUMNS", "Run", "write_rows_csv"]
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable, Sized
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,8 @@ from .masks import Masks
 
 __all__ = [
     "OPTIMIZERS",
-    "OptimizerOptions",
+    "OptimizerName",
+    "OptimizerConfig",
     "TrainResult",
     "EvalResult",
     "Trainer",
@@ -40,17 +41,38 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OptimizerName = Literal["sgd", "adam", "adamw"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 Batch = tuple[Tensor, Tensor]
 
 
+def _setting(default: Any, help: str) -> Any:
+    """A field with its help text, which the CLI shows for the config sections' flags."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
-class OptimizerOptions:
-    """How the Trainer optimizes; the LR itself is set per epoch by the caller.
+class OptimizerConfig:
+    """How one training phase runs: its budget, LR range, optimizer and loss.
+
+    Declared once here and shared: the :class:`Trainer` reads the optimizer and loss fields,
+    the pipelines read ``epochs``, ``batch_size``, ``lr`` and ``lr_min`` to build the LR
+    schedule (:mod:`sfpk.schedules`), and the config sections ``pretrain`` and ``train``
+    (:mod:`sfpk.config`) inherit every field. Inheritance rather than a nested field keeps
+    the YAML keys and flags flat under their section (``train.momentum``, ``--momentum``)
+    with no flattening code in the loader, the writer or the CLI, and a config section can
+    be handed to the Trainer as it is.
+
+    Every value is checked at construction, so a Trainer never starts with a bad setting.
 
     Attributes:
+        epochs: training epochs of the phase (>= 0).
+        batch_size: training batch size.
         optimizer: ``"sgd"`` (heavy-ball momentum, Nesterov optional), ``"adam"`` or
             ``"adamw"`` (decoupled weight decay).
+        lr: peak learning rate; the caller sets the LR of each epoch.
+        lr_min: floor of the cosine schedule; None means the phase's default
+            (:func:`sfpk.schedules.resolve_lr_min`, :data:`sfpk.schedules.PRETRAIN_LR_MIN`).
         momentum: SGD momentum (ignored by Adam/AdamW).
         nesterov: Nesterov momentum for SGD.
         weight_decay: L2 penalty (SGD, Adam) or decoupled decay (AdamW).
@@ -60,25 +82,43 @@ class OptimizerOptions:
         grad_clip: clip the global gradient norm to this value; None disables clipping.
     """
 
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.875
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    grad_accum_steps: int = 1
-    grad_clip: float | None = None
+    key_prefix: ClassVar[str] = ""  # names the fields in errors; a config section: "train."
+
+    epochs: int = _setting(100, "training epochs")
+    batch_size: int = _setting(64, "training batch size")
+    optimizer: OptimizerName = _setting("sgd", "sgd, adam or adamw")
+    lr: float = _setting(1e-2, "peak LR")
+    lr_min: float | None = _setting(
+        None,
+        "cosine floor (default: pretraining 1e-6; fine-tuning 1e-8 one-shot, 0.1*lr iterative "
+        "or with fixed-LR epochs)",
+    )
+    momentum: float = _setting(0.875, "SGD momentum (used in every phase, also iterative)")
+    nesterov: bool = _setting(False, "Nesterov momentum")
+    weight_decay: float = _setting(0.0, "weight decay (used in every phase, also iterative)")
+    label_smoothing: float = _setting(0.0, "label smoothing of the training loss")
+    grad_accum_steps: int = _setting(1, "batches per optimizer step (reference --n_grad_accum)")
+    grad_clip: float | None = _setting(None, "global gradient-norm clip")
 
     def __post_init__(self) -> None:
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_positive("momentum", self.momentum, allow_zero=True)
-        check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        check_positive("grad_accum_steps", self.grad_accum_steps)
+        key = self.key_prefix
+        check_positive(f"{key}epochs", self.epochs, allow_zero=True)
+        check_positive(f"{key}batch_size", self.batch_size)
+        check_choice(f"{key}optimizer", self.optimizer, OPTIMIZERS)
+        check_positive(f"{key}lr", self.lr)
+        if self.lr_min is not None:
+            check_positive(f"{key}lr_min", self.lr_min, allow_zero=True)
+        check_positive(f"{key}momentum", self.momentum, allow_zero=True)
+        check_positive(f"{key}weight_decay", self.weight_decay, allow_zero=True)
+        check_positive(f"{key}grad_accum_steps", self.grad_accum_steps)
         if self.grad_clip is not None:
-            check_positive("grad_clip", self.grad_clip)
+            check_positive(f"{key}grad_clip", self.grad_clip)
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+            raise ConfigError(f"{key}label_smoothing={self.label_smoothing!r} must be in [0, 1)")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ConfigError("nesterov=True needs optimizer='sgd' and momentum > 0")
+            raise ConfigError(
+                f"{key}nesterov=True needs {key}optimizer='sgd' and {key}momentum > 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -112,7 +152,7 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def make_optimizer(
-    params: Iterable[nn.Parameter], options: OptimizerOptions, *, lr: float
+    params: Iterable[nn.Parameter], options: OptimizerConfig, *, lr: float
 ) -> torch.optim.Optimizer:
     """Build the optimizer named in ``options`` at learning rate ``lr``."""
     params = list(params)
@@ -137,13 +177,14 @@ class Trainer:
     Args:
         model: the network; it is moved to ``device``. If ``masks`` is given, they are
             applied to it right away (pruned weights become zero).
-        options: optimizer settings.
+        options: optimizer and loss settings; a config section (``config.train``,
+            ``config.pretrain``) is one as it is.
         device: where to compute.
         masks: pruning masks to keep applied, or None for dense training.
         progress: show a tqdm bar per epoch (only when stderr is a terminal).
 
     Example:
-        >>> trainer = Trainer(model, OptimizerOptions(), device=torch.device("cpu"))
+        >>> trainer = Trainer(model, OptimizerConfig(), device=torch.device("cpu"))
         >>> trainer.train_epoch(loader, lr=0.01)  # doctest: +SKIP
         >>> trainer.evaluate(test_loader).top1  # doctest: +SKIP
     """
@@ -151,7 +192,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        options: OptimizerOptions,
+        options: OptimizerConfig,
         *,
         device: torch.device,
         masks: Masks | None = None,
@@ -213,7 +254,7 @@ class Trainer:
         self.set_lr(lr)
         self.optimizer.zero_grad(set_to_none=True)
         accum = self.options.grad_accum_steps
-        num_batches = len(loader) if hasattr(loader, "__len__") else None
+        num_batches = len(loader) if isinstance(loader, Sized) else None
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=desc, leave=False, disable=not self.progress)
         for index, batch in enumerate(bar):

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .base import DataSplits, TransformedSubset, resolve_data_dir, split_train_val
+from .registry import register_dataset
 from .transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -32,6 +33,8 @@ from .transforms import (
 )
 
 __all__ = ["load_cifar10", "load_cifar100", "CIFAR_LAYOUTS"]
+
+_SHAPE = (3, 32, 32)
 
 # name -> (folder, train files, test files, label key, num_classes, mean, std)
 CIFAR_LAYOUTS: dict[str, tuple] = {
@@ -148,10 +151,11 @@ def _load_cifar(
         val=TransformedSubset(train_all, val_idx, normalize),
         test=TransformedSubset(test, range(len(test)), normalize),
         num_classes=num_classes,
-        input_shape=(3, 32, 32),
+        input_shape=_SHAPE,
     )
 
 
+@register_dataset("cifar10", input_shape=_SHAPE, on_disk=True)
 def load_cifar10(
     *,
     data_dir: str | os.PathLike | None = None,
@@ -179,6 +183,7 @@ def load_cifar10(
     return _load_cifar("cifar10", data_dir, seed, val_fraction, augment)
 
 
+@register_dataset("cifar100", input_shape=_SHAPE, on_disk=True)
 def load_cifar100(
     *,
     data_dir: str | os.PathLike | None = None,

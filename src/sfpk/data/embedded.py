@@ -12,8 +12,11 @@ import numpy as np
 import torch
 
 from .base import ArrayDataset, DataSplits, split_train_val
+from .registry import register_dataset
 
 __all__ = ["load_mnist1d", "load_digits"]
+
+_DIGITS_SHAPE = (1, 8, 8)
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,6 +42,7 @@ def _mnist1d_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     )
 
 
+@register_dataset("mnist1d", input_shape=(40,), on_disk=False)
 def load_mnist1d(*, seed: int = 0, val_fraction: float = 0.1, augment: bool = True) -> DataSplits:
     """MNIST-1D: 4000 training and 1000 test sequences of length 40, 10 classes.
 
@@ -82,6 +86,7 @@ def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]
     return x, y, sorted(train_idx.tolist()), sorted(test_idx.tolist())
 
 
+@register_dataset("digits", input_shape=_DIGITS_SHAPE, on_disk=False)
 def load_digits(*, seed: int = 0, val_fraction: float = 0.1, augment: bool = True) -> DataSplits:
     """scikit-learn digits: 1797 grey 8x8 images in [0, 1], 10 classes.
 
@@ -107,5 +112,5 @@ def load_digits(*, seed: int = 0, val_fraction: float = 0.1, augment: bool = Tru
         val=ArrayDataset(x[val_idx], y[val_idx]),
         test=ArrayDataset(x[test_idx], y[test_idx]),
         num_classes=10,
-        input_shape=(1, 8, 8),
+        input_shape=_DIGITS_SHAPE,
     )

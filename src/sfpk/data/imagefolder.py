@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .base import DataSplits, TransformedSubset, resolve_data_dir, split_train_val
+from .registry import register_dataset
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -39,6 +40,8 @@ from .transforms import (
 __all__ = ["load_tiny_imagenet", "load_imagenet"]
 
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+_TINY_SHAPE = (3, 64, 64)
+_IMAGENET_SHAPE = (3, 224, 224)
 
 
 def _require_pil() -> Any:
@@ -101,6 +104,7 @@ def _tiny_samples(folder: Path) -> tuple[list[str], list, list]:
     return wnids, train, test
 
 
+@register_dataset("tiny_imagenet", input_shape=_TINY_SHAPE, on_disk=True)
 def load_tiny_imagenet(
     *,
     data_dir: str | os.PathLike | None = None,
@@ -137,7 +141,7 @@ def load_tiny_imagenet(
         train_transform = evaluate
     return _splits(
         "tiny_imagenet", train, test, train_transform, evaluate, num_classes=len(wnids),
-        input_shape=(3, 64, 64), seed=seed, val_fraction=val_fraction,
+        input_shape=_TINY_SHAPE, seed=seed, val_fraction=val_fraction,
     )  # fmt: skip
 
 
@@ -150,6 +154,7 @@ def _class_folder_samples(split_dir: Path, index: dict[str, int]) -> list[tuple[
     return samples
 
 
+@register_dataset("imagenet", input_shape=_IMAGENET_SHAPE, on_disk=True)
 def load_imagenet(
     *,
     data_dir: str | os.PathLike | None = None,
@@ -196,7 +201,7 @@ def load_imagenet(
         train_transform = evaluate
     return _splits(
         "imagenet", train, test, train_transform, evaluate, num_classes=len(wnids),
-        input_shape=(3, 224, 224), seed=seed, val_fraction=val_fraction,
+        input_shape=_IMAGENET_SHAPE, seed=seed, val_fraction=val_fraction,
     )  # fmt: skip
 
 

@@ -1,25 +1,27 @@
 """Models from torchvision (``tv:<name>``) and timm (``timm:<name>``), imported lazily.
 
-Neither library is a core dependency; both come with ``pip install 'sfpk[vision]'``.
+Neither library is a core dependency; both come with ``pip install 'sfpk[vision]'``. Each
+prefix is registered once, here, with :func:`sfpk.models.registry.register_prefix`.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
 
 from ..errors import ConfigError, UnknownNameError
+from .registry import register_prefix
 
-__all__ = ["EXTERNAL_PREFIXES", "create_external"]
+__all__ = ["TORCHVISION_PREFIX", "TIMM_PREFIX", "torchvision_model", "timm_model"]
 
-# prefix -> importable module
-EXTERNAL_PREFIXES: dict[str, str] = {"tv": "torchvision", "timm": "timm"}
+TORCHVISION_PREFIX = "tv"
+TIMM_PREFIX = "timm"
 
 
-def _import(prefix: str) -> Any:
-    module = EXTERNAL_PREFIXES[prefix]
+def _import(module: str, prefix: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -29,33 +31,40 @@ def _import(prefix: str) -> Any:
         ) from None
 
 
-def create_external(name: str, *, num_classes: int, **options: Any) -> nn.Module:
-    """Build ``tv:<name>`` with torchvision or ``timm:<name>`` with timm (random init).
+def _build(
+    library: str,
+    choices: Iterable[str],
+    build: Callable[..., nn.Module],
+    name: str,
+    options: dict[str, Any],
+) -> nn.Module:
+    choices = list(choices)
+    if name not in choices:
+        raise UnknownNameError(f"{library} model", name, choices)
+    return build(name, **options)
 
-    Args:
-        name: Prefixed model name, e.g. ``"tv:resnet18"`` or ``"timm:resnet18"``.
-        num_classes: Number of output classes.
-        **options: Passed to ``torchvision.models.get_model`` / ``timm.create_model``.
 
-    Returns:
-        The model.
+@register_prefix(TORCHVISION_PREFIX)
+def torchvision_model(name: str, *, num_classes: int, **options: Any) -> nn.Module:
+    """Build torchvision's ``name`` (random init) with ``torchvision.models.get_model``.
 
     Raises:
-        ConfigError: If the library is not installed.
-        UnknownNameError: If the library does not know the model.
+        ConfigError: If torchvision is not installed.
+        UnknownNameError: If torchvision does not know the model.
     """
-    prefix, _, model_name = name.partition(":")
-    prefix = prefix.lower()
-    if prefix == "tv":
-        library = _import(prefix).models
-        choices = library.list_models()
-        if model_name not in choices:
-            raise UnknownNameError("torchvision model", model_name, choices)
-        return library.get_model(model_name, num_classes=num_classes, **options)
-    if prefix == "timm":
-        library = _import(prefix)
-        choices = library.list_models()
-        if model_name not in choices:
-            raise UnknownNameError("timm model", model_name, choices)
-        return library.create_model(model_name, num_classes=num_classes, **options)
-    raise ConfigError(f"unknown model prefix {prefix!r}; use one of: tv, timm")
+    library = _import("torchvision", TORCHVISION_PREFIX).models
+    options = {"num_classes": num_classes, **options}
+    return _build("torchvision", library.list_models(), library.get_model, name, options)
+
+
+@register_prefix(TIMM_PREFIX)
+def timm_model(name: str, *, num_classes: int, **options: Any) -> nn.Module:
+    """Build timm's ``name`` (random init) with ``timm.create_model``.
+
+    Raises:
+        ConfigError: If timm is not installed.
+        UnknownNameError: If timm does not know the model.
+    """
+    library = _import("timm", TIMM_PREFIX)
+    options = {"num_classes": num_classes, **options}
+    return _build("timm", library.list_models(), library.create_model, name, options)

@@ -2,9 +2,13 @@
 
 A builder is a function ``name(*, num_classes, input_shape=None, **options) -> nn.Module``.
 Registering it under its function name makes it available to :func:`create`, the CLI and
-the model tests (which parametrize over :func:`list_models`). Names with a ``tv:`` or
-``timm:`` prefix are resolved by torchvision / timm when installed (see
-:mod:`sfpk.models.external`).
+the model tests (which parametrize over :func:`list_models`).
+
+Names ``<prefix>:<name>`` go to the external library registered for the prefix with
+:func:`register_prefix` (``tv:`` torchvision and ``timm:`` timm, in
+:mod:`sfpk.models.external`); :func:`external_prefixes` is the one list of them. Both dicts
+follow the pruner registry's pattern: a taken name is refused, an unknown one raises
+:class:`UnknownNameError` with the choices.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ..errors import ConfigError, UnknownNameError
-from .external import EXTERNAL_PREFIXES, create_external
 
 __all__ = [
     "register_model",
+    "register_prefix",
     "create",
     "create_model",
     "list_models",
+    "model_builder",
+    "external_prefixes",
+    "is_external",
     "count_parameters",
     "image_channels",
     "init_kaiming_normal",
@@ -32,6 +39,8 @@ Builder = Callable[..., nn.Module]
 B = TypeVar("B", bound=Builder)
 
 _REGISTRY: dict[str, Builder] = {}
+# prefix -> ``build(name_without_prefix, *, num_classes, **options)`` of an external library
+_PREFIXES: dict[str, Builder] = {}
 
 
 def register_model(fn: B | None = None, *, name: str | None = None) -> Any:
@@ -60,9 +69,52 @@ def register_model(fn: B | None = None, *, name: str | None = None) -> Any:
     return decorate(fn) if fn is not None else decorate
 
 
+def register_prefix(prefix: str) -> Callable[[B], B]:
+    """Resolve model names ``<prefix>:<name>`` with the decorated function.
+
+    The function builds a model of an external library:
+    ``build(name, *, num_classes, **options) -> nn.Module``, ``name`` without the prefix.
+
+    Raises:
+        ConfigError: If the prefix is already registered.
+    """
+    key = prefix.lower()
+
+    def decorate(build: B) -> B:
+        if key in _PREFIXES:
+            raise ConfigError(f"model prefix {key!r} is already registered")
+        _PREFIXES[key] = build
+        return build
+
+    return decorate
+
+
 def list_models() -> list[str]:
-    """Names of sfpk's own models, sorted (``tv:``/``timm:`` names are not listed)."""
+    """Names of sfpk's own models, sorted (``<prefix>:`` names are not listed)."""
     return sorted(_REGISTRY)
+
+
+def external_prefixes() -> list[str]:
+    """The prefixes of external model names (``tv``, ``timm``), sorted."""
+    return sorted(_PREFIXES)
+
+
+def is_external(name: str) -> bool:
+    """Whether ``name`` is ``<prefix>:<model>`` with a registered prefix (case-insensitive)."""
+    prefix, sep, _ = str(name).partition(":")
+    return bool(sep) and prefix.lower() in _PREFIXES
+
+
+def model_builder(name: str) -> Builder:
+    """The builder registered as ``name`` (case-insensitive).
+
+    Raises:
+        UnknownNameError: If the name is not registered (the message lists the choices).
+    """
+    builder = _REGISTRY.get(str(name).lower())
+    if builder is None:
+        raise UnknownNameError("model", name, list_models())
+    return builder
 
 
 def _check_options(name: str, builder: Builder, options: dict[str, Any]) -> None:
@@ -84,8 +136,9 @@ def create(
     """Build a freshly initialised model by name.
 
     Args:
-        name: A name from :func:`list_models` (case-insensitive), or ``tv:<name>`` /
-            ``timm:<name>`` for torchvision / timm models (needs ``sfpk[vision]``).
+        name: A name from :func:`list_models` (case-insensitive), or ``<prefix>:<name>``
+            with a prefix of :func:`external_prefixes`, e.g. ``tv:resnet18`` (torchvision)
+            or ``timm:resnet18`` (needs ``sfpk[vision]``).
         num_classes: Number of output classes.
         input_shape: Shape of one input sample, e.g. ``(40,)`` or ``(3, 32, 32)``; sets the
             input size of MLPs and the input channels of conv nets. ``None`` uses the
@@ -106,11 +159,10 @@ def create(
     """
     if num_classes < 1:
         raise ConfigError(f"num_classes={num_classes!r} must be >= 1")
-    if name.split(":", 1)[0].lower() in EXTERNAL_PREFIXES and ":" in name:
-        return create_external(name, num_classes=num_classes, **options)
-    builder = _REGISTRY.get(name.lower())
-    if builder is None:
-        raise UnknownNameError("model", name, list_models())
+    if is_external(name):
+        prefix, _, model_name = name.partition(":")
+        return _PREFIXES[prefix.lower()](model_name, num_classes=num_classes, **options)
+    builder = model_builder(name)
     _check_options(name, builder, options)
     try:
         return builder(num_classes=num_classes, input_shape=input_shape, **options)

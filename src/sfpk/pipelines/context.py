@@ -176,7 +176,7 @@ class Context:
 
     def evaluate(self) -> tuple[EvalResult, EvalResult]:
         """Validation and test results of the current model."""
-        trainer = Trainer(self.model, self.config.optimizer_options("train"), device=self.device)
+        trainer = Trainer(self.model, self.config.train, device=self.device)
         return trainer.evaluate(self.val_loader), trainer.evaluate(self.test_loader)
 
     # -- bookkeeping --------------------------------------------------------------------

@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any, Literal
 
 from .. import distributed
+from ..errors import ConfigError
 from ..schedules import finetune_lr, oneshot_lr, per_round, resolve_lr_min, round_lr
 from .context import Context
 from .phases import best_record, dense_phase, pretrain_phase, prune_round, train_phase
@@ -35,6 +36,14 @@ def run_pretrain(ctx: Context) -> dict[str, Any]:
     return _finish(ctx, final_records=ctx.progress.records["pretrain"])
 
 
+def _rounds(ctx: Context) -> int:
+    """``prune.rounds``, which :func:`sfpk.config.build_config` always resolves to an int."""
+    rounds = ctx.config.prune.rounds
+    if rounds is None:
+        raise ConfigError("prune.rounds is unresolved; build configs with sfpk.build_config")
+    return rounds
+
+
 def _start_sparse(ctx: Context) -> None:
     if ctx.config.model.checkpoint is None:
         pretrain_phase(ctx)
@@ -44,7 +53,7 @@ def _start_sparse(ctx: Context) -> None:
 def run_oneshot(ctx: Context) -> dict[str, Any]:
     """Prune in K rounds without fine-tuning in between, then fine-tune once."""
     _start_sparse(ctx)
-    for k in range(ctx.config.prune.rounds):  # type: ignore[arg-type]
+    for k in range(_rounds(ctx)):
         prune_round(ctx, k)
     return _finish(ctx, final_records=_final_finetune(ctx, "oneshot"))
 
@@ -53,8 +62,7 @@ def run_iterative(ctx: Context) -> dict[str, Any]:
     """K rounds of prune + fine-tune (the last round without), then a final fine-tune."""
     _start_sparse(ctx)
     t = ctx.config.train
-    rounds: int = ctx.config.prune.rounds  # type: ignore[assignment]
-    options = ctx.config.optimizer_options("train")
+    rounds = _rounds(ctx)
     for k in range(rounds):
         prune_round(ctx, k)
         if k == rounds - 1:
@@ -67,7 +75,7 @@ def run_iterative(ctx: Context) -> dict[str, Any]:
             f"tune:{k}",
             epochs=epochs,
             lr_at=lambda e, s=start, f=end, n=epochs: round_lr(e, start=s, end=f, epochs=n),
-            options=options,
+            options=t,
             batch_size=t.batch_size,
             round_index=k,
         )
@@ -95,7 +103,7 @@ def _final_finetune(
         "finetune",
         epochs=t.epochs,
         lr_at=lr_at,
-        options=ctx.config.optimizer_options("train"),
+        options=t,
         batch_size=t.batch_size,
         round_index=round_index,
     )

@@ -17,8 +17,9 @@ from ..batchnorm import recalibrate_bn
 from ..checkpoint import derive_seed, load_state_dict_file
 from ..masks import Masks
 from ..pruners import PruneObserver, StartState
+from ..schedules import PRETRAIN_LR_MIN, pretrain_lr
 from ..selection import round_sparsity
-from ..train import OptimizerOptions, Trainer
+from ..train import OptimizerConfig, Trainer
 from .context import Context
 
 __all__ = [
@@ -44,7 +45,7 @@ def train_phase(
     *,
     epochs: int,
     lr_at: Callable[[int], float],
-    options: OptimizerOptions,
+    options: OptimizerConfig,
     batch_size: int,
     round_index: int | None = None,
     keep_best: bool = False,
@@ -56,7 +57,7 @@ def train_phase(
         key: the phase name, e.g. ``"finetune"`` or ``"tune:2"``.
         epochs: number of epochs.
         lr_at: the LR of epoch ``e`` (a function from :mod:`sfpk.schedules`).
-        options: optimizer settings.
+        options: optimizer and loss settings (a config section: ``config.train``).
         batch_size: training batch size.
         round_index: the pruning round, for the metrics rows.
         keep_best: save the best-on-validation weights to ``checkpoints/best_<key>``
@@ -122,22 +123,22 @@ def train_phase(
 
 
 def pretrain_phase(ctx: Context) -> None:
-    """Dense training with cosine LR to ``pretrain.lr_min``; keeps the best-on-val model.
+    """Dense training with cosine LR to ``pretrain.lr_min`` (None: 1e-6); keeps the best model.
 
-    The selected dense weights are also written to ``dense.safetensors`` in the run folder
+    The best model is the one of the epoch with the highest validation accuracy. Its
+    weights are also written to ``dense.safetensors`` in the run folder
     (reusable with ``--checkpoint``).
     """
-    from ..schedules import pretrain_lr
-
     if "pretrain" in ctx.progress.done:
         return
     p = ctx.config.pretrain
+    lr_min = PRETRAIN_LR_MIN if p.lr_min is None else p.lr_min
     records = train_phase(
         ctx,
         "pretrain",
         epochs=p.epochs,
-        lr_at=lambda e: pretrain_lr(e, lr=p.lr, epochs=p.epochs, lr_min=p.lr_min),
-        options=ctx.config.optimizer_options("pretrain"),
+        lr_at=lambda e: pretrain_lr(e, lr=p.lr, epochs=p.epochs, lr_min=lr_min),
+        options=p,
         batch_size=p.batch_size,
         keep_best=True,
     )
@@ -178,9 +179,9 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
     key = f"prune:{round_index}"
     cfg = ctx.config.prune
     if key in ctx.progress.done:
-        return ctx.masks  # type: ignore[return-value]
+        return ctx.masks
     began = time.perf_counter()
-    target = round_sparsity(cfg.sparsity, round_index, cfg.rounds)  # type: ignore[arg-type]
+    target = round_sparsity(cfg.sparsity, round_index, cfg.rounds)
     # Replicas trained on every rank start the call from rank 0's exact weights and masks
     # (insurance against nondeterministic GPU kernels; no-op in a single process).
     distributed.broadcast_([*ctx.model.state_dict().values(), *(ctx.masks or {}).values()])
@@ -189,8 +190,8 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         ctx.pruning_loader(key),
         method=cfg.method,
         sparsity=target,
-        scope=cfg.scope,  # type: ignore[arg-type]
-        structure=cfg.structure,  # type: ignore[arg-type]
+        scope=cfg.scope,
+        structure=cfg.structure,
         seed=derive_seed(ctx.seed, key),
         masks=ctx.masks,
         exclude=cfg.exclude or None,
