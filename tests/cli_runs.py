@@ -2,7 +2,8 @@
 
 Both sides of a bit-equality comparison must use the same environment: one thread per
 process (the thread count changes the order of floating-point reductions) and a fixed hash
-seed; ``pause`` sets the test-only pause point (see :data:`sfpk.pipelines.PAUSE_ENV`).
+seed. :func:`kill_launcher` runs the command under ``pause_launcher.py`` instead, which
+SIGKILLs it at a chosen checkpoint.
 """
 
 from __future__ import annotations
@@ -10,22 +11,32 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
 
-from sfpk.pipelines import PAUSE_ENV
+from pause_launcher import KILLED
 
+LAUNCHER = Path(__file__).with_name("pause_launcher.py")
 TIMING = {"seconds", "prune_seconds", "finetune_seconds", "pretrain_seconds"}
 
 
-def run_env(pause: str | None = None) -> dict[str, str]:
-    """The subprocess environment: one thread, fixed hash seed, optional pause point."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    env.pop(PAUSE_ENV, None)
-    if pause is not None:
-        env[PAUSE_ENV] = pause
-    return env
+def run_env() -> dict[str, str]:
+    """The subprocess environment: one thread, fixed hash seed."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def kill_launcher(label: str, runner: list[str] | None = None) -> list[str]:
+    """A command prefix (for the sfpk arguments) that runs ``sfpk`` with ``runner`` (python,
+    or torchrun) and SIGKILLs its main process at checkpoint ``label`` (``pause_launcher.py``
+    lists the labels)."""
+    return [*(runner or [sys.executable]), str(LAUNCHER), label, "--"]
+
+
+def was_killed_at(stderr: str, label: str) -> bool:
+    """Whether the launcher reported killing the run at ``label``."""
+    return KILLED.format(label) in stderr
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -32,6 +32,7 @@ def _flags(cifar_root, out, *extra):
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # a full pipeline on ResNet-20 / 100 classes
 def test_one_epoch_sfpk_oneshot_on_fake_cifar100_resnet20(cifar_root, tmp_path):
     """Pretrain 1 epoch, SFPK to 90 % removed, fine-tune 1 epoch; files and sparsity check out."""
     out = tmp_path / "run"
@@ -45,6 +46,7 @@ def test_one_epoch_sfpk_oneshot_on_fake_cifar100_resnet20(cifar_root, tmp_path):
     assert (out / "sfpk_steps.csv").read_text().count("\n") == 3  # header + 2 steps
 
 
+@pytest.mark.slow  # a full pipeline on ResNet-20 / 100 classes
 def test_oneshot_starts_from_a_plain_torch_state_dict(cifar_root, tmp_path):
     """--checkpoint accepts a torch state dict and skips pretraining."""
     model = create("resnet20", num_classes=100)

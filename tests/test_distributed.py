@@ -117,6 +117,7 @@ def single() -> dict[str, dict[str, Any]]:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # `ranks`: 2 spawned gloo processes
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_rank_ends_with_the_single_process_masks_and_state(ranks, single, case):
     """Splitting the passes over ranks must not change the result on any rank (n=4, 3, 1)."""
@@ -130,6 +131,7 @@ def test_every_rank_ends_with_the_single_process_masks_and_state(ranks, single, 
         assert got["history"] == ref["history"]
 
 
+@pytest.mark.slow  # `ranks`: 2 spawned gloo processes
 def test_per_step_energies_equal_the_single_process_ones(ranks, single):
     """Each particle's energy comes back exactly through the all-reduce (n=3 on 2 ranks)."""
     ref = single["uneven"]["energies"]
@@ -140,6 +142,7 @@ def test_per_step_energies_equal_the_single_process_ones(ranks, single):
         assert all(torch.equal(a, b) for a, b in zip(got, ref, strict=True))
 
 
+@pytest.mark.slow  # `ranks`: 2 spawned gloo processes
 def test_each_rank_runs_only_the_passes_of_its_own_particles(ranks, single):
     """The point of scaling out: round-robin ownership, no rank repeats another's work."""
     assert [r["even"]["passes"] for r in ranks] == [2 * STEPS, 2 * STEPS]
@@ -149,12 +152,14 @@ def test_each_rank_runs_only_the_passes_of_its_own_particles(ranks, single):
     assert single["even"]["passes"] == 4 * STEPS
 
 
+@pytest.mark.slow  # `ranks`: 2 spawned gloo processes
 def test_checkpoints_reach_rank_zero_only(ranks, single):
     """Only rank 0 writes files, so only it receives the checkpoint state."""
     assert [r["even"]["checkpoints"] for r in ranks] == [STEPS, 0]
     assert single["even"]["checkpoints"] == STEPS
 
 
+@pytest.mark.slow  # `ranks`: 2 spawned gloo processes
 def test_broadcast_gives_every_rank_the_values_of_rank_zero(ranks):
     """Pipelines re-sync replicated weights with it before pruning."""
     assert all(torch.equal(r["broadcast"], torch.ones(3)) for r in ranks)

@@ -29,7 +29,7 @@ def _case_e() -> dict:
 
 
 def _golden() -> dict:
-    """Case E's parsed JSON; skips (fails under CI) when the vectors are missing."""
+    """Case E's parsed JSON; fails, naming the directory, when the vectors are missing."""
     require_golden(CASE_E)
     return _case_e()
 

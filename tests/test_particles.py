@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 
 import pytest
 import torch
@@ -252,9 +251,9 @@ def _accuracy(model: nn.Module, masks: sfpk.Masks, x, y) -> float:
         return float((model.eval()(x).argmax(1) == y).float().mean())
 
 
+@pytest.mark.slow  # trains an MLP for 40 epochs first
 def test_sfpk_beats_random_at_90_percent_on_mnist1d():
     """Before fine-tuning, SFPK at 90 % removed keeps far more accuracy than random pruning."""
-    tic = time.perf_counter()
     x, y, xt, yt = _mnist1d()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(40, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
@@ -275,7 +274,6 @@ def test_sfpk_beats_random_at_90_percent_on_mnist1d():
     acc_rand = _accuracy(model, rand, xt, yt)
     assert dense > 0.5
     assert acc_sfpk > acc_rand + 0.15, (acc_sfpk, acc_rand, dense)
-    assert time.perf_counter() - tic < 30
 
 
 # -- regressions: local scopes, templates, resume ------------------------------------------

@@ -129,7 +129,6 @@ def test_iterative_prunes_monotone_masks_and_tunes_between_rounds(tmp_path, tiny
     assert abs(summary["achieved_sparsity"] - 0.9) < 1e-3
 
 
-@pytest.mark.skipif("sfpk" not in sfpk.methods(), reason="SFPK engine not registered")
 def test_sfpk_run_writes_step_history(tmp_path, tiny):
     """SFPK's per-step records land in sfpk_steps.csv next to summary.json."""
     overrides = {

@@ -1,22 +1,24 @@
 """Kill -9 a run at chosen points, `sfpk resume` it, and get the uninterrupted result exactly.
 
-The runs are real subprocesses (``python -m sfpk``). ``SFPK_TEST_PAUSE_AT=label`` makes the
-process write ``DIR/PAUSED`` and sleep at that point, so the test can SIGKILL it there.
+The runs are real subprocesses. The interrupted ones run under ``pause_launcher.py``, which
+SIGKILLs the process right after (or, with ``before:``, just before) the checkpoint named by
+a label such as ``finetune:epoch:2`` or ``prune:0:done``.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-import sfpk
-from cli_runs import read_run, run_env
+from cli_runs import kill_launcher, read_run, run_env, was_killed_at
 from conftest import TINY_FLAGS
+
+pytestmark = pytest.mark.slow  # every test runs `python -m sfpk` subprocesses
 
 CONFIGS = {
     "oneshot": ["oneshot", "--method", "mag", "--rounds", "2"],
@@ -38,28 +40,21 @@ def _sfpk(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     )
 
 
-def _start(name: str, out: Path, pause: str | None = None) -> subprocess.Popen | None:
-    args = [sys.executable, "-m", "sfpk", *CONFIGS[name], *TINY_FLAGS, "--out", str(out)]
-    if pause is None:
-        done = subprocess.run(args, capture_output=True, text=True, env=run_env())
-        assert done.returncode == 0, done.stderr
-        return None
-    return subprocess.Popen(
-        args, env=run_env(pause), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+def _args(name: str, out: Path) -> list[str]:
+    return [*CONFIGS[name], *TINY_FLAGS, "--out", str(out)]
+
+
+def _run_killed_at(name: str, out: Path, label: str) -> None:
+    """Run configuration ``name`` into ``out`` and SIGKILL it at checkpoint ``label``."""
+    done = subprocess.run(
+        [*kill_launcher(label), *_args(name, out)],
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=600,  # against a hang only
     )
-
-
-def _kill_when_paused(proc: subprocess.Popen, out: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (out / "PAUSED").exists():
-        if proc.poll() is not None:
-            pytest.fail(f"run ended before the pause point: {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("pause point not reached in time")
-        time.sleep(0.05)
-    proc.kill()  # SIGKILL: no cleanup, no finally blocks
-    proc.wait()
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert was_killed_at(done.stderr, label), done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +65,8 @@ def reference(tmp_path_factory):
     def get(name: str) -> dict:
         if name not in cache:
             out = tmp_path_factory.mktemp(f"ref-{name}") / "run"
-            _start(name, out)
+            done = _sfpk(_args(name, out), env=run_env())
+            assert done.returncode == 0, done.stderr
             cache[name] = read_run(out)
         return cache[name]
 
@@ -87,11 +83,11 @@ def _assert_same(got: dict, want: dict) -> None:
 
 
 POINTS = [
-    ("oneshot", "pretrain:0:before"),  # before the first checkpoint exists
-    ("oneshot", "pretrain:1"),  # during pretraining, right after an epoch checkpoint
+    ("oneshot", "before:pretrain:epoch:1"),  # before the first checkpoint exists
+    ("oneshot", "pretrain:epoch:2"),  # during pretraining, right after an epoch checkpoint
     ("oneshot", "prune:0:done"),  # between pruning rounds
-    ("oneshot", "finetune:1:before"),  # metrics row written, checkpoint not yet
-    ("iterative", "tune:0:0"),  # inside the fine-tuning between rounds
+    ("oneshot", "before:finetune:epoch:2"),  # metrics row written, checkpoint not yet
+    ("iterative", "tune:0:epoch:1"),  # inside the fine-tuning between rounds
     ("iterative", "prune:1:done"),  # between iterative rounds
 ]
 
@@ -100,19 +96,19 @@ POINTS = [
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, reference, name, point):
     """A run killed at any point and resumed ends with the same metrics, masks and weights."""
     out = tmp_path / "run"
-    _kill_when_paused(_start(name, out, pause=point), out)
+    _run_killed_at(name, out, point)
     assert not (out / "summary.json").exists()
     done = _sfpk(["resume", str(out), "--quiet"], env=run_env())
     assert done.returncode == 0, done.stderr
     _assert_same(read_run(out), reference(name))
 
 
-@pytest.mark.skipif("sfpk" not in sfpk.methods(), reason="SFPK engine not registered")
-@pytest.mark.parametrize("point", ["prune:0:step-checkpoint:1", "prune:1:step-checkpoint:2"])
+# --checkpoint-every-steps 2 of 6 steps: step checkpoints at steps 2, 4 and 6 of each round.
+@pytest.mark.parametrize("point", ["prune:0:step:2", "prune:1:step:4"])
 def test_resume_during_sfpk_steps_matches_uninterrupted_run(tmp_path, reference, point):
     """Killed mid-simulation (also in a continued second round), SFPK resumes bit-identically."""
     out = tmp_path / "run"
-    _kill_when_paused(_start("sfpk", out, pause=point), out)
+    _run_killed_at("sfpk", out, point)
     done = _sfpk(["resume", str(out), "--quiet"], env=run_env())
     assert done.returncode == 0, done.stderr
     _assert_same(read_run(out), reference("sfpk"))

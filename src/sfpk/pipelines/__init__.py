@@ -23,10 +23,10 @@ from ..checkpoint import read_latest_checkpoint
 from ..config import Config
 from ..errors import SfpkError
 from ..run import Run
-from .context import PAUSE_ENV, Context
+from .context import Context
 from .flows import run_iterative, run_oneshot, run_pretrain, summarize
 
-__all__ = ["PIPELINES", "PAUSE_ENV", "Context", "start", "resume", "execute", "summarize"]
+__all__ = ["PIPELINES", "Context", "start", "resume", "execute", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,4 @@ def resume(directory: str | Path, *, quiet: bool | None = None) -> dict[str, Any
     run = Run.open(directory)
     if quiet is not None:
         run.config.run.quiet = quiet
-    if run.writer:
-        (run.directory / "PAUSED").unlink(missing_ok=True)
     return execute(run, resume_from_checkpoint=True)

@@ -18,7 +18,6 @@ rank 0 writes files (:class:`sfpk.run.Run`) and shows progress bars.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,13 +33,10 @@ from ..masks import Masks
 from ..run import Run
 from ..train import EvalResult, Trainer, select_device
 
-__all__ = ["PAUSE_ENV", "Progress", "Context"]
+__all__ = ["Progress", "Context"]
 
 log = logging.getLogger(__name__)
 
-# Test hook: when set to a label such as "finetune:1" (see Context.pause_point), the process
-# writes DIR/PAUSED and sleeps there, so a test can SIGKILL it at a known point.
-PAUSE_ENV = "SFPK_TEST_PAUSE_AT"
 _STATE_FORMAT = 1
 
 
@@ -200,20 +196,11 @@ class Context:
         self.progress.done.append(key)
         self.progress.current = None
         self.checkpoint()
-        self.pause_point(f"{key}:done")
 
     def current(self, key: str) -> dict[str, Any] | None:
         """The saved in-progress state of phase ``key``, if the run stopped inside it."""
         current = self.progress.current
         return current if current is not None and current.get("key") == key else None
-
-    def pause_point(self, label: str) -> None:
-        """Test hook: sleep forever here if ``$SFPK_TEST_PAUSE_AT == label``."""
-        if os.environ.get(PAUSE_ENV) != label:
-            return
-        self.run.write_text("PAUSED", label)
-        while True:
-            time.sleep(0.5)
 
 
 def _upgrade_progress(progress: dict[str, Any]) -> dict[str, Any]:

@@ -111,10 +111,8 @@ def train_phase(
             "%s epoch %d/%d lr %.3g: train %.4f, val %.4f, test %.4f (%.1fs)",
             key, epoch + 1, epochs, lr, train.acc, val.top1, test.top1, seconds,
         )  # fmt: skip
-        ctx.pause_point(f"{key}:{epoch}:before")
         ctx.progress.current = {"key": key, "epoch": epoch + 1, "trainer": trainer.state_dict()}
         ctx.checkpoint()
-        ctx.pause_point(f"{key}:{epoch}")
     if keep_best and records:
         distributed.barrier()  # rank 0 wrote the best weights
         ctx.model.load_state_dict(load_state_dict_file(ctx.run.directory / best_name))
