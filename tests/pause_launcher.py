@@ -43,7 +43,7 @@ def checkpoint_label(progress: Progress) -> str:
     if current is None:
         return f"{progress.done[-1]}:done" if progress.done else "start"
     if "pruner" in current:
-        return f"{current['key']}:step:{current["pruner"]["step"]}"
+        return f"{current['key']}:step:{current['pruner']['step']}"
     return f"{current['key']}:epoch:{current['epoch']}"
 
 
