@@ -294,3 +294,13 @@ def test_check_fits_names_a_missing_tied_bias():
     other = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(sfpk.MaskMismatchError, match="0.bias"):
         masks.check_fits(other)
+
+
+def test_a_model_can_declare_parameters_its_default_rule_leaves_out():
+    """sfpk_default_exclude (e.g. a transformer's LM head) applies unless include is given."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model.sfpk_default_exclude = ["1.*"]
+    assert list(Masks.ones(model)) == ["0.weight"]
+    assert list(Masks.ones(model, include=["*.weight"])) == ["0.weight", "1.weight"]

@@ -81,6 +81,9 @@ def prunable_parameters(
         include_bias: also prune linear-layer biases, as the reference implementation does.
         filter_fn: ``(module_name, module, tensor_name) -> bool``; replaces the default rule.
 
+    A model may declare ``sfpk_default_exclude``, glob patterns its default rule leaves out
+    (a transformer wrapper names its embeddings and LM head); ``include`` overrides it.
+
     Raises:
         ConfigError: if nothing is prunable, or a pattern matches no parameter.
     """
@@ -102,9 +105,13 @@ def prunable_parameters(
     for pattern in [*(include or []), *(exclude or [])]:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in all_names):
             raise ConfigError(f"pattern {pattern!r} matches no parameter of the model")
-    if exclude:
+    dropped = [
+        *(exclude or []),
+        *(getattr(model, "sfpk_default_exclude", ()) if include is None else ()),
+    ]
+    if dropped:
         selected = {
-            n: p for n, p in selected.items() if not any(fnmatch.fnmatchcase(n, e) for e in exclude)
+            n: p for n, p in selected.items() if not any(fnmatch.fnmatchcase(n, e) for e in dropped)
         }
     if not selected:
         raise ConfigError("the model has no prunable parameters (no conv/linear weights selected)")
