@@ -29,7 +29,7 @@ from .errors import (
 )
 from .masks import Masks as Masks
 from .masks import load_masks as load_masks
-from .masks import prunable_parameters as prunable_parameters
+from .prunable import prunable_parameters as prunable_parameters
 from .pruners import PruneObserver as PruneObserver
 from .pruners import PruneResult as PruneResult
 from .pruners import StartState as StartState

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, check_choice, check_fraction
-from .masks import SCOPES, STRUCTURES, Masks, Scope, Structure
+from .masks import SCOPES, Masks, Scope
+from .prunable import Structure, check_structure, parse_nm
 from .pruners.base import (
     Batch,
     PruneContext,
@@ -52,7 +53,7 @@ def prune(
 
     Args:
         model: any ``nn.Module`` made of standard layers; its conv and linear weights are
-            pruned (see :func:`sfpk.masks.prunable_parameters` and ``include``/``exclude``).
+            pruned (see :func:`sfpk.prunable.prunable_parameters` and ``include``/``exclude``).
         data: an iterable of ``(inputs, targets)`` batches (a DataLoader or a list). Data-free
             methods (rand, mag, synflow) need only one batch, for the input shape.
         method: one of :func:`sfpk.methods` (rand, mag, snip, grasp, synflow, wanda, spode,
@@ -136,8 +137,14 @@ def run_pruner(
     """
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)
-    check_choice("structure", structure or "unstructured", STRUCTURES)
+    check_structure(structure or "unstructured")
     masks = _starting_masks(model, masks, sparsity, structure, include, exclude, include_bias)
+    nm = parse_nm(masks.structure)
+    if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
+        raise ConfigError(
+            f"structure={masks.structure!r} removes {1.0 - nm[0] / nm[1]:g} of the masked "
+            f"weights; sparsity={sparsity!r} differs (pass sparsity={1.0 - nm[0] / nm[1]:g})"
+        )
     if scope is None:  # a row is one filter in a structured mask: rank those globally
         scope = pruner.default_scope if masks.structure == "unstructured" else "global"
     check_choice("scope", scope, SCOPES)

@@ -37,7 +37,8 @@ from .config_checks import (
 from .config_layers import from_dict, merge, nest, read_yaml
 from .data import embedded_datasets
 from .errors import ConfigError, check_choice, check_fraction, check_positive
-from .masks import SCOPES, STRUCTURES, Scope, Structure
+from .masks import SCOPES, Scope
+from .prunable import Structure, check_structure
 from .schedules import PRETRAIN_LR_MIN
 from .train import OptimizerConfig
 
@@ -176,7 +177,9 @@ class PruneConfig:
     scope: Scope | None = _knob(
         None, "global, local (per layer) or row (per output row) top-k; default: the method's"
     )
-    structure: Structure = _knob("unstructured", "unstructured, filter or channel masks")
+    structure: Structure = _knob(
+        "unstructured", "unstructured, filter, channel or N:M (e.g. 2:4) masks"
+    )
     rounds: int | None = _knob(None, "pruning rounds K (default: oneshot 1, iterative 10)")
     batch_size: int = _knob(512, "pruning batch size", flag="prune-batch-size")
     num_samples: int | None = _knob(
@@ -195,7 +198,7 @@ class PruneConfig:
         check_fraction("prune.sparsity", self.sparsity)
         if self.scope is not None:
             check_choice("prune.scope", self.scope, SCOPES)
-        check_choice("prune.structure", self.structure, STRUCTURES)
+        check_structure(self.structure)
         if self.rounds is not None and self.rounds < 1:
             raise ConfigError(f"prune.rounds={self.rounds!r} must be >= 1")
         check_positive("prune.batch_size", self.batch_size)

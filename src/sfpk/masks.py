@@ -1,17 +1,10 @@
-"""Masks: which parameters are prunable, mask shapes, exact top-k selection and mask files.
+"""Masks: a set of masks keyed by parameter name, with counting, apply and mask files.
 
-Conventions used everywhere in sfpk (written once, here):
+Conventions used everywhere in sfpk (written once, here; mask shapes per structure are in
+:mod:`sfpk.prunable`):
 
 * ``sparsity`` is the fraction of prunable **weights removed**, in (0, 1); ``density`` is the
   fraction kept, ``1 - sparsity``. Both are counted in weights, also for structured masks.
-* A mask is keyed by the parameter's qualified name (``"layer1.0.conv1.weight"``) and
-  broadcasts against that parameter: ``unstructured`` has the parameter's shape, ``filter``
-  masks whole output filters/neurons (shape ``[C_out, 1, ...]``) and ``channel`` masks whole
-  input channels/features (shape ``[1, C_in, ...]``). Bias masks are always element-wise.
-  A grouped conv's weight is ``[C_out, C_in / groups, ...]``, so its channel mask has
-  ``C_in / groups`` entries. Weights with a single input channel per group (depthwise
-  convs, a first conv on one-channel inputs) get **no** channel mask: that one entry would
-  gate the whole layer, so it could never be pruned and would only blur the counts.
 * Selection keeps exactly ``P - floor(sparsity * P)`` entries (unstructured), breaking ties
   deterministically: among equal scores, the entry that comes first in the flattened order
   (mask names in model order, each flattened row-major) is removed first.
@@ -19,119 +12,38 @@ Conventions used everywhere in sfpk (written once, here):
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, MaskMismatchError, check_choice
+from .errors import ConfigError, MaskMismatchError
 from .mask_files import read_mask_file, write_mask_file
+from .prunable import (
+    FilterFn,
+    Structure,
+    check_structure,
+    eligible_for,
+    mask_shape,
+    prunable_parameters,
+    tied_biases,
+)
 
 __all__ = [
-    "Structure",
     "Scope",
-    "STRUCTURES",
     "SCOPES",
     "Masks",
-    "prunable_parameters",
-    "default_filter",
-    "mask_shape",
     "reduce_to_mask",
     "removal_count",
     "load_masks",
 ]
 
-Structure = Literal["unstructured", "filter", "channel"]
 Scope = Literal["global", "local", "row"]
-STRUCTURES: tuple[str, ...] = ("unstructured", "filter", "channel")
 SCOPES: tuple[str, ...] = ("global", "local", "row")
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-FilterFn = Callable[[str, nn.Module, str], bool]
-
-
-def default_filter(module_name: str, module: nn.Module, tensor_name: str) -> bool:
-    """The default prunable rule: weights of every conv and linear layer.
-
-    The first conv and the classifier are included (method spec §1.1, §9.3). Biases are not
-    pruned by default; see ``include_bias`` of :func:`prunable_parameters`.
-    """
-    return tensor_name == "weight" and isinstance(module, (*_CONV_TYPES, nn.Linear))
-
-
-def prunable_parameters(
-    model: nn.Module,
-    *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    include_bias: bool = False,
-    filter_fn: FilterFn | None = None,
-) -> dict[str, nn.Parameter]:
-    """Return the prunable parameters of ``model`` by qualified name, in model order.
-
-    Args:
-        model: any module.
-        include: glob patterns (``fnmatch``) of parameter names to prune *instead of* the
-            default rule, e.g. ``["features.*.weight"]``.
-        exclude: glob patterns removed from the selection, e.g. ``["fc.weight"]``.
-        include_bias: also prune linear-layer biases, as the reference implementation does.
-        filter_fn: ``(module_name, module, tensor_name) -> bool``; replaces the default rule.
-
-    A model may declare ``sfpk_default_exclude``, glob patterns its default rule leaves out
-    (a transformer wrapper names its embeddings and LM head); ``include`` overrides it.
-
-    Raises:
-        ConfigError: if nothing is prunable, or a pattern matches no parameter.
-    """
-    rule = filter_fn or default_filter
-    selected: dict[str, nn.Parameter] = {}
-    all_names: list[str] = []
-    for module_name, module in model.named_modules():
-        for tensor_name, param in module.named_parameters(recurse=False):
-            name = f"{module_name}.{tensor_name}" if module_name else tensor_name
-            all_names.append(name)
-            if include is not None:
-                chosen = any(fnmatch.fnmatchcase(name, p) for p in include)
-            else:
-                chosen = rule(module_name, module, tensor_name) or (
-                    include_bias and tensor_name == "bias" and isinstance(module, nn.Linear)
-                )
-            if chosen:
-                selected[name] = param
-    for pattern in [*(include or []), *(exclude or [])]:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in all_names):
-            raise ConfigError(f"pattern {pattern!r} matches no parameter of the model")
-    dropped = [
-        *(exclude or []),
-        *(getattr(model, "sfpk_default_exclude", ()) if include is None else ()),
-    ]
-    if dropped:
-        selected = {
-            n: p for n, p in selected.items() if not any(fnmatch.fnmatchcase(n, e) for e in dropped)
-        }
-    if not selected:
-        raise ConfigError("the model has no prunable parameters (no conv/linear weights selected)")
-    return selected
-
-
-def _is_bias(name: str, shape: Sequence[int]) -> bool:
-    return name.rsplit(".", 1)[-1] == "bias" or len(shape) < 2
-
-
-def mask_shape(name: str, shape: Sequence[int], structure: Structure) -> tuple[int, ...]:
-    """Shape of the mask of parameter ``name`` (of ``shape``) under ``structure``."""
-    shape = tuple(shape)
-    if structure == "unstructured" or _is_bias(name, shape):
-        return shape
-    if structure == "filter":
-        return (shape[0],) + (1,) * (len(shape) - 1)
-    if structure == "channel":
-        return (1, shape[1]) + (1,) * (len(shape) - 2)
-    raise ConfigError(f"structure={structure!r}; choose one of {', '.join(STRUCTURES)}")
 
 
 def reduce_to_mask(score: Tensor, shape: Sequence[int]) -> Tensor:
@@ -174,7 +86,7 @@ class Masks(Mapping[str, Tensor]):
         scope: Scope | None = None,
         tied_biases: Mapping[str, str] | None = None,
     ) -> None:
-        check_choice("structure", structure, STRUCTURES)
+        check_structure(structure)
         if set(tensors) != set(shapes):
             raise MaskMismatchError("mask names and parameter-shape names differ")
         # ``shapes`` fixes the order (model order): ``tensors`` may come sorted by name, as
@@ -210,29 +122,35 @@ class Masks(Mapping[str, Tensor]):
     ) -> Masks:
         """All-ones masks for the prunable parameters of ``model`` (see prunable_parameters).
 
-        With ``structure="channel"``, weights with one input channel per group (depthwise
-        convs, a conv on one-channel inputs) are left out: see the module docstring.
+        Parameters that cannot carry a mask of ``structure`` are left out: channel masks
+        skip weights with one input channel per group (depthwise convs, a conv on
+        one-channel inputs), N:M masks skip biases and weights whose input dimension is not
+        a multiple of M (see :mod:`sfpk.prunable`).
 
         Raises:
             ConfigError: if no parameter is left to mask.
         """
-        check_choice("structure", structure, STRUCTURES)
+        check_structure(structure)
         params = prunable_parameters(
             model, include=include, exclude=exclude, include_bias=include_bias, filter_fn=filter_fn
         )
-        if structure == "channel":
-            params = {n: p for n, p in params.items() if _is_bias(n, p.shape) or p.shape[1] > 1}
-            if not params:
-                raise ConfigError(
-                    "no parameter can get a channel mask: every selected weight has a single "
-                    "input channel per group (depthwise or one-channel convs); use "
-                    "structure='filter' or 'unstructured'"
-                )
+        params = {n: p for n, p in params.items() if eligible_for(structure, n, p.shape)}
+        if not params:
+            why = (
+                "every selected weight has a single input channel per group (depthwise or "
+                "one-channel convs)"
+                if structure == "channel"
+                else "no selected weight has an input dimension that is a multiple of M"
+            )
+            raise ConfigError(
+                f"no parameter can get a {structure} mask: {why}; use structure='filter' "
+                "or 'unstructured'"
+            )
         tensors = {
             n: torch.ones(mask_shape(n, p.shape, structure), device=p.device, dtype=p.dtype)
             for n, p in params.items()
         }
-        tied = _tied_biases(model, params) if structure == "filter" else {}
+        tied = tied_biases(model, params) if structure == "filter" else {}
         return cls(
             tensors,
             shapes={n: p.shape for n, p in params.items()},
@@ -414,15 +332,3 @@ class Masks(Mapping[str, Tensor]):
 def load_masks(path: str | os.PathLike, model: nn.Module | None = None) -> Masks:
     """Read a mask file; see :meth:`Masks.load`."""
     return Masks.load(path, model)
-
-
-def _tied_biases(model: nn.Module, params: Mapping[str, nn.Parameter]) -> dict[str, str]:
-    """bias name -> weight name, for layers whose weight gets a filter mask."""
-    tied = {}
-    for module_name, module in model.named_modules():
-        prefix = f"{module_name}." if module_name else ""
-        weight, bias = prefix + "weight", prefix + "bias"
-        if weight in params and getattr(module, "bias", None) is not None and bias not in params:
-            if isinstance(module.bias, nn.Parameter):
-                tied[bias] = weight
-    return tied

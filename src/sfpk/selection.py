@@ -11,6 +11,8 @@ Counting rules:
 * unstructured, ``local``: exactly ``floor(sparsity * numel)`` go from every tensor.
 * unstructured, ``row``: exactly ``floor(sparsity * k)`` go from every output row of ``k``
   weights (the first dim of each tensor; Wanda's comparison group).
+* ``N:M``: every group of ``M`` consecutive weights along the input dimension drops its
+  ``floor(sparsity * M)`` lowest, whatever the scope (at ``1 - N/M`` each keeps exactly N).
 * structured, ``local``: ``floor(sparsity * C)`` of the ``C`` filters/channels of each tensor
   go, so each layer is exact up to one group.
 * structured, ``global``: groups are ranked by their score per weight (a group's score is a
@@ -31,6 +33,7 @@ from torch import Tensor
 
 from .errors import ConfigError, SfpkError, check_choice, check_fraction
 from .masks import SCOPES, Masks, Scope, removal_count
+from .prunable import parse_nm
 
 __all__ = [
     "Ties",
@@ -38,6 +41,7 @@ __all__ = [
     "check_achieved_sparsity",
     "cut",
     "kth_smallest",
+    "nm_cut",
     "round_sparsity",
     "select_topk",
     "weighted_cut",
@@ -142,6 +146,24 @@ def weighted_cut(
     raise ConfigError(f"ties={ties!r}; weighted_cut takes drop or keep")
 
 
+def nm_cut(values: Tensor, shape: tuple[int, ...], m: int, sparsity: float) -> Tensor:
+    """0/1 keep vector (flat, ``values``' order) for an N:M pattern at ``sparsity``.
+
+    ``values`` is one tensor of ``shape`` flattened; groups are ``m`` consecutive entries
+    along dim 1 (the input dimension) at every other index, and each group drops its
+    ``floor(sparsity * m)`` lowest entries (lower position in the group first on ties). At
+    the N:M target ``sparsity = 1 - N/M`` every group keeps exactly N.
+    """
+    remove = removal_count(m, sparsity)
+    moved = values.reshape(shape).movedim(1, -1)
+    groups = moved.reshape(-1, m)
+    keep = torch.ones_like(groups)
+    if remove > 0:
+        order = torch.sort(groups, dim=1, stable=True).indices[:, :remove]
+        keep.scatter_(1, order, 0.0)
+    return keep.reshape(moved.shape).movedim(-1, 1).reshape(-1)
+
+
 def round_sparsity(sparsity: float, round_index: int, rounds: int) -> float:
     """Target of round ``k`` of ``K`` in an exponential schedule: density ``(1 - s)^((k+1)/K)``.
 
@@ -182,12 +204,20 @@ def select_topk(
         flat = torch.where(current.to(flat.device) == 0, torch.full_like(flat, -math.inf), flat)
     sizes = [template[n].numel() for n in template]
     per_entry = [template.weights_per_entry(n) for n in template]
-    if scope == "row" and template.structure != "unstructured":
+    nm = parse_nm(template.structure)
+    if scope == "row" and template.structure != "unstructured" and nm is None:
         raise ConfigError(
             f"scope='row' compares weights within each output row and needs unstructured "
             f"masks, not structure={template.structure!r}; use global or local"
         )
-    if scope == "local":
+    if nm is not None:  # every group is cut on its own, whatever the scope
+        keep = torch.cat(
+            [
+                nm_cut(chunk, template[n].shape, nm[1], sparsity)
+                for n, chunk in zip(template, flat.split(sizes), strict=True)
+            ]
+        )
+    elif scope == "local":
         pieces = [
             cut(chunk, removal_count(chunk.numel(), sparsity))
             for chunk in flat.split(sizes)
@@ -247,6 +277,18 @@ def _row_cut(values: Tensor, sparsity: float) -> Tensor:
     return keep
 
 
+def _check_nm(masks: Masks, m: int, sparsity: float) -> None:
+    """Every group of ``m`` along dim 1 keeps exactly ``m - floor(sparsity * m)``."""
+    expected = m - removal_count(m, sparsity)
+    for name, mask in masks.items():
+        kept = (mask != 0).movedim(1, -1).reshape(-1, m).sum(1)
+        if bool((kept != expected).any()):
+            raise SparsityCheckError(
+                f"layer {name!r}: a group of {m} keeps {int(kept.min())}..{int(kept.max())} "
+                f"weights, expected {expected} in every group (sparsity {sparsity})"
+            )
+
+
 def _starts(sizes: list[int]) -> list[int]:
     return [sum(sizes[:i]) for i in range(len(sizes))]
 
@@ -279,6 +321,10 @@ def check_achieved_sparsity(masks: Masks, sparsity: float, scope: Scope) -> None
     """
     total = masks.total_weights()
     removed = total - masks.kept_weights()
+    nm = parse_nm(masks.structure)
+    if nm is not None:
+        _check_nm(masks, nm[1], sparsity)
+        return
     if masks.structure == "unstructured" and scope == "global":
         expected = removal_count(total, sparsity)
         if removed != expected:

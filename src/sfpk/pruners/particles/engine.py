@@ -115,6 +115,10 @@ class ParticleSystem:
             layout.entry_weight if (layout.structured and final_segments is None) else None,
             layout.total_weights,
         )
+        if layout.nm is not None:  # the pattern holds per tensor, whatever the scope
+            self.vote_layout = ThresholdLayout(
+                layout.segments, nm_group=layout.nm[1], shapes=tuple(layout.shapes)
+            )
         self.rank_weight = layout.abs_theta if opts.rank_by_weight else None
         self.score_weight = score_weight(opts.score, layout.abs_theta, layout.entry_weight)
         kernel_weight = opts.weighted_kernel

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ...masks import Masks, reduce_to_mask
+from ...prunable import parse_nm
 
 __all__ = ["FlatLayout"]
 
@@ -46,7 +47,8 @@ class FlatLayout:
         self.segments = tuple((s, s + k) for s, k in zip(starts, sizes, strict=True))
         self.num_entries = sum(sizes)
         self.total_weights = masks.total_weights()
-        self.structured = masks.structure != "unstructured"
+        self.structured = masks.structure in ("filter", "channel")  # entries gate groups
+        self.nm = parse_nm(masks.structure)  # (N, M) of an N:M mask set, else None
         self.tied = {b: w for b, w in masks.tied_biases.items() if b not in masks}
         self.theta: dict[str, Tensor] = {n: params[n].detach() for n in [*self.names, *self.tied]}
         if mask_weights:

@@ -43,12 +43,17 @@ class ThresholdLayout:
         total_weights: ``P`` (weights), used with ``entry_weight``.
         skip_at_one: reference behaviour under local scope: a layer with ``k_l ≤ 1`` (not only
             ``k_l < 1``) keeps its continuous mask (golden README, note 1).
+        nm_group: ``M`` of an N:M mask set (0 otherwise): the hard vote cuts every group of
+            ``M`` along each tensor's input dimension (``shapes``) instead of one threshold.
+        shapes: the mask shape of each segment (N:M only).
     """
 
     segments: tuple[tuple[int, int], ...] | None = None
     entry_weight: Tensor | None = None
     total_weights: int = 0
     skip_at_one: bool = False
+    nm_group: int = 0
+    shapes: tuple[tuple[int, ...], ...] = ()
 
 
 def binarize(

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
-from ...selection import cut, weighted_cut
+from ...selection import cut, nm_cut, weighted_cut
 from .processors import ThresholdLayout
 
 __all__ = ["VOTES", "SCORES", "rank_voters", "score_weight", "hard_cut", "vote"]
@@ -55,9 +55,16 @@ def hard_cut(score: Tensor, density: float, layout: ThresholdLayout) -> Tensor:
 
     Global unstructured as the reference (``k = ⌊(1-ρ)P⌋``, keep ``> τ``, magnitudes kept);
     per layer under local scope; global structured ranks by score per weight and counts
-    the removed weights (the reference crashes on the last two).
+    the removed weights (the reference crashes on the last two); N:M cuts every group.
     """
     removed = 1.0 - density
+    if layout.nm_group:  # N:M: each group of M along a tensor's input dimension on its own
+        return torch.cat(
+            [
+                score[lo:hi] * nm_cut(score[lo:hi], shape, layout.nm_group, removed)
+                for (lo, hi), shape in zip(layout.segments, layout.shapes, strict=True)
+            ]
+        )
     if layout.segments is not None:
         return torch.cat(
             [
