@@ -62,6 +62,7 @@ def _run(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], sfpk.Masks, l
         scope="local" if structured else "global",
         structure=STRUCTURE.get(name),
         observer=sfpk.PruneObserver(trace=steps.append),
+        collapse_guard="off",  # the reference has no guard
         **_SFPK_COMMON,
         **options,
     ).masks

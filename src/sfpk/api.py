@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .collapse import GUARDS, Guard
 from .errors import ConfigError, check_choice, check_fraction
 from .masks import SCOPES, Masks, Scope
 from .prunable import Structure, check_structure, parse_nm
@@ -42,6 +43,7 @@ def prune(
     include_bias: bool = False,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     progress: bool = False,
+    collapse_guard: Guard = "row",
     **options: Any,
 ) -> Masks:
     """Prune ``model`` to ``sparsity`` with ``method`` and return the masks.
@@ -70,6 +72,10 @@ def prune(
         include, exclude, include_bias: choose the prunable parameters.
         loss_fn: the loss for data-driven methods (mean cross-entropy by default).
         progress: show a progress bar for long methods.
+        collapse_guard: keep at least one weight per output row (``"row"``, default), per
+            layer (``"layer"``) or none (``"off"``) in unstructured global/local cuts, so
+            extreme sparsity never disconnects a layer; counts stay exact, and what it did
+            is in the masks' ``collapse_guard`` (:mod:`sfpk.collapse`).
         **options: the method's hyperparameters (``sfpk.pruner_class(method).Options``).
 
     Returns:
@@ -98,6 +104,7 @@ def prune(
         include_bias=include_bias,
         loss_fn=loss_fn,
         observer=PruneObserver(progress=progress),
+        collapse_guard=collapse_guard,
         **options,
     ).masks
 
@@ -119,6 +126,7 @@ def run_pruner(
     start: StartState | None = None,
     observer: PruneObserver | None = None,
     distributed: bool | None = None,
+    collapse_guard: Guard = "row",
     **options: Any,
 ) -> PruneResult:
     """:func:`prune`, returning the full :class:`PruneResult` (masks, history, state).
@@ -149,7 +157,10 @@ def run_pruner(
         scope = pruner.default_scope if masks.structure == "unstructured" else "global"
     check_choice("scope", scope, SCOPES)
     device = next(model.parameters()).device
-    ctx = PruneContext(device=device, seed=seed, distributed=distributed)
+    check_choice("collapse_guard", collapse_guard, GUARDS)
+    ctx = PruneContext(
+        device=device, seed=seed, distributed=distributed, collapse_guard=collapse_guard
+    )
     if loss_fn is not None:
         ctx.loss_fn = loss_fn
     saved = _ModelState(model)
@@ -173,6 +184,13 @@ def run_pruner(
     final.target_sparsity = sparsity
     final.scope = scope
     check_achieved_sparsity(final, sparsity, scope)
+    guard = final.collapse_guard
+    if guard and guard["mode"] != guard["requested"]:
+        log.warning(
+            "collapse guard %r could not apply (only %r): %d kept weights are too few to keep "
+            "every output row/layer connected",
+            guard["requested"], guard["mode"], final.kept_weights(),
+        )  # fmt: skip
     log.info("%s: %.4f of %d weights removed", pruner.name, final.sparsity(), final.total_weights())
     return result
 

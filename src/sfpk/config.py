@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from .collapse import Guard
 from .config_checks import (
     check_dataset,
     check_device,
@@ -186,6 +187,9 @@ class PruneConfig:
         None, "pruning-data budget: training samples used (default all)", flag="prune-samples"
     )
     include_bias: bool = _knob(False, "also prune linear biases (as the reference)")
+    collapse_guard: Guard = _knob(
+        "row", "keep >= 1 weight per output row (row), per layer (layer) or none (off)"
+    )
     exclude: list[str] = _knob(help="parameter names (globs) never pruned", factory=list)
     bn_batches: int = _knob(2, "batches for BatchNorm recalibration after pruning")
     options: dict[str, Any] = _knob(

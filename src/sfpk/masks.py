@@ -85,6 +85,7 @@ class Masks(Mapping[str, Tensor]):
         target_sparsity: float | None = None,
         scope: Scope | None = None,
         tied_biases: Mapping[str, str] | None = None,
+        collapse_guard: Mapping[str, Any] | None = None,
     ) -> None:
         check_structure(structure)
         if set(tensors) != set(shapes):
@@ -107,6 +108,10 @@ class Masks(Mapping[str, Tensor]):
         # Filter masks also silence the bias of the same layer (a removed filter must not
         # keep emitting its constant bias): bias name -> weight name.
         self.tied_biases: dict[str, str] = dict(tied_biases or {})
+        # What the collapse guard of the selection did (sfpk.collapse): {"mode", "rescued"}.
+        self.collapse_guard: dict[str, Any] | None = (
+            dict(collapse_guard) if collapse_guard is not None else None
+        )
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -168,6 +173,7 @@ class Masks(Mapping[str, Tensor]):
             target_sparsity=info.get("target_sparsity", self.target_sparsity),
             scope=info.get("scope", self.scope),
             tied_biases=self.tied_biases,
+            collapse_guard=info.get("collapse_guard", self.collapse_guard),
         )
         return out
 
@@ -300,6 +306,7 @@ class Masks(Mapping[str, Tensor]):
             "scope": self.scope,
             "shapes": {n: list(s) for n, s in self.shapes.items()},
             "tied_biases": self.tied_biases,
+            "collapse_guard": self.collapse_guard,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -323,6 +330,7 @@ class Masks(Mapping[str, Tensor]):
             target_sparsity=info.get("target_sparsity"),
             scope=info.get("scope"),
             tied_biases=info.get("tied_biases"),
+            collapse_guard=info.get("collapse_guard"),
         )
         if model is not None:
             masks.check_fits(model)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from .collapse import Guard, protected_entries
 from .errors import ConfigError, SfpkError, check_choice, check_fraction
 from .masks import SCOPES, Masks, Scope, removal_count
 from .prunable import parse_nm
@@ -182,6 +183,7 @@ def select_topk(
     sparsity: float,
     scope: Scope = "global",
     keep_pruned: bool = True,
+    guard: Guard = "off",
 ) -> Masks:
     """Turn scores (shaped like ``template``'s masks) into 0/1 masks at ``sparsity``.
 
@@ -192,6 +194,10 @@ def select_topk(
         scope: ``"global"`` (one ranking over all tensors) or ``"local"`` (per tensor).
         keep_pruned: entries already zero in ``template`` stay zero (ranked lowest), so
             signed scores can never revive them.
+        guard: the collapse guard of unstructured global/local cuts (:mod:`sfpk.collapse`):
+            ``"row"`` keeps one weight per output row, ``"layer"`` one per tensor, ``"off"``
+            (the default here; ``sfpk.prune`` guards rows by default) none. The counts stay
+            exact; what it did is in the result's ``collapse_guard``.
 
     Returns:
         New :class:`Masks` with exact 0/1 values and ``target_sparsity`` set.
@@ -205,6 +211,7 @@ def select_topk(
     sizes = [template[n].numel() for n in template]
     per_entry = [template.weights_per_entry(n) for n in template]
     nm = parse_nm(template.structure)
+    report: dict[str, Any] | None = None
     if scope == "row" and template.structure != "unstructured" and nm is None:
         raise ConfigError(
             f"scope='row' compares weights within each output row and needs unstructured "
@@ -217,12 +224,6 @@ def select_topk(
                 for n, chunk in zip(template, flat.split(sizes), strict=True)
             ]
         )
-    elif scope == "local":
-        pieces = [
-            cut(chunk, removal_count(chunk.numel(), sparsity))
-            for chunk in flat.split(sizes)
-        ]
-        keep = torch.cat(pieces)
     elif scope == "row":
         keep = torch.cat(
             [
@@ -231,7 +232,9 @@ def select_topk(
             ]
         )
     elif template.structure == "unstructured":
-        keep = cut(flat, removal_count(flat.numel(), sparsity))
+        keep, report = _guarded_cut(flat, template, sparsity, scope, guard)
+    elif scope == "local":  # structured: every layer keeps ceil((1 - s) C) >= 1 groups
+        keep = torch.cat([cut(c, removal_count(c.numel(), sparsity)) for c in flat.split(sizes)])
     else:
         weights = torch.cat(
             [
@@ -259,7 +262,46 @@ def select_topk(
         n: piece.reshape(template[n].shape).to(device=template[n].device, dtype=template[n].dtype)
         for n, piece in zip(template, keep.split(sizes), strict=True)
     }
-    return template.with_tensors(tensors, target_sparsity=sparsity, scope=scope)
+    return template.with_tensors(
+        tensors, target_sparsity=sparsity, scope=scope, collapse_guard=report
+    )
+
+
+def _unstructured_cut(flat: Tensor, sizes: list[int], sparsity: float, scope: Scope) -> Tensor:
+    """The plain exact cut: one over everything (global) or one per tensor (local)."""
+    if scope == "local":
+        return torch.cat([cut(c, removal_count(c.numel(), sparsity)) for c in flat.split(sizes)])
+    return cut(flat, removal_count(flat.numel(), sparsity))
+
+
+def _guarded_cut(
+    flat: Tensor, template: Masks, sparsity: float, scope: Scope, guard: Guard
+) -> tuple[Tensor, dict[str, Any]]:
+    """:func:`_unstructured_cut` with the collapse guard, and the guard's report.
+
+    The report is ``{"requested", "mode", "rescued": {mask name: entries kept only by the
+    guard}}``; ``mode`` is weaker than ``requested`` when the kept budget is too small.
+    """
+    sizes = [template[n].numel() for n in template]
+    keep = _unstructured_cut(flat, sizes, sparsity, scope)
+    if scope == "local":
+        kept = [s - removal_count(s, sparsity) for s in sizes]
+    else:
+        kept = [flat.numel() - removal_count(flat.numel(), sparsity)]
+    shapes = [tuple(template[n].shape) for n in template]
+    protect, mode = protected_entries(flat, shapes, kept, guard)
+    rescued = protect[keep[protect] == 0]
+    report: dict[str, Any] = {"requested": guard, "mode": mode, "rescued": {}}
+    if rescued.numel() == 0:
+        return keep, report
+    boosted = flat.clone()
+    boosted[protect] = math.inf
+    bounds = torch.tensor([0, *torch.tensor(sizes).cumsum(0).tolist()])
+    layer = torch.bucketize(rescued.cpu(), bounds[1:], right=True)
+    names = list(template)
+    for index, count in zip(*torch.unique(layer, return_counts=True), strict=True):
+        report["rescued"][names[int(index)]] = int(count)
+    return _unstructured_cut(boosted, sizes, sparsity, scope), report
 
 
 def _rows(shape: tuple[int, ...] | torch.Size) -> int:

@@ -132,6 +132,7 @@ def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, An
         "achieved_sparsity": masks.sparsity() if masks is not None else None,
         "rounds": cfg.prune.rounds if masks is not None else None,
         "round_sparsities": results.get("round_sparsities"),
+        "collapse_guard": results.get("collapse_guard"),
         "dense_test_acc": results.get("dense_test_acc"),
         "pruned_test_acc": results.get("pruned_test_acc"),
         "final_test_acc": final_test_acc,

@@ -194,6 +194,7 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         masks=ctx.masks,
         exclude=cfg.exclude or None,
         include_bias=cfg.include_bias,
+        collapse_guard=cfg.collapse_guard,
         start=_start_state(ctx, key),
         observer=_observer(ctx, key),
         **cfg.options,
@@ -211,6 +212,21 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
     results["prune_seconds"] = results.get("prune_seconds", 0.0) + seconds
     results["pruned_val_acc"], results["pruned_test_acc"] = val.top1, test.top1
     results.setdefault("round_sparsities", []).append(masks.sparsity())
+    results.setdefault("collapse_guard", []).append(masks.collapse_guard)
+    guard = masks.collapse_guard
+    if guard and guard["mode"] != guard["requested"]:
+        log.warning(
+            "%s: the collapse guard could only apply %r, not %r: the %d kept weights are "
+            "fewer than the rows or layers to keep connected",
+            key, guard["mode"], guard["requested"], masks.kept_weights(),
+        )  # fmt: skip
+    if masks.collapse_guard and masks.collapse_guard["rescued"]:
+        log.warning(
+            "%s: the collapse guard (%s) kept %d weight(s) that the cut would have removed, "
+            "in %d layer(s), so no output unit is disconnected",
+            key, masks.collapse_guard["mode"], sum(masks.collapse_guard["rescued"].values()),
+            len(masks.collapse_guard["rescued"]),
+        )  # fmt: skip
     ctx.log_row(
         {
             "phase": "prune",

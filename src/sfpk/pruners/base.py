@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..collapse import Guard
 from ..errors import ConfigError, SfpkError, UnknownNameError
 from ..masks import Masks, Scope
 from ..selection import round_sparsity, select_topk
@@ -72,12 +73,15 @@ class PruneContext:
         distributed: split work over the ranks of an initialised ``torch.distributed``
             group (``torchrun``): None (default) when one with more than one rank exists,
             True to require one, False never. Methods without per-rank work ignore it.
+        collapse_guard: the final selection's guard against disconnected layers
+            (:mod:`sfpk.collapse`): ``"row"``, ``"layer"`` or ``"off"``.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     distributed: bool | None = None
+    collapse_guard: Guard = "row"
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -225,7 +229,9 @@ class ScorePruner(Pruner):
         for k in range(rounds):
             scores = self.score(model, data, masks, ctx, prepared)
             target = round_sparsity(sparsity, k, rounds)
-            masks = select_topk(scores, masks, sparsity=target, scope=scope)
+            masks = select_topk(
+                scores, masks, sparsity=target, scope=scope, guard=ctx.collapse_guard
+            )
         return PruneResult(masks)
 
 

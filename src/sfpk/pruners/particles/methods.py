@@ -183,7 +183,12 @@ class _ParticlePruner(Pruner):
                 p.requires_grad_(flags[n])
         final = layout.views(scores * layout.alive)  # S ⊙ 1[θ ≠ 0] (§2.12)
         result = select_topk(
-            final, masks, sparsity=sparsity, scope=scope, keep_pruned=not opts.revive_pruned
+            final,
+            masks,
+            sparsity=sparsity,
+            scope=scope,
+            keep_pruned=not opts.revive_pruned,
+            guard=ctx.collapse_guard,
         )
         return PruneResult(result, history=list(engine.history), state=engine.state_dict())
 
