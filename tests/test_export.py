@@ -13,8 +13,8 @@ import sfpk
 from conftest import TINY_FLAGS
 from sfpk import models
 from sfpk.cli import main
-from sfpk.errors import CheckpointError, ConfigError, MaskMismatchError
-from sfpk.export import Architecture, export_run
+from sfpk.errors import CheckpointError, ConfigError, DataError, MaskMismatchError
+from sfpk.export import Architecture, export_run, run_architecture
 
 DIGITS = Architecture("cnn_digits", num_classes=10, input_shape=(1, 8, 8), options={"width": 8})
 
@@ -222,3 +222,16 @@ def test_cli_export_errors_are_one_line_exit_2(tmp_path, capsys, setup, match):
     assert main(["export", str(run), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sfpk: error:") and match in err and err.count("\n") == 1
+
+
+def test_on_disk_data_set_that_is_absent_needs_num_classes():
+    """Counting classes loads the run's data set; where it is absent, --num-classes is named."""
+    config = sfpk.build_config(
+        "oneshot",
+        overrides={"data.dataset": "cifar10", "data.data_dir": "/no/such/dir"},
+        check_paths=False,
+    )
+    with pytest.raises(DataError, match="--num-classes"):
+        run_architecture(config)
+    arch = run_architecture(config, num_classes=10)
+    assert arch == Architecture("resnet20", num_classes=10, input_shape=(3, 32, 32))
