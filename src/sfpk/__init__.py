@@ -9,6 +9,9 @@ from .api import run_pruner as run_pruner
 from .batchnorm import recalibrate_bn as recalibrate_bn
 from .config import Config as Config
 from .config import build_config as build_config
+from .costs import Costs as Costs
+from .costs import cost_summary as cost_summary
+from .costs import count as count
 from .errors import (
     CheckpointError as CheckpointError,
 )
@@ -27,6 +30,10 @@ from .errors import (
 from .errors import (
     UnknownNameError as UnknownNameError,
 )
+from .export import Architecture as Architecture
+from .export import export as export
+from .export import load_model as load_model
+from .export import read_weights as read_weights
 from .masks import Masks as Masks
 from .masks import load_masks as load_masks
 from .prunable import prunable_parameters as prunable_parameters
@@ -42,9 +49,11 @@ from .train import Trainer as Trainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "Architecture",
     "CheckpointError",
     "Config",
     "ConfigError",
+    "Costs",
     "DataError",
     "MaskMismatchError",
     "Masks",
@@ -56,12 +65,17 @@ __all__ = [
     "UnknownNameError",
     "__version__",
     "build_config",
+    "cost_summary",
+    "count",
     "create_pruner",
+    "export",
     "load_masks",
+    "load_model",
     "methods",
     "prunable_parameters",
     "prune",
     "pruner_class",
+    "read_weights",
     "run_pruner",
     "recalibrate_bn",
     "select_topk",

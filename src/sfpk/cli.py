@@ -35,6 +35,7 @@ from .config import build_config, demo_preset, load_config
 from .config_flags import add_config_flags, overrides_from_args
 from .data import list_datasets
 from .errors import ConfigError, SfpkError
+from .export import export_run
 from .models import list_models
 from .pruners import methods, pruner_class
 from .reference import native_command, translate
@@ -277,6 +278,44 @@ def _report(args: argparse.Namespace) -> int:
     path = write_report(args.runs, args.out)
     print(path.read_text(), end="")
     print(f"wrote {path} and {path.parent / 'accuracy_vs_sparsity.png'}")
+    return 0
+
+
+def _export_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="finished run directory")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for model.safetensors and masks"
+    )
+    parser.add_argument(
+        "--sparse",
+        action="store_true",
+        help="store pruned tensors compressed (kept values + bitmask or int32 indices)",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="number of classes, when the run's data set cannot be read here",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+
+
+@command(
+    "export",
+    help="write a run's pruned model as a self-describing state dict (sfpk.load_model reads it)",
+    configure=_export_flags,
+)
+def _export(args: argparse.Namespace) -> int:
+    path = export_run(
+        args.run_dir,
+        args.out,
+        sparse=args.sparse,
+        num_classes=args.num_classes,
+        overwrite=args.overwrite,
+    )
+    for file in sorted(path.parent.glob("*.safetensors")):
+        print(f"wrote {file} ({file.stat().st_size:,} bytes)")
     return 0
 
 

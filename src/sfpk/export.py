@@ -1,0 +1,336 @@
+"""Export a pruned model as a plain state dict that rebuilds itself: ``export``, ``load_model``.
+
+``export(model, masks, folder, architecture=...)`` writes into ``folder``:
+
+* ``model.safetensors``: the state dict with the masks baked in (pruned entries are exact
+  ``+0.0``; no mask keys), loadable into the plain architecture with
+  ``load_state_dict(strict=True)``. Its header (safetensors metadata ``"sfpk"``) records the
+  :class:`Architecture` (zoo model name, options, ``num_classes``, ``input_shape``), so
+  :func:`load_model` needs nothing else. With ``sparse=True`` the masked tensors are stored
+  compressed (:mod:`sfpk.sparse_files`); the round trip is bit-exact.
+* ``masks.safetensors``: the masks, in the format of :meth:`sfpk.Masks.save`.
+
+:func:`export_run` does the same for a run directory, taking the architecture from its
+``config.yaml`` and data set. The file format is described in ``docs/export.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import data, models
+from .config import Config, load_config
+from .errors import CheckpointError, ConfigError, DataError, SfpkError
+from .masks import Masks, load_masks
+from .sparse_files import read_weights_file, write_weights_file
+
+__all__ = [
+    "MODEL_FILE",
+    "MASKS_FILE",
+    "Architecture",
+    "bake",
+    "export",
+    "export_run",
+    "load_model",
+    "read_weights",
+    "run_architecture",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+MASKS_FILE = "masks.safetensors"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to rebuild a zoo model: ``sfpk.models.create(name, num_classes=..., ...)``.
+
+    Attributes:
+        name: a name of :func:`sfpk.models.list_models` (or ``tv:`` / ``timm:`` ``<name>``).
+        num_classes: number of output classes.
+        input_shape: shape of one input sample, e.g. ``(3, 32, 32)``; None for the model's
+            natural input.
+        options: the builder's options, e.g. ``{"hidden": [32]}`` for ``mlp``.
+    """
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """A freshly initialised model of this architecture (see :func:`sfpk.models.create`)."""
+        return models.create(
+            self.name, num_classes=self.num_classes, input_shape=self.input_shape, **self.options
+        )
+
+    def to_header(self) -> dict[str, Any]:
+        """This architecture as JSON-able data."""
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_header(cls, info: Any) -> Architecture:
+        """Read :meth:`to_header`'s output back (ValueError if it is malformed)."""
+        if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+            raise ValueError(f"malformed architecture record {info!r}")
+        shape = info.get("input_shape")
+        options = info.get("options") or {}
+        if not isinstance(info.get("num_classes"), int) or not isinstance(options, dict):
+            raise ValueError(f"malformed architecture record {info!r}")
+        return cls(
+            name=info["name"],
+            num_classes=info["num_classes"],
+            input_shape=None if shape is None else tuple(int(s) for s in shape),
+            options=options,
+        )
+
+
+def bake(model: nn.Module, masks: Masks | None) -> dict[str, Tensor]:
+    """The state dict of ``model`` on the CPU with ``masks`` baked in; ``model`` is unchanged.
+
+    Pruned entries become exact ``+0.0`` (``torch.where``, not a product, so no ``-0.0``).
+
+    Raises:
+        MaskMismatchError: if ``masks`` do not fit ``model``.
+    """
+    state = {n: t.detach().to("cpu").clone() for n, t in model.state_dict().items()}
+    if masks is None:
+        return state
+    masks.check_fits(model)
+    for name, mask in masks.effective_masks().items():
+        weight = state[name]
+        keep = (mask != 0).to("cpu")
+        state[name] = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
+    return state
+
+
+def _check_folder(folder: Path, *, overwrite: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"export folder {str(folder)!r} is a file")
+    if (folder / "config.yaml").is_file():
+        raise ConfigError(
+            f"{str(folder)!r} is a run directory; export into another folder so that its "
+            f"{MODEL_FILE} is not replaced"
+        )
+    if (folder / MODEL_FILE).exists() and not overwrite:
+        raise ConfigError(
+            f"{str(folder / MODEL_FILE)!r} already exists; pass overwrite=True (--overwrite)"
+        )
+
+
+def _check_architecture(architecture: Architecture, state: dict[str, Tensor]) -> None:
+    """Refuse to write a file whose architecture would not load its own weights."""
+    try:
+        architecture.build().load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"architecture {architecture.name!r} (num_classes={architecture.num_classes}, "
+            f"input_shape={architecture.input_shape}, options={architecture.options}) does not "
+            f"fit the model's state dict: {detail}"
+        ) from exc
+
+
+def export(
+    model: nn.Module,
+    masks: Masks | None,
+    path: str | os.PathLike,
+    *,
+    architecture: Architecture | None,
+    sparse: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` with ``masks`` baked in, and the masks, into the folder ``path``.
+
+    ``model`` is not changed. The architecture is checked by rebuilding it and loading the
+    weights into it (``strict=True``) before anything is written.
+
+    Args:
+        model: the (trained, pruned) model.
+        masks: its masks, or None for a dense model.
+        path: output folder; gets ``model.safetensors`` and (with masks) ``masks.safetensors``.
+        architecture: how :func:`load_model` rebuilds the model; None for a model that is not
+            from the zoo (the file then holds weights only).
+        sparse: store each masked tensor compressed (kept values + bitmask or int32
+            indices, whichever is smaller; see :mod:`sfpk.sparse_files`). Lossless.
+        overwrite: replace an existing ``model.safetensors`` in ``path``.
+
+    Returns:
+        The path of ``model.safetensors``.
+
+    Raises:
+        MaskMismatchError: the masks do not fit the model.
+        ConfigError: the architecture does not fit the weights, ``path`` is a run directory
+            or a file, or already holds a model (without ``overwrite``).
+
+    Example:
+        >>> arch = Architecture("resnet20", num_classes=10, input_shape=(3, 32, 32))
+        >>> export(model, masks, "out", architecture=arch, sparse=True)  # doctest: +SKIP
+        >>> model = load_model("out")                                     # doctest: +SKIP
+    """
+    folder = Path(path)
+    _check_folder(folder, overwrite=overwrite)
+    state = bake(model, masks)
+    if architecture is not None:
+        _check_architecture(architecture, state)
+    header: dict[str, Any] = {
+        "architecture": None if architecture is None else architecture.to_header(),
+        "method": None if masks is None else masks.method,
+        "structure": None if masks is None else masks.structure,
+        "achieved_sparsity": None if masks is None else masks.sparsity(),
+    }
+    sparse_names = set(masks.effective_masks()) if sparse and masks is not None else set()
+    folder.mkdir(parents=True, exist_ok=True)
+    if masks is not None:
+        masks.save(folder / MASKS_FILE)
+    return write_weights_file(folder / MODEL_FILE, state, header, sparse_names=sparse_names)
+
+
+def _model_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The dense state dict of an exported file (compressed or not) or a plain safetensors file.
+
+    Args:
+        path: a ``model.safetensors`` file, or the folder :func:`export` wrote.
+
+    Raises:
+        CheckpointError: missing, corrupted or foreign file.
+    """
+    return read_weights_file(_model_file(path))[0]
+
+
+def load_model(path: str | os.PathLike) -> nn.Module:
+    """Rebuild an exported model from its file alone, in eval mode.
+
+    Args:
+        path: a ``model.safetensors`` written by :func:`export`, or its folder.
+
+    Returns:
+        The model of the recorded architecture with the file's weights (and the file's
+        floating dtype, if that is not float32), in eval mode.
+
+    Raises:
+        CheckpointError: the file is missing or corrupted, records no architecture (weights
+            only) or an unknown one, or its weights do not fit that architecture.
+    """
+    file = _model_file(path)
+    state, info = read_weights_file(file)
+    if info.get("architecture") is None:
+        raise CheckpointError(
+            f"{str(file)!r} has weights only (no architecture recorded): build the model "
+            f"yourself and load them with sfpk.models.load_weights(model, path)"
+            + (
+                ", or model.load_state_dict(sfpk.read_weights(path)) for its compressed tensors"
+                if info.get("encodings")
+                else ""
+            )
+        )
+    try:
+        architecture = Architecture.from_header(info["architecture"])
+        model = architecture.build()
+    except (ValueError, SfpkError) as exc:  # UnknownNameError / ConfigError are ValueErrors
+        raise CheckpointError(f"{str(file)!r}: cannot rebuild its architecture: {exc}") from exc
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) == 1 and dtypes != {torch.float32}:
+        model.to(dtypes.pop())
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(
+            f"{str(file)!r}: the weights do not fit architecture {architecture.name!r}: {detail}"
+        ) from exc
+    return model.eval()
+
+
+def run_architecture(config: Config, *, num_classes: int | None = None) -> Architecture:
+    """The architecture of a run, from its config (and its data set, for ``num_classes``).
+
+    The model is built as :class:`sfpk.pipelines.context.Context` builds it; the number of
+    classes comes from loading the run's data set unless ``num_classes`` is given.
+
+    Raises:
+        DataError: the data set cannot be loaded here (the message suggests ``num_classes``).
+    """
+    input_shape = data.dataset_spec(config.data.dataset).input_shape
+    if num_classes is None:
+        try:
+            splits = data.load_dataset(
+                config.data.dataset,
+                data_dir=config.data.data_dir,
+                seed=config.run.seed,
+                val_fraction=config.data.val_fraction,
+                augment=False,
+            )
+        except DataError as exc:
+            raise DataError(
+                f"cannot read the run's data set to count its classes ({exc}); "
+                f"give the number of classes (--num-classes N)"
+            ) from exc
+        num_classes, input_shape = splits.num_classes, splits.input_shape
+    return Architecture(
+        name=config.model.name,
+        num_classes=num_classes,
+        input_shape=tuple(input_shape),
+        options=dict(config.model.options),
+    )
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    sparse: bool = False,
+    num_classes: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export the final model and masks of a finished run directory (see :func:`export`).
+
+    Args:
+        run_dir: a run directory with ``config.yaml`` and ``model.safetensors`` (and
+            ``masks.safetensors`` for a pruned run).
+        out: output folder (not the run directory).
+        sparse: store the masked tensors compressed.
+        num_classes: skip loading the data set to count the classes.
+        overwrite: replace an earlier export in ``out``.
+
+    Returns:
+        The path of the exported ``model.safetensors``.
+
+    Raises:
+        CheckpointError: no such run directory, no ``config.yaml`` or ``model.safetensors``,
+            or files that do not fit the run's model.
+        MaskMismatchError: the run's masks do not fit its model.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise CheckpointError(f"run directory {str(run)!r} does not exist")
+    if not (run / "config.yaml").is_file():
+        raise CheckpointError(f"{str(run)!r} is not a run directory (no config.yaml)")
+    if not (run / MODEL_FILE).is_file():
+        raise CheckpointError(
+            f"{str(run)!r} has no {MODEL_FILE}: the run has not finished "
+            f"(continue it with `sfpk resume {run}`)"
+        )
+    config = load_config(run / "config.yaml", check_paths=False)
+    architecture = run_architecture(config, num_classes=num_classes)
+    model = models.load_weights(architecture.build(), run / MODEL_FILE)
+    masks = load_masks(run / MASKS_FILE, model) if (run / MASKS_FILE).is_file() else None
+    return export(model, masks, out, architecture=architecture, sparse=sparse, overwrite=overwrite)
