@@ -23,6 +23,7 @@ from .. import distributed
 from ..errors import ConfigError
 from ..schedules import finetune_lr, oneshot_lr, per_round, resolve_lr_min, round_lr
 from .context import Context
+from ..costs import cost_summary
 from .phases import best_record, dense_phase, pretrain_phase, prune_round, train_phase
 
 __all__ = ["run_pretrain", "run_oneshot", "run_iterative", "summarize"]
@@ -148,6 +149,7 @@ def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, An
         "seconds": ctx.seconds(),
         "seed": cfg.run.seed,
         "per_layer": masks.layer_report() if masks is not None else None,
+        **cost_summary(ctx.model, masks, ctx.splits.input_shape),
     }
     return summary
 
