@@ -20,10 +20,10 @@ from functools import partial
 from typing import Any, Literal
 
 from .. import distributed
+from ..costs import cost_summary
 from ..errors import ConfigError
 from ..schedules import finetune_lr, oneshot_lr, per_round, resolve_lr_min, round_lr
 from .context import Context
-from ..costs import cost_summary
 from .phases import best_record, dense_phase, pretrain_phase, prune_round, train_phase
 
 __all__ = ["run_pretrain", "run_oneshot", "run_iterative", "summarize"]
