@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, UnknownNameError
 
 __all__ = [
     "FilterFn",
@@ -68,7 +68,7 @@ def check_structure(structure: str) -> str:
     """``structure`` if it is a known structure, else a ConfigError naming the choices."""
     if structure in STRUCTURES[:3] or parse_nm(structure) is not None:
         return structure
-    raise ConfigError(f"structure={structure!r}; {_STRUCTURE_CHOICES}")
+    raise UnknownNameError("structure", structure, [*STRUCTURES[:3], "N:M (e.g. 2:4)"])
 
 
 def eligible_for(structure: Structure, name: str, shape: Sequence[int]) -> bool:
