@@ -290,3 +290,69 @@ def test_config_checks_does_not_import_config():
     import sfpk.config_checks
 
     assert "config" not in _sfpk_imports(sfpk.config_checks)
+
+
+# -- data options and language-model data ---------------------------------------------------
+
+
+def test_data_option_flags_merge_with_yaml_like_model_options(tmp_path, tiny):
+    """--data-option KEY=VALUE (parsed as YAML) merges key-wise into data.options."""
+    path = _yaml(tmp_path, {"data": {"dataset": "tinytext", "options": {"block_size": 32}}})
+    args = build_parser().parse_args(
+        ["oneshot", "--data-option", "splits=[0.8,0.1,0.1]", "--data-option", "num_chars=5000"]
+    )
+    overrides = overrides_from_args(args)
+    config = build_config("oneshot", yaml_path=path, overrides=overrides)
+    assert config.data.options == {"block_size": 32, "splits": [0.8, 0.1, 0.1], "num_chars": 5000}
+
+
+def test_unknown_data_option_names_the_accepted_options(tiny):
+    """A typo in data.options fails at config time with the data set's options."""
+    with pytest.raises(ConfigError, match="blocksize.*block_size"):
+        build_config("oneshot", overrides={**tiny, "data.dataset": "tinytext",
+                                           "data.options": {"blocksize": 8}})  # fmt: skip
+    with pytest.raises(ConfigError, match="digits.*no options"):
+        build_config("oneshot", overrides={**tiny, "data.options": {"block_size": 8}})
+
+
+def test_text_path_and_tokenizer_path_are_frozen_absolute(tmp_path, tiny, monkeypatch):
+    """A resume from another folder must read the same text and tokenizer."""
+    monkeypatch.chdir(tmp_path)
+    Path("corpus.txt").write_text("hello " * 100)
+    Path("tok.json").write_text("{}")
+    options = {"tokenizer": "tok.json"}
+    overrides = {**tiny, "data.dataset": "text:corpus.txt", "data.options": options}
+    config = build_config("oneshot", overrides=overrides)
+    assert config.data.dataset == f"text:{tmp_path / 'corpus.txt'}"
+    assert config.data.options["tokenizer"] == str(tmp_path / "tok.json")
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").data == config.data
+
+
+def test_missing_text_path_is_a_config_error_before_any_work(tmp_path, tiny):
+    """Like a missing checkpoint: refused while building the config."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config("oneshot", overrides={**tiny, "data.dataset": f"text:{tmp_path / 'no.txt'}"})
+
+
+def test_hf_model_lends_its_folder_as_the_default_tokenizer(tmp_path, tiny, monkeypatch):
+    """hf:<folder> without a tokenizer option tokenizes with that folder; bytes otherwise."""
+    import sfpk.config as config_module
+
+    monkeypatch.setattr(config_module, "check_model", lambda name: None)  # hf: lands elsewhere
+    folder = tmp_path / "gpt"
+    folder.mkdir()
+    base = {**tiny, "data.dataset": "tinytext"}
+    config = build_config("oneshot", overrides={**base, "model.name": f"hf:{folder}"})
+    assert config.data.options == {"tokenizer": str(folder)}
+    given = {**base, "model.name": f"hf:{folder}", "data.options": {"tokenizer": "bytes"}}
+    assert build_config("oneshot", overrides=given).data.options == {"tokenizer": "bytes"}
+    assert build_config("oneshot", overrides=base).data.options == {}
+
+
+def test_tuple_data_options_are_saved_as_yaml_lists(tmp_path, tiny):
+    """config.yaml must load back: an API caller's tuple becomes a list."""
+    overrides = {**tiny, "data.dataset": "tinytext", "data.options": {"splits": (0.8, 0.1, 0.1)}}
+    config = build_config("oneshot", overrides=overrides)
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").data.options == {"splits": [0.8, 0.1, 0.1]}

@@ -56,6 +56,7 @@ def test_list_datasets_is_the_documented_set() -> None:
         "imagenet",
         "mnist1d",
         "tiny_imagenet",
+        "tinytext",
     ]
 
 
@@ -82,17 +83,17 @@ def test_unknown_dataset_lists_every_choice() -> None:
     """The error carries the whole registry, so the CLI and config can show what exists."""
     with pytest.raises(UnknownNameError) as info:
         dataset_spec("cifar1000")
-    assert info.value.choices == list_datasets()
+    assert info.value.choices == sorted([*list_datasets(), "text:<path>"])
     assert all(name in str(info.value) for name in list_datasets())
 
 
 def test_embedded_datasets_come_from_the_registry() -> None:
     """The data sets needing no data directory are the registry's, not a list kept elsewhere."""
-    assert embedded_datasets() == ["digits", "mnist1d"]
+    assert embedded_datasets() == ["digits", "mnist1d", "tinytext"]
     assert sorted(set(list_datasets()) - set(embedded_datasets())) == sorted(ON_DISK)
 
 
-@pytest.mark.parametrize("name", ["digits", "mnist1d"])
+@pytest.mark.parametrize("name", ["digits", "mnist1d", "tinytext"])
 def test_registered_input_shape_matches_the_loaded_data(name: str) -> None:
     """The shape the registry states (used before loading, e.g. by `sfpk reference`) is true."""
     assert load_dataset(name).input_shape == dataset_spec(name).input_shape

@@ -128,3 +128,39 @@ def test_runs_of_different_settings_are_not_averaged_as_seeds():
     ]
     rows = {r["method"]: r["mean"] for r in summarize_runs(summaries)}
     assert rows == {"mag (digits)": 0.8, "mag (mnist1d)": 0.4}
+
+
+def _lm_summary(run_dir, *, method, seed, ppl, acc=0.5):
+    return {"pipeline": "oneshot", "dataset": "tinytext", "model": "lm", "method": method,
+            "task": "language_model", "sparsity": 0.5, "achieved_sparsity": 0.5, "seed": seed,
+            "final_test_acc": acc, "final_test_ppl": ppl + 1.0, "last_k_mean_test_ppl": ppl,
+            "_run_dir": run_dir}  # fmt: skip
+
+
+def test_language_model_runs_report_their_test_perplexity():
+    """LM rows carry mean/std perplexity (last-k first, as for accuracy); others None."""
+    summaries = [
+        _lm_summary("a", method="sfpk", seed=0, ppl=4.0),
+        _lm_summary("b", method="sfpk", seed=1, ppl=6.0),
+    ]
+    (row,) = summarize_runs(summaries)
+    assert row["ppl_mean"] == pytest.approx(5.0) and row["ppl_std"] == pytest.approx(2**0.5)
+    assert row["mean"] == pytest.approx(0.5)  # token accuracy stays the accuracy column
+    classification = {"method": "mag", "sparsity": 0.5, "seed": 0, "final_test_acc": 0.9,
+                      "_run_dir": "c"}  # fmt: skip
+    assert summarize_runs([classification])[0]["ppl_mean"] is None
+
+
+def test_report_table_has_a_perplexity_column_only_with_language_model_runs(tmp_path):
+    """Image reports keep their five columns; an LM run adds perplexity (mean ± std)."""
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    summary = _lm_summary(str(lm), method="snip", seed=0, ppl=3.25)
+    del summary["_run_dir"]
+    (lm / "summary.json").write_text(json.dumps(summary))
+    text = write_report([lm], tmp_path / "report").read_text()
+    assert "perplexity (mean ± std) |" in text.splitlines()[0]
+    assert "|---|---|---|---|---|---|" in text
+    assert "| snip | 0.5000 | 0.5000 | 0 | 50.00 ± 0.00 % | 3.250 ± 0.000 |" in text
+    image = _fake_run(tmp_path, "img", method="mag", sparsity=0.9, seed=0, acc=0.7)
+    assert "perplexity" not in write_report([image], tmp_path / "report2").read_text()

@@ -159,6 +159,14 @@ def test_summary_json_holds_plain_values_for_tensor_numpy_and_path_scalars(tmp_p
     assert not path.with_name("summary.json.tmp").exists()
 
 
+def test_summary_json_holds_multi_element_tensors_and_arrays_as_lists(tmp_path):
+    """A per-round tensor or array in the summary becomes a JSON list (item() would raise)."""
+    run = Run.create(_config(tmp_path / "run"))
+    summary = {"ppl": torch.tensor([2.0, 3.5]), "counts": np.array([[1, 2], [3, 4]])}
+    path = run.write_summary(summary)
+    assert json.loads(path.read_text()) == {"ppl": [2.0, 3.5], "counts": [[1, 2], [3, 4]]}
+
+
 def test_weights_masks_and_checkpoints_land_inside_the_run(tmp_path):
     """Relative paths are taken inside the run folder, whatever the working directory."""
     run = Run.create(_config(tmp_path / "run"))

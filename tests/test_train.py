@@ -8,6 +8,7 @@ from torch import nn
 
 import sfpk
 from sfpk.errors import ConfigError, SfpkError
+from sfpk.losses import next_token_loss
 from sfpk.train import OptimizerConfig, Trainer, make_optimizer, select_device
 
 CPU = torch.device("cpu")
@@ -140,3 +141,72 @@ def test_select_device():
     assert select_device("cpu") == CPU
     with pytest.raises(ConfigError):
         select_device("tpu-ish")
+
+
+# -- language models ----------------------------------------------------------------------
+
+
+class _TokenModel(nn.Module):
+    """Embedding + linear head: logits [B, T, V] for token ids [B, T]."""
+
+    def __init__(self, vocab: int = 6) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(vocab, 8)
+        self.head = nn.Linear(8, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids))
+
+
+def _token_batches(sizes: list[int], length: int = 5, vocab: int = 6):
+    g = torch.Generator().manual_seed(3)
+
+    def tokens(batch: int) -> torch.Tensor:
+        return torch.randint(0, vocab, (batch, length), generator=g)
+
+    return [(tokens(b), tokens(b)) for b in sizes]
+
+
+def test_language_model_perplexity_is_exp_of_the_token_weighted_mean_loss():
+    """Unequal batches (3, 1, 2 sequences) weigh by their tokens, not one per batch."""
+    model, batches = _TokenModel(), _token_batches([3, 1, 2])
+    result = Trainer(model, OptimizerConfig(), device=CPU, progress=False, task="language_model")
+    evaluated = result.evaluate(batches)
+    with torch.no_grad():
+        logits = torch.cat([model(x) for x, _ in batches]).reshape(-1, 6)
+        targets = torch.cat([y for _, y in batches]).reshape(-1)
+    token_loss = nn.functional.cross_entropy(logits, targets).item()
+    with torch.no_grad():
+        batch_mean = sum(next_token_loss(model(x), y).item() for x, y in batches) / len(batches)
+    assert evaluated.loss == pytest.approx(token_loss, rel=1e-6)
+    assert evaluated.loss != pytest.approx(batch_mean, rel=1e-6)  # the sizes matter here
+    assert evaluated.perplexity == pytest.approx(torch.tensor(token_loss).exp().item(), rel=1e-6)
+    accuracy = (logits.argmax(1) == targets).float().mean().item()
+    assert evaluated.top1 == pytest.approx(accuracy)
+
+
+def test_language_model_training_reports_token_weighted_loss_and_accuracy():
+    """train_epoch averages over the 6 * 5 tokens it saw and lowers the next-token loss."""
+    model, batches = _TokenModel(), _token_batches([3, 1, 2])
+    trainer = Trainer(
+        model, OptimizerConfig(optimizer="adam"), device=CPU, progress=False, task="language_model"
+    )
+    before = trainer.evaluate(batches).loss
+    for _ in range(20):
+        result = trainer.train_epoch(batches, lr=0.05)
+    assert trainer.evaluate(batches).loss < before
+    assert 0.0 <= result.acc <= 1.0 and result.acc * 30 == pytest.approx(round(result.acc * 30))
+
+
+def test_classifier_output_under_the_language_model_task_fails_clearly():
+    """A [B, C] classifier on an LM data set is a configuration mistake, not a broadcast."""
+    trainer = Trainer(_model(), OptimizerConfig(), device=CPU, task="language_model")
+    with pytest.raises(SfpkError, match=r"\[B, T, V\]"):
+        trainer.evaluate(_data(n=8))
+
+
+def test_unknown_task_is_refused():
+    """The task names the loss; a typo must not fall back to classification."""
+    with pytest.raises(ConfigError, match="language_model"):
+        Trainer(_model(), OptimizerConfig(), device=CPU, task="lm")

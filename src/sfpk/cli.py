@@ -33,7 +33,7 @@ from typing import Any
 from . import distributed, pipelines
 from .config import build_config, demo_preset, load_config
 from .config_flags import add_config_flags, overrides_from_args
-from .data import list_datasets
+from .data import dataset_prefixes, list_datasets
 from .errors import ConfigError, SfpkError
 from .export import export_run
 from .models import list_models
@@ -153,6 +153,10 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f} %"
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _print_summary(out: str, summary: dict[str, Any]) -> None:
     rows = [("run", out)]
     if summary.get("method") is not None:
@@ -178,6 +182,15 @@ def _print_summary(out: str, summary: dict[str, Any]) -> None:
             f", total {summary['seconds']:.1f}",
         ),
     ]
+    if summary.get("task") == "language_model":  # accuracies above are per token
+        rows += [
+            (f"{label} test ppl", _number(summary.get(f"{key}_test_ppl")))
+            for label, key in (
+                ("dense", "dense"), ("pruned", "pruned"), ("final", "final"),
+                (f"last-{summary['last_k']} mean", "last_k_mean"), ("best-val", "best_val"),
+            )
+            if summary.get(f"{key}_test_ppl") is not None
+        ]  # fmt: skip
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
@@ -222,7 +235,7 @@ def _models(args: argparse.Namespace) -> int:
 
 @command("datasets", help="list the data sets")
 def _datasets(args: argparse.Namespace) -> int:
-    print("\n".join(list_datasets()))
+    print("\n".join([*list_datasets(), *(f"{p}:<file or folder>" for p in dataset_prefixes())]))
     return 0
 
 

@@ -36,7 +36,7 @@ from .config_checks import (
     check_model,
 )
 from .config_layers import from_dict, merge, nest, read_yaml
-from .data import embedded_datasets
+from .data import dataset_argument, dataset_spec
 from .errors import ConfigError, check_choice, check_fraction, check_positive
 from .masks import SCOPES, Scope
 from .prunable import Structure, check_structure
@@ -65,7 +65,8 @@ __all__ = [
 
 Pipeline = Literal["pretrain", "oneshot", "iterative"]
 PIPELINES: tuple[str, ...] = typing.get_args(Pipeline)
-_OPTION_DICTS = {("model", "options"), ("prune", "options")}  # merged key-wise, free keys
+# merged key-wise, free keys
+_OPTION_DICTS = {("data", "options"), ("model", "options"), ("prune", "options")}
 
 
 def _knob(default: Any = None, help: str = "", *, flag: str | None = None, factory: Any = None):
@@ -80,12 +81,22 @@ def _knob(default: Any = None, help: str = "", *, flag: str | None = None, facto
 class DataConfig:
     """Which data set, where, and how it is split and loaded."""
 
-    dataset: str = _knob("cifar100", "data set name (sfpk datasets)", flag="data")
+    dataset: str = _knob(
+        "cifar100", "data set name (sfpk datasets), or text:<file or folder>", flag="data"
+    )
     data_dir: str | None = _knob(None, "folder of on-disk data sets (default $SFPK_DATA)")
     num_workers: int = _knob(0, "DataLoader worker processes")
-    val_fraction: float = _knob(0.1, "fraction of the training split held out for validation")
+    val_fraction: float = _knob(
+        0.1, "fraction of the training split held out for validation (text: see splits)"
+    )
     augment: bool = _knob(True, "training augmentation (image data sets)")
     eval_batch_size: int = _knob(256, "batch size of validation / test evaluation")
+    options: dict[str, Any] = _knob(
+        help="data set option, e.g. block_size=256, tokenizer=PATH, splits=[0.9,0.05,0.05] "
+        "(repeatable; text data sets, docs/data.md)",
+        flag="data-option",
+        factory=dict,
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -353,32 +364,66 @@ def build_config(
     # reads) names the same files whatever the working directory of the resume.
     if config.model.checkpoint is not None:
         config.model.checkpoint = os.path.abspath(os.path.expanduser(config.model.checkpoint))
-    # $SFPK_DATA is frozen into the config for the same reason: a resume in another
-    # environment must read the data the run started with.
-    data_dir = config.data.data_dir or os.environ.get("SFPK_DATA") or None
-    if data_dir is not None and config.data.dataset.lower() not in embedded_datasets():
-        config.data.data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    _resolve_data(config)
     validate(config, check_paths=check_paths)
     return config
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _resolve_data(config: Config) -> None:
+    """Freeze the data paths of ``config`` and default a language model's tokenizer.
+
+    A resume in another working directory or environment must read the data the run
+    started with: ``text:<path>``, a tokenizer path and ``$SFPK_DATA`` (on-disk data sets)
+    become absolute. A language-model data set without a ``tokenizer`` option uses the
+    model's own for ``hf:<folder or id>`` models (else the data set's default, bytes).
+    """
+    data = config.data
+    spec = dataset_spec(data.dataset)
+    argument = dataset_argument(data.dataset)
+    if argument is not None:
+        data.dataset = f"{spec.name}:{_absolute(argument)}"
+    data_dir = data.data_dir or os.environ.get("SFPK_DATA") or None
+    if data_dir is not None and spec.on_disk:
+        data.data_dir = _absolute(data_dir)
+    # YAML has no tuples; config.yaml must read back as it was written.
+    data.options = {k: list(v) if isinstance(v, tuple) else v for k, v in data.options.items()}
+    if spec.task != "language_model" or "tokenizer" not in spec.options():
+        return
+    tokenizer = data.options.get("tokenizer")
+    model = config.model.name
+    if tokenizer is None and model.lower().startswith("hf:"):
+        tokenizer = model.split(":", 1)[1]
+    if isinstance(tokenizer, str) and os.path.exists(os.path.expanduser(tokenizer)):
+        tokenizer = _absolute(tokenizer)
+    if tokenizer is not None:
+        data.options["tokenizer"] = tokenizer
 
 
 def validate(config: Config, *, check_paths: bool = True) -> None:
     """Check what a config cannot check alone: names, device and paths against the world.
 
-    The values themselves were checked when the config was built; this looks the data set,
-    the model and the method (with its options) up in their registries, asks torch for the
-    device and, with ``check_paths``, checks that ``model.checkpoint`` and ``data.data_dir``
-    exist.
+    The values themselves were checked when the config was built; this looks the data set
+    and the model up in their registries, the method and the data set with their options,
+    asks torch for the device and, with ``check_paths``, checks that ``model.checkpoint``,
+    ``data.data_dir`` and the path of ``text:<path>`` exist.
 
     Raises:
         ConfigError: the first failing check (UnknownNameError for an unknown name).
     """
-    check_dataset(config.data.dataset)
+    check_dataset(config.data.dataset, config.data.options)
     check_model(config.model.name)
     check_method(config.prune.method, config.prune.options)
     check_device(config.run.device)
     if check_paths:
-        check_input_paths(checkpoint=config.model.checkpoint, data_dir=config.data.data_dir)
+        check_input_paths(
+            checkpoint=config.model.checkpoint,
+            data_dir=config.data.data_dir,
+            data_path=dataset_argument(config.data.dataset),
+        )
 
 
 def load_config(path: str | Path, *, check_paths: bool = True) -> Config:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .data import dataset_spec
+from .data import check_dataset_options
 from .errors import ConfigError
 from .models import is_external, model_builder
 from .pruners import create_pruner
@@ -28,9 +28,10 @@ __all__ = [
 ]
 
 
-def check_dataset(name: str) -> None:
-    """Raise UnknownNameError unless ``name`` is a registered data set."""
-    dataset_spec(name)
+def check_dataset(name: str, options: Mapping[str, Any] | None = None) -> None:
+    """Raise UnknownNameError unless ``name`` is a registered data set (or ``text:<path>``),
+    ConfigError if it does not accept every key of ``options`` (``data.options``)."""
+    check_dataset_options(name, options or {})
 
 
 def check_model(name: str) -> None:
@@ -53,9 +54,14 @@ def check_device(name: str) -> None:
     select_device(name)
 
 
-def check_input_paths(*, checkpoint: str | None, data_dir: str | None) -> None:
-    """Raise ConfigError if the dense weights file or the data directory is missing."""
+def check_input_paths(
+    *, checkpoint: str | None, data_dir: str | None, data_path: str | None = None
+) -> None:
+    """Raise ConfigError if the dense weights file, the data directory or the text file or
+    folder of ``text:<data_path>`` is missing."""
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ConfigError(f"model.checkpoint={checkpoint!r} does not exist")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise ConfigError(f"data.data_dir={data_dir!r} is not a directory")
+    if data_path is not None and not Path(data_path).exists():
+        raise ConfigError(f"data.dataset: {data_path!r} does not exist (text file or folder)")

@@ -2,7 +2,8 @@
 
 ``sfpk report RUN [RUN ...] -o OUT`` groups runs by (method, sparsity), averages their
 accuracy over seeds and writes ``OUT/report.md``, ``OUT/report.csv`` and
-``OUT/accuracy_vs_sparsity.png``.
+``OUT/accuracy_vs_sparsity.png``. Language-model runs also get their test perplexity
+(mean ± std over seeds) in a perplexity column; their accuracy is the token accuracy.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 from .errors import CheckpointError
 from .plots import plot_accuracy_vs_sparsity
 
-__all__ = ["load_summaries", "summarize_runs", "write_report", "ACCURACY_KEYS"]
+__all__ = ["load_summaries", "summarize_runs", "write_report", "ACCURACY_KEYS", "PERPLEXITY_KEYS"]
 
 # Preferred accuracy figure first: the paper's protocol (mean of the last k fine-tune epochs).
 ACCURACY_KEYS = ("last_k_mean_test_acc", "final_test_acc", "best_val_test_acc")
+# The same preference for the perplexity of language-model runs.
+PERPLEXITY_KEYS = ("last_k_mean_test_ppl", "final_test_ppl", "best_val_test_ppl")
 
 
 def load_summaries(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -45,20 +48,32 @@ def load_summaries(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]
     return summaries
 
 
-def _accuracy(summary: dict[str, Any]) -> float:
-    for key in ACCURACY_KEYS:
+def _first(summary: dict[str, Any], keys: tuple[str, ...], what: str) -> float:
+    for key in keys:
         if summary.get(key) is not None:
             return float(summary[key])
-    raise CheckpointError(
-        f"summary of {summary['_run_dir']!r} has none of the accuracy fields {ACCURACY_KEYS}"
-    )
+    raise CheckpointError(f"summary of {summary['_run_dir']!r} has none of the {what} {keys}")
+
+
+def _accuracy(summary: dict[str, Any]) -> float:
+    return _first(summary, ACCURACY_KEYS, "accuracy fields")
+
+
+def _is_language_model(summary: dict[str, Any]) -> bool:
+    return summary.get("task") == "language_model"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (method, sparsity): seeds, number of runs, mean and std accuracy.
 
     When the runs span several data sets, models or pruning pipelines, those that differ are
-    part of the method label, so only seeds of the same experiment are averaged.
+    part of the method label, so only seeds of the same experiment are averaged. Rows of
+    language-model runs also hold ``ppl_mean`` and ``ppl_std`` (test perplexity); other
+    rows hold None there.
     """
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     keys = [k for k in ("dataset", "model") if len({str(s.get(k)) for s in summaries}) > 1]
@@ -73,21 +88,47 @@ def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[(method, round(float(sparsity), 6))].append(summary)
     rows = []
     for (method, sparsity), runs in sorted(groups.items()):
-        accs = [_accuracy(r) for r in runs]
+        mean, std = _mean_std([_accuracy(r) for r in runs])
+        ppl_mean = ppl_std = None
+        if all(_is_language_model(r) for r in runs):
+            ppls = [_first(r, PERPLEXITY_KEYS, "perplexity fields") for r in runs]
+            ppl_mean, ppl_std = _mean_std(ppls)
         rows.append(
             {
                 "method": method,
                 "sparsity": sparsity,
                 "runs": len(runs),
                 "seeds": sorted({r.get("seed") for r in runs if r.get("seed") is not None}),
-                "mean": statistics.fmean(accs),
-                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "mean": mean,
+                "std": std,
                 "achieved_sparsity": statistics.fmean(
                     float(r.get("achieved_sparsity") or sparsity) for r in runs
                 ),
+                "ppl_mean": ppl_mean,
+                "ppl_std": ppl_std,
             }
         )
     return rows
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    """The Markdown table; a perplexity column when any row is a language model's."""
+    with_ppl = any(r["ppl_mean"] is not None for r in rows)
+    header = "| method | sparsity | achieved | seeds | accuracy (mean ± std) |"
+    if with_ppl:
+        header += " perplexity (mean ± std) |"
+    lines = [header, "|---" * header.count(" |") + "|"]
+    for r in rows:
+        seeds = ", ".join(str(s) for s in r["seeds"]) or "-"
+        line = (
+            f"| {r['method']} | {r['sparsity']:.4f} | {r['achieved_sparsity']:.4f} | {seeds} "
+            f"| {100 * r['mean']:.2f} ± {100 * r['std']:.2f} % |"
+        )
+        if with_ppl:
+            ppl = r["ppl_mean"]
+            line += " - |" if ppl is None else f" {ppl:.3f} ± {r['ppl_std']:.3f} |"
+        lines.append(line)
+    return lines
 
 
 def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
@@ -95,16 +136,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     rows = summarize_runs(load_summaries(run_dirs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "| method | sparsity | achieved | seeds | accuracy (mean ± std) |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        seeds = ", ".join(str(s) for s in r["seeds"]) or "-"
-        lines.append(
-            f"| {r['method']} | {r['sparsity']:.4f} | {r['achieved_sparsity']:.4f} | {seeds} "
-            f"| {100 * r['mean']:.2f} ± {100 * r['std']:.2f} % |"
-        )
+    lines = _table(rows)
     md = out / "report.md"
     md.write_text("\n".join(lines) + "\n")
     with (out / "report.csv").open("w", newline="") as handle:

@@ -4,6 +4,7 @@ Layout of ``--out DIR`` (design.md, "A Run directory is self-describing")::
 
     config.yaml          the fully resolved config (what `sfpk resume DIR` reads back)
     metrics.csv          one row per epoch / pruning round, appended and flushed as it goes
+                         (val_ppl / test_ppl: perplexities, language-model runs only)
     checkpoints/         the latest checkpoint (see sfpk.checkpoint), best dense weights
     dense.safetensors    the dense (pretrained, best-on-validation) model, when pretrained here
     model.safetensors    the final model (pruned weights are exact zeros)
@@ -54,8 +55,20 @@ METRIC_COLUMNS = (
     "val_acc",
     "test_loss",
     "test_acc",
+    "val_ppl",
+    "test_ppl",
     "sparsity",
     "seconds",
+)
+
+_TENSORBOARD_COLUMNS = (
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_acc",
+    "val_ppl",
 )
 
 
@@ -182,7 +195,7 @@ class Run:
             handle.flush()
         if self._tensorboard is not None:
             tag = f"{row.get('phase')}"
-            for column in ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc"):
+            for column in _TENSORBOARD_COLUMNS:
                 value = row.get(column)
                 if isinstance(value, int | float):
                     self._tensorboard.add_scalar(f"{tag}/{column}", value, self._tb_step)
@@ -283,10 +296,12 @@ def _format(value: Any) -> Any:
 
 
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
+    # tolist() first: it turns a tensor or array of any size into (nested) Python numbers
+    # (a scalar one into a number), while item() raises on more than one element.
     if hasattr(value, "tolist"):
         return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
     return str(value)
 
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from .errors import ConfigError, SfpkError, check_choice, check_positive
+from .losses import TASKS, Task, flatten_for_task, perplexity, task_loss
 from .masks import Masks
 
 __all__ = [
@@ -123,7 +123,10 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Mean training loss (with label smoothing) and top-1 accuracy of one epoch."""
+    """Mean training loss (with label smoothing) and top-1 accuracy of one epoch.
+
+    For language models both are per token (token-weighted over the epoch).
+    """
 
     loss: float
     acc: float
@@ -131,11 +134,20 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean cross-entropy, top-1 and top-5 accuracy (fractions in [0, 1]) on a split."""
+    """Mean cross-entropy, top-1 and top-5 accuracy (fractions in [0, 1]) on a split.
+
+    For language models every token counts once: ``loss`` is the token-weighted mean
+    next-token loss and ``top1`` the token accuracy, whatever the batch sizes.
+    """
 
     loss: float
     top1: float
     top5: float
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(loss)``: the perplexity of a language model on the split."""
+        return perplexity(self.loss)
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -182,6 +194,10 @@ class Trainer:
         device: where to compute.
         masks: pruning masks to keep applied, or None for dense training.
         progress: show a tqdm bar per epoch (only when stderr is a terminal).
+        task: ``"classification"`` (logits ``[B, C]``, cross-entropy) or
+            ``"language_model"`` (logits ``[B, T, V]``, :func:`sfpk.losses.next_token_loss`;
+            accuracy and loss are per token). The data set declares it
+            (:attr:`sfpk.data.DataSplits.task`).
 
     Example:
         >>> trainer = Trainer(model, OptimizerConfig(), device=torch.device("cpu"))
@@ -197,7 +213,11 @@ class Trainer:
         device: torch.device,
         masks: Masks | None = None,
         progress: bool = True,
+        task: Task = "classification",
     ) -> None:
+        check_choice("task", task, TASKS)
+        self.task = task
+        self.loss_fn = task_loss(task)
         self.model = model.to(device)
         self.options = options
         self.device = device
@@ -260,7 +280,7 @@ class Trainer:
         for index, batch in enumerate(bar):
             inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
             logits = self.model(inputs)
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.options.label_smoothing)
+            loss = self.loss_fn(logits, targets, label_smoothing=self.options.label_smoothing)
             value = loss.item()  # one device sync per batch, reused below
             if not math.isfinite(value):
                 raise SfpkError(f"training loss became {value} at batch {index} ({desc})")
@@ -269,7 +289,8 @@ class Trainer:
             (loss / group_size).backward()
             if index - group_start + 1 == group_size:
                 self._step()
-            total_loss += value * len(targets)
+            logits, targets = flatten_for_task(self.task, logits.detach(), targets)
+            total_loss += value * len(targets)  # per token for language models
             correct += int((logits.argmax(1) == targets).sum())
             seen += len(targets)
         if self._has_pending_grads():  # an unsized iterable ended inside a group
@@ -283,13 +304,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Batch]) -> EvalResult:
-        """Mean cross-entropy, top-1 and top-5 accuracy of the model (eval mode) on ``loader``."""
+        """Mean loss, top-1 and top-5 accuracy of the model (eval mode) on ``loader``.
+
+        Sums over items (tokens for language models) and divides once at the end, so
+        batches of unequal size weigh by their size.
+        """
         self.model.eval()
         total_loss, top1, top5, seen = 0.0, 0, 0, 0
         for batch in loader:
             inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
             logits = self.model(inputs)
-            total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+            total_loss += self.loss_fn(logits, targets, reduction="sum").item()
+            logits, targets = flatten_for_task(self.task, logits, targets)
             k = min(5, logits.shape[1])
             ranked = logits.topk(k, dim=1).indices
             hits = ranked == targets.unsqueeze(1)

@@ -2,7 +2,10 @@
 
 Conventions used by every data set in :mod:`sfpk.data`:
 
-* an item is ``(x, y)`` with ``x`` a float32 tensor and ``y`` an int64 scalar tensor;
+* an item is ``(x, y)``: for classification data sets (``task="classification"``) ``x`` is
+  a float32 tensor and ``y`` an int64 scalar tensor; for language-model data sets
+  (``task="language_model"``, :mod:`sfpk.data.text`) both are int64 token ids ``[T]``,
+  ``y`` being ``x`` shifted by one token;
 * ``train`` and ``val`` are disjoint parts of the official training split (``val`` uses the
   evaluation transform and serves model selection); ``test`` is the official test split,
   untouched;
@@ -24,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
+from ..losses import Task
 
 __all__ = [
     "DataSplits",
@@ -48,8 +52,12 @@ class DataSplits:
         val: Held-out part of the official train split, with evaluation transforms; used for
             model selection.
         test: The official test split, with evaluation transforms.
-        num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
-        input_shape: Shape of one input sample, e.g. ``(40,)`` or ``(3, 32, 32)``.
+        num_classes: Number of classes; labels are ``0 .. num_classes - 1``. For a
+            language-model data set, the vocabulary size (targets are token ids).
+        input_shape: Shape of one input sample, e.g. ``(40,)`` or ``(3, 32, 32)``; for a
+            language-model data set ``(block_size,)``.
+        task: ``"classification"`` or ``"language_model"``: which loss and metrics apply
+            (:mod:`sfpk.losses`).
     """
 
     name: str
@@ -58,6 +66,12 @@ class DataSplits:
     test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    task: Task = "classification"
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The vocabulary size of a language-model data set (``num_classes``); else None."""
+        return self.num_classes if self.task == "language_model" else None
 
 
 class ArrayDataset(Dataset):

@@ -17,6 +17,7 @@ rank 0 writes files (:class:`sfpk.run.Run`) and shows progress bars.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,12 +29,13 @@ from torch.utils.data import DataLoader, Subset
 from .. import data as data_module
 from .. import distributed, models
 from ..checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from ..losses import Task, task_loss
 from ..masks import Masks
 from ..run import Run
-from ..train import EvalResult, Trainer, select_device
+from ..train import EvalResult, OptimizerConfig, Trainer, select_device
 
-__all__ = ["Progress", "Context"]
+__all__ = ["Progress", "Context", "model_options"]
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +93,15 @@ class Context:
             seed=self.seed,
             val_fraction=cfg.data.val_fraction,
             augment=cfg.data.augment,
+            **cfg.data.options,
         )
+        self.task: Task = self.splits.task
+        self.loss_fn = task_loss(self.task)
         self.model = models.create(
             cfg.model.name,
             num_classes=self.splits.num_classes,
             input_shape=self.splits.input_shape,
-            **cfg.model.options,
+            **model_options(cfg.model.name, cfg.model.options, self.splits),
         )
         if cfg.model.checkpoint is not None:
             models.load_weights(self.model, cfg.model.checkpoint)
@@ -170,9 +175,20 @@ class Context:
             num_workers=self.config.data.num_workers,
         )
 
+    def trainer(self, options: OptimizerConfig, *, masks: Masks | None = None) -> Trainer:
+        """A Trainer of the model for this run's task (loss and metrics by data set)."""
+        return Trainer(
+            self.model,
+            options,
+            device=self.device,
+            masks=masks,
+            progress=self.show_progress,
+            task=self.task,
+        )
+
     def evaluate(self) -> tuple[EvalResult, EvalResult]:
         """Validation and test results of the current model."""
-        trainer = Trainer(self.model, self.config.train, device=self.device)
+        trainer = self.trainer(self.config.train)
         return trainer.evaluate(self.val_loader), trainer.evaluate(self.test_loader)
 
     # -- bookkeeping --------------------------------------------------------------------
@@ -201,6 +217,36 @@ class Context:
         """The saved in-progress state of phase ``key``, if the run stopped inside it."""
         current = self.progress.current
         return current if current is not None and current.get("key") == key else None
+
+
+def model_options(
+    name: str, options: dict[str, Any], splits: data_module.DataSplits
+) -> dict[str, Any]:
+    """The model builder's options, with the vocabulary size of a language-model data set.
+
+    ``num_classes`` is always the data set's (for language models: the vocabulary size).
+    A registered builder that takes ``vocab_size`` also gets it as that option, unless the
+    config sets it; a set value smaller than the vocabulary is refused (token ids would
+    index past the embedding). External models (``hf:``, ``tv:``) get only ``num_classes``:
+    their vocabulary is their own.
+
+    Raises:
+        ConfigError: ``vocab_size`` is smaller than the data set's vocabulary.
+    """
+    vocab = splits.vocab_size
+    if vocab is None:
+        return dict(options)
+    given = options.get("vocab_size")
+    if given is not None and given < vocab:
+        raise ConfigError(
+            f"model option vocab_size={given!r} is smaller than the vocabulary of "
+            f"{splits.name!r} ({vocab} tokens)"
+        )
+    if given is None and not models.is_external(name):
+        parameters = inspect.signature(models.model_builder(name)).parameters
+        if "vocab_size" in parameters:
+            return {**options, "vocab_size": vocab}
+    return dict(options)
 
 
 def _upgrade_progress(progress: dict[str, Any]) -> dict[str, Any]:

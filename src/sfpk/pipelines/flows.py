@@ -9,7 +9,9 @@
 
 Reported accuracy (spec §9.7): the mean test accuracy of the last ``report_last_k``
 fine-tuning epochs, and the test accuracy at the best-validation epoch. Model selection
-never looks at the test split.
+never looks at the test split. Language-model runs (``task="language_model"``) report token
+accuracy under the same keys, the matching perplexities (``*_test_ppl``) next to them, and
+select on the validation loss.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Literal
 from .. import distributed
 from ..costs import cost_summary
 from ..errors import ConfigError
+from ..losses import perplexity
 from ..schedules import finetune_lr, oneshot_lr, per_round, resolve_lr_min, round_lr
 from .context import Context
 from .phases import best_record, dense_phase, pretrain_phase, prune_round, train_phase
@@ -115,7 +118,7 @@ def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, An
     cfg, results = ctx.config, ctx.progress.results
     masks = ctx.masks
     k = min(cfg.train.report_last_k, len(final_records))
-    best = best_record(final_records) if final_records else None
+    best = best_record(final_records, ctx.task) if final_records else None
     if cfg.pipeline == "pretrain":
         final_test_acc = best["test_acc"] if best else None
     else:
@@ -128,6 +131,7 @@ def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, An
         "pipeline": cfg.pipeline,
         "dataset": cfg.data.dataset,
         "model": cfg.model.name,
+        "task": ctx.task,
         "method": masks.method if masks is not None else None,
         "sparsity": cfg.prune.sparsity if masks is not None else None,
         "achieved_sparsity": masks.sparsity() if masks is not None else None,
@@ -151,7 +155,36 @@ def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, An
         "per_layer": masks.layer_report() if masks is not None else None,
         **cost_summary(ctx.model, masks, ctx.splits.input_shape),
     }
+    if ctx.task == "language_model":
+        summary.update(_perplexities(ctx, final_records, best, k))
     return summary
+
+
+def _perplexities(
+    ctx: Context, final_records: list[dict[str, Any]], best: dict[str, Any] | None, k: int
+) -> dict[str, Any]:
+    """The perplexity fields of a language-model run's summary, next to the accuracies.
+
+    ``final_test_ppl`` follows ``final_test_acc`` (the best-validation epoch for pretrain,
+    the last fine-tuning epoch otherwise, the pruned model without fine-tuning);
+    ``last_k_mean_test_ppl`` is ``exp`` of the mean test loss of the last k epochs (the
+    perplexity of their pooled tokens, each epoch's test split being the same size).
+    """
+    results = ctx.progress.results
+    if ctx.config.pipeline == "pretrain":
+        final = perplexity(best["test_loss"]) if best else None
+    elif final_records:
+        final = perplexity(final_records[-1]["test_loss"])
+    else:
+        final = results.get("pruned_test_ppl")
+    last_k = statistics.fmean(r["test_loss"] for r in final_records[-k:]) if k else None
+    return {
+        "dense_test_ppl": results.get("dense_test_ppl"),
+        "pruned_test_ppl": results.get("pruned_test_ppl"),
+        "final_test_ppl": final,
+        "last_k_mean_test_ppl": perplexity(last_k) if last_k is not None else None,
+        "best_val_test_ppl": perplexity(best["test_loss"]) if best else None,
+    }
 
 
 def _finish(ctx: Context, *, final_records: list[dict[str, Any]]) -> dict[str, Any]:

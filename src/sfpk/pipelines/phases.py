@@ -15,11 +15,13 @@ from typing import Any
 from .. import api, distributed
 from ..batchnorm import recalibrate_bn
 from ..checkpoint import derive_seed, load_state_dict_file
+from ..errors import SfpkError
+from ..losses import Task, perplexity
 from ..masks import Masks
 from ..pruners import PruneObserver, StartState
 from ..schedules import PRETRAIN_LR_MIN, pretrain_lr
 from ..selection import round_sparsity
-from ..train import OptimizerConfig, Trainer
+from ..train import EvalResult, OptimizerConfig
 from .context import Context
 
 __all__ = [
@@ -28,15 +30,32 @@ __all__ = [
     "dense_phase",
     "prune_round",
     "best_record",
+    "eval_columns",
     "round_sparsity",
 ]
 
 log = logging.getLogger(__name__)
 
 
-def best_record(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The record with the highest validation accuracy (the earliest one on ties)."""
-    return max(records, key=lambda r: (r["val_acc"], -r["epoch"]))
+def best_record(records: list[dict[str, Any]], task: Task = "classification") -> dict[str, Any]:
+    """The best-on-validation record (the earliest one on ties); test never selects.
+
+    Classification: the highest validation accuracy. Language models: the lowest validation
+    loss (the lowest perplexity).
+    """
+    if task == "classification":
+        return max(records, key=lambda r: (r["val_acc"], -r["epoch"]))
+    if task == "language_model":
+        return max(records, key=lambda r: (-r["val_loss"], -r["epoch"]))
+    raise SfpkError(f"task={task!r} has no model-selection rule")
+
+
+def eval_columns(task: Task, val: EvalResult, test: EvalResult) -> dict[str, Any]:
+    """The validation / test columns of a metrics row (perplexities for language models)."""
+    row = {"val_loss": val.loss, "val_acc": val.top1, "test_loss": test.loss, "test_acc": test.top1}
+    if task == "language_model":
+        row.update(val_ppl=val.perplexity, test_ppl=test.perplexity)
+    return row
 
 
 def train_phase(
@@ -64,14 +83,13 @@ def train_phase(
             and load them into the model at the end (dense pretraining).
 
     Returns:
-        One ``{"epoch", "val_acc", "test_acc"}`` record per epoch.
+        One ``{"epoch", "val_acc", "test_acc", "val_loss", "test_loss"}`` record per epoch
+        (accuracies and mean losses; per token for language models).
     """
     records = ctx.progress.records.setdefault(key, [])
     if key in ctx.progress.done:
         return records
-    trainer = Trainer(
-        ctx.model, options, device=ctx.device, masks=ctx.masks, progress=ctx.show_progress
-    )
+    trainer = ctx.trainer(options, masks=ctx.masks)
     current = ctx.current(key)
     start = 0
     if current is not None:
@@ -85,9 +103,16 @@ def train_phase(
         loader = ctx.train_loader(key, epoch, batch_size)
         train = trainer.train_epoch(loader, lr=lr, desc=f"{key} {epoch + 1}/{epochs}")
         val, test = trainer.evaluate(ctx.val_loader), trainer.evaluate(ctx.test_loader)
-        if keep_best and (not records or val.top1 > best_record(records)["val_acc"]):
+        record = {
+            "epoch": epoch,
+            "val_acc": val.top1,
+            "test_acc": test.top1,
+            "val_loss": val.loss,
+            "test_loss": test.loss,
+        }
+        if keep_best and best_record([*records, record], ctx.task) is record:
             ctx.run.save_weights(ctx.model, best_name)
-        records.append({"epoch": epoch, "val_acc": val.top1, "test_acc": test.top1})
+        records.append(record)
         seconds = time.perf_counter() - began
         phase_seconds = ctx.progress.results.setdefault("phase_seconds", {})
         phase_seconds[key] = phase_seconds.get(key, 0.0) + seconds
@@ -99,10 +124,7 @@ def train_phase(
                 "lr": lr,
                 "train_loss": train.loss,
                 "train_acc": train.acc,
-                "val_loss": val.loss,
-                "val_acc": val.top1,
-                "test_loss": test.loss,
-                "test_acc": test.top1,
+                **eval_columns(ctx.task, val, test),
                 "sparsity": sparsity,
                 "seconds": seconds,
             }
@@ -140,29 +162,25 @@ def pretrain_phase(ctx: Context) -> None:
         batch_size=p.batch_size,
         keep_best=True,
     )
-    best = best_record(records)
-    ctx.progress.results.update(
+    best = best_record(records, ctx.task)
+    results = ctx.progress.results
+    results.update(
         pretrain_best_val_epoch=best["epoch"], pretrain_best_val_test_acc=best["test_acc"]
     )
+    if ctx.task == "language_model":
+        results["pretrain_best_val_test_ppl"] = perplexity(best["test_loss"])
     ctx.run.save_weights(ctx.model, "dense.safetensors")
 
 
 def dense_phase(ctx: Context) -> None:
-    """Evaluate the dense model once (``dense_test_acc``)."""
+    """Evaluate the dense model once (``dense_test_acc``; LM: also ``dense_test_ppl``)."""
     if "dense" in ctx.progress.done:
         return
     val, test = ctx.evaluate()
     ctx.progress.results.update(dense_val_acc=val.top1, dense_test_acc=test.top1)
-    ctx.log_row(
-        {
-            "phase": "dense",
-            "val_loss": val.loss,
-            "val_acc": val.top1,
-            "test_loss": test.loss,
-            "test_acc": test.top1,
-            "sparsity": 0.0,
-        }
-    )
+    if ctx.task == "language_model":
+        ctx.progress.results.update(dense_val_ppl=val.perplexity, dense_test_ppl=test.perplexity)
+    ctx.log_row({"phase": "dense", **eval_columns(ctx.task, val, test), "sparsity": 0.0})
     log.info("dense model: val %.4f, test %.4f", val.top1, test.top1)
     ctx.complete("dense")
 
@@ -192,6 +210,7 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         structure=cfg.structure,
         seed=derive_seed(ctx.seed, key),
         masks=ctx.masks,
+        loss_fn=ctx.loss_fn,
         exclude=cfg.exclude or None,
         include_bias=cfg.include_bias,
         collapse_guard=cfg.collapse_guard,
@@ -211,6 +230,8 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
     results = ctx.progress.results
     results["prune_seconds"] = results.get("prune_seconds", 0.0) + seconds
     results["pruned_val_acc"], results["pruned_test_acc"] = val.top1, test.top1
+    if ctx.task == "language_model":
+        results["pruned_val_ppl"], results["pruned_test_ppl"] = val.perplexity, test.perplexity
     results.setdefault("round_sparsities", []).append(masks.sparsity())
     results.setdefault("collapse_guard", []).append(masks.collapse_guard)
     guard = masks.collapse_guard
@@ -231,10 +252,7 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         {
             "phase": "prune",
             "round": round_index,
-            "val_loss": val.loss,
-            "val_acc": val.top1,
-            "test_loss": test.loss,
-            "test_acc": test.top1,
+            **eval_columns(ctx.task, val, test),
             "sparsity": masks.sparsity(),
             "seconds": seconds,
         }
