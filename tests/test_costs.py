@@ -126,3 +126,15 @@ def test_masks_of_another_model_are_refused():
 def test_count_is_public():
     """sfpk.count is the documented entry point."""
     assert sfpk.count is count
+
+
+def test_token_models_are_counted_with_integer_inputs():
+    """A language model takes token ids: the dummy input must be integer, not float."""
+    from torch import nn
+
+    from sfpk.costs import count
+
+    model = nn.Sequential(nn.Embedding(11, 4), nn.Linear(4, 11))
+    costs = count(model, (5,), input_dtype=torch.long)
+    assert costs.macs == 5 * 4 * 11  # one MAC per weight per token position
+    assert costs.params == 11 * 4 + 4 * 11 + 11  # every parameter: embedding, weight, bias

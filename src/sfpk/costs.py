@@ -81,7 +81,9 @@ def _masked_weights(model: nn.Module, masks: Masks | None) -> dict[str, Tensor]:
     return params
 
 
-def _output_positions(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+def _output_positions(
+    model: nn.Module, input_shape: Sequence[int], input_dtype: torch.dtype | None
+) -> dict[str, int]:
     """Per counted layer: output positions per sample, summed over its calls in one forward."""
     positions: dict[str, int] = {}
     handles = []
@@ -97,11 +99,10 @@ def _output_positions(model: nn.Module, input_shape: Sequence[int]) -> dict[str,
                 module.register_forward_hook(lambda m, _inputs, out, name=name: hook(name, m, out))
             )
     first = next(model.parameters(), None)
+    if input_dtype is None and first is not None and first.is_floating_point():
+        input_dtype = first.dtype
     dummy = torch.zeros(
-        1,
-        *input_shape,
-        device=first.device if first is not None else None,
-        dtype=first.dtype if first is not None and first.is_floating_point() else None,
+        1, *input_shape, device=first.device if first is not None else None, dtype=input_dtype
     )
     training = model.training
     try:
@@ -115,7 +116,13 @@ def _output_positions(model: nn.Module, input_shape: Sequence[int]) -> dict[str,
     return positions
 
 
-def count(model: nn.Module, input_shape: Sequence[int], masks: Masks | None = None) -> Costs:
+def count(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    masks: Masks | None = None,
+    *,
+    input_dtype: torch.dtype | None = None,
+) -> Costs:
     """Count the parameters and conv/linear MACs of ``model``, dense and with ``masks``.
 
     Runs one forward pass on a zero input of shape ``(1, *input_shape)`` in eval mode (the
@@ -126,6 +133,8 @@ def count(model: nn.Module, input_shape: Sequence[int], masks: Masks | None = No
         model: any module; its parameters decide the device and dtype of the dummy input.
         input_shape: shape of one input sample, e.g. ``(3, 32, 32)``.
         masks: masks to count the pruned model with; None counts the model's own zeros.
+        input_dtype: dtype of the dummy input: the model's float dtype by default,
+            ``torch.long`` for models that take token ids.
 
     Returns:
         The :class:`Costs`.
@@ -139,7 +148,7 @@ def count(model: nn.Module, input_shape: Sequence[int], masks: Masks | None = No
         0.12
     """
     weights = _masked_weights(model, masks)
-    positions = _output_positions(model, tuple(input_shape))
+    positions = _output_positions(model, tuple(input_shape), input_dtype)
     macs = nonzero_macs = 0
     for name, calls in positions.items():
         weight = weights[f"{name}.weight" if name else "weight"]
@@ -155,11 +164,14 @@ def count(model: nn.Module, input_shape: Sequence[int], masks: Masks | None = No
 
 
 def cost_summary(
-    model: nn.Module, masks: Masks | None, input_shape: Sequence[int]
+    model: nn.Module,
+    masks: Masks | None,
+    input_shape: Sequence[int],
+    input_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """The :func:`count` figures as a flat dict for ``summary.json``.
 
     Keys: ``params``, ``nonzero_params``, ``macs``, ``nonzero_macs``, ``param_density``,
     ``mac_density``, ``mac_reduction`` (conv/linear MACs only).
     """
-    return count(model, input_shape, masks).as_dict()
+    return count(model, input_shape, masks, input_dtype=input_dtype).as_dict()

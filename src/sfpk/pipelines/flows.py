@@ -21,6 +21,8 @@ import statistics
 from functools import partial
 from typing import Any, Literal
 
+import torch
+
 from .. import distributed
 from ..costs import cost_summary
 from ..errors import ConfigError
@@ -153,7 +155,12 @@ def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, An
         "seconds": ctx.seconds(),
         "seed": cfg.run.seed,
         "per_layer": masks.layer_report() if masks is not None else None,
-        **cost_summary(ctx.model, masks, ctx.splits.input_shape),
+        **cost_summary(
+            ctx.model,
+            masks,
+            ctx.splits.input_shape,
+            torch.long if ctx.task == "language_model" else None,  # token ids in
+        ),
     }
     if ctx.task == "language_model":
         summary.update(_perplexities(ctx, final_records, best, k))

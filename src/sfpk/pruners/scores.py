@@ -205,6 +205,12 @@ class SynFlowPruner(ScorePruner):
         first = next(iter(islice(iter(data), 1)), None)
         if first is None:
             raise ConfigError("synflow needs one batch of data to learn the input shape")
+        if not torch.is_floating_point(first[0]):
+            raise ConfigError(
+                "synflow scores with an all-ones float input; this model takes "
+                f"{first[0].dtype} inputs (token ids?), so it cannot be scored by synflow; "
+                "use mag, wanda, snip, spode or sfpk"
+            )
         dtype = torch.float64 if self.options.float64 else next(model.parameters()).dtype
         state = {
             n: t.detach().abs().to(dtype) if t.is_floating_point() else t
