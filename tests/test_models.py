@@ -23,7 +23,13 @@ from sfpk.models import (
     register_prefix,
 )
 
-SMALL_INPUTS = {"mlp": (40,), "cnn1d": (40,), "cnn_digits": (1, 8, 8)}
+SMALL_INPUTS = {
+    "mlp": (40,),
+    "cnn1d": (40,),
+    "cnn_digits": (1, 8, 8),
+    "gpt_tiny": (16,),  # 16 token ids
+    "vit_tiny": (1, 8, 8),
+}
 IMAGENET_MODELS = {"resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv1"}
 
 
@@ -46,13 +52,17 @@ def _prunable_count(model: nn.Module) -> int:
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_builds_and_runs_forward(name: str) -> None:
-    """Any registered model must produce finite [batch, num_classes] logits."""
+    """Any registered model must produce finite [batch, num_classes] logits ([B, T, V]: LMs)."""
     torch.manual_seed(0)
     shape = _input_shape(name)
     model = create(name, num_classes=7, input_shape=shape).eval()
+    if getattr(model, "sfpk_task", "classification") == "language_model":
+        inputs, expected = torch.randint(0, 7, (2, *shape)), (2, *shape, 7)  # [B, T, V] logits
+    else:
+        inputs, expected = torch.randn(2, *shape), (2, 7)
     with torch.no_grad():
-        logits = model(torch.randn(2, *shape))
-    assert logits.shape == (2, 7)
+        logits = model(inputs)
+    assert logits.shape == expected
     assert torch.isfinite(logits).all()
 
 
@@ -149,7 +159,7 @@ def test_every_registered_model_name_is_refused_a_second_time(name: str) -> None
 
 @pytest.mark.parametrize("prefix", external_prefixes())
 def test_registering_a_taken_external_prefix_raises(prefix: str) -> None:
-    """A second library under tv: or timm: would silently shadow the first."""
+    """A second library under tv:, timm: or hf: would silently shadow the first."""
     with pytest.raises(ConfigError, match="already registered"):
         register_prefix(prefix)(lambda name, **kw: nn.Identity())
 
@@ -163,16 +173,16 @@ def test_unknown_model_lists_every_choice() -> None:
 
 
 def test_external_prefixes_come_from_the_registry() -> None:
-    """tv: and timm: are registered once; other names with a colon are not external."""
-    assert external_prefixes() == ["timm", "tv"]
-    assert is_external("tv:resnet18") and is_external("TIMM:resnet18")
-    assert not is_external("hf:bert") and not is_external("resnet20")
+    """tv:, timm: and hf: are registered once; other names with a colon are not external."""
+    assert external_prefixes() == ["hf", "timm", "tv"]
+    assert is_external("tv:resnet18") and is_external("TIMM:resnet18") and is_external("hf:gpt2")
+    assert not is_external("onnx:bert") and not is_external("resnet20")
     with pytest.raises(UnknownNameError):
-        create("hf:bert", num_classes=10)
+        create("onnx:bert", num_classes=10)
 
 
 def test_list_models_holds_own_names_only() -> None:
-    """External tv:/timm: models are resolved on demand, never listed."""
+    """External tv:/timm:/hf: models are resolved on demand, never listed."""
     names = list_models()
     assert {"mlp", "cnn1d", "resnet20", "resnet50", "vgg19_bn", "wrn", "mobilenetv1"} <= set(names)
     assert not any(":" in name for name in names) and names == sorted(names)

@@ -38,8 +38,9 @@ from .config_flags import args_for
 from .data import dataset_spec
 from .errors import ConfigError
 from .models import create_model
+from .models.hf import HF_PREFIX
 
-__all__ = ["FLAGS", "Translation", "translate", "native_command"]
+__all__ = ["FLAGS", "MODELS", "HF_CHECKPOINTS", "Translation", "translate", "native_command"]
 
 PRUNERS = {
     "Rand": "rand",
@@ -57,7 +58,26 @@ OPTIMIZERS = {
     "adam": ("adam", False),
     "adamw": ("adamw", False),
 }
-MODELS = {"resnet50v2": "resnet50"}  # V2 weights come from --model_dir / --checkpoint
+# The reference's pretrained ImageNet transformers (``Utils/load.py``: DeiT from torch.hub's
+# facebookresearch/deit, Swin from torchvision) as Hugging Face checkpoints: the DeiT ones
+# hold the same weights, the Swin ones Microsoft's (torchvision trained its own). ``vit_b_16``
+# (torchvision's name) has no ``--model`` entry in the reference; it is the ImageNet-1k ViT-B/16.
+# The checkpoint must be in the Hub cache (docs/models.md, "Transformers").
+HF_CHECKPOINTS = {
+    "vit_b_16": "google/vit-base-patch16-224",
+    "deit_tiny": "facebook/deit-tiny-patch16-224",
+    "deit_small": "facebook/deit-small-patch16-224",
+    "deit_base": "facebook/deit-base-patch16-224",
+    "deit_tiny_distilled": "facebook/deit-tiny-distilled-patch16-224",
+    "deit_small_distilled": "facebook/deit-small-distilled-patch16-224",
+    "deit_base_distilled": "facebook/deit-base-distilled-patch16-224",
+    "swin_t": "microsoft/swin-tiny-patch4-window7-224",
+    "swin_s": "microsoft/swin-small-patch4-window7-224",
+}
+MODELS = {
+    "resnet50v2": "resnet50",  # V2 weights come from --model_dir / --checkpoint
+    **{name: f"{HF_PREFIX}:{checkpoint}" for name, checkpoint in HF_CHECKPOINTS.items()},
+}
 
 
 def _floats(text: str) -> list[float]:
@@ -373,6 +393,9 @@ def _device_and_weights(given: dict[str, Any], out: Translation) -> None:
         # flags not given take sfpk's defaults, as for the run itself
         data = out.overrides.get("data.dataset", DataConfig().dataset)
         model = out.overrides.get("model.name", ModelConfig().name)
+        if model.partition(":")[0] == HF_PREFIX:  # as in the reference, weights come with it
+            out.notes.append(f"--model_dir: accepted, {model} loads its own pretrained weights")
+            return
         path = Path(given["model_dir"]) / "pretrained" / data / f"{model}.pt"
         if out.pipeline != "pretrain":
             if not path.is_file():

@@ -1,15 +1,25 @@
 """Model zoo and registry: ``create(name, num_classes=..., input_shape=...)``.
 
-Every model is built from plain ``nn.Conv1d/Conv2d``, ``nn.Linear`` and ``nn.BatchNorm``
-layers (no special masked layers), so generic mask-based pruning works on all of them.
-Importing this package registers every builder of the modules below, and the external
-``tv:`` / ``timm:`` prefixes.
+Every model is built from plain ``nn.Conv1d/Conv2d``, ``nn.Linear``, ``nn.BatchNorm``,
+``nn.LayerNorm`` and ``nn.Embedding`` layers (no special masked layers), so generic
+mask-based pruning works on all of them. Importing this package registers every builder of
+the modules below, and the external ``tv:`` / ``timm:`` / ``hf:`` prefixes.
 """
 
 from __future__ import annotations
 
 # Imported for their @register_model / @register_prefix side effect.
-from . import external, mobilenet, resnet_cifar, resnet_imagenet, small, vgg, wrn  # noqa: F401
+from . import (  # noqa: F401
+    external,
+    hf,
+    mobilenet,
+    resnet_cifar,
+    resnet_imagenet,
+    small,
+    transformer,
+    vgg,
+    wrn,
+)
 from .registry import (
     count_parameters,
     create,

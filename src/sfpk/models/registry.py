@@ -6,9 +6,10 @@ the model tests (which parametrize over :func:`list_models`).
 
 Names ``<prefix>:<name>`` go to the external library registered for the prefix with
 :func:`register_prefix` (``tv:`` torchvision and ``timm:`` timm, in
-:mod:`sfpk.models.external`); :func:`external_prefixes` is the one list of them. Both dicts
-follow the pruner registry's pattern: a taken name is refused, an unknown one raises
-:class:`UnknownNameError` with the choices.
+:mod:`sfpk.models.external`; ``hf:`` Hugging Face transformers, in :mod:`sfpk.models.hf`);
+:func:`external_prefixes` is the one list of them. Both dicts follow the pruner registry's
+pattern: a taken name is refused, an unknown one raises :class:`UnknownNameError` with the
+choices. Options a builder does not declare are refused, for prefixes too.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def _check_options(name: str, builder: Builder, options: dict[str, Any]) -> None
     parameters = inspect.signature(builder).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
-    accepted = [p for p in parameters if p not in ("num_classes", "input_shape")]
+    # ``name`` is the model name an external prefix's builder receives, not an option
+    accepted = [p for p in parameters if p not in ("name", "num_classes", "input_shape")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
@@ -138,7 +140,8 @@ def create(
     Args:
         name: A name from :func:`list_models` (case-insensitive), or ``<prefix>:<name>``
             with a prefix of :func:`external_prefixes`, e.g. ``tv:resnet18`` (torchvision)
-            or ``timm:resnet18`` (needs ``sfpk[vision]``).
+            or ``timm:resnet18`` (needs ``sfpk[vision]``), or ``hf:<hub id or folder>``
+            (needs ``sfpk[hf]``).
         num_classes: Number of output classes.
         input_shape: Shape of one input sample, e.g. ``(40,)`` or ``(3, 32, 32)``; sets the
             input size of MLPs and the input channels of conv nets. ``None`` uses the
@@ -161,7 +164,9 @@ def create(
         raise ConfigError(f"num_classes={num_classes!r} must be >= 1")
     if is_external(name):
         prefix, _, model_name = name.partition(":")
-        return _PREFIXES[prefix.lower()](model_name, num_classes=num_classes, **options)
+        build = _PREFIXES[prefix.lower()]
+        _check_options(name, build, options)
+        return build(model_name, num_classes=num_classes, **options)
     builder = model_builder(name)
     _check_options(name, builder, options)
     try:
