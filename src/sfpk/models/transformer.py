@@ -241,16 +241,19 @@ def gpt_tiny(
     num_classes: int,
     input_shape: tuple[int, ...] | None = None,
     vocab_size: int | None = None,
-    context: int = 64,
+    context: int | None = None,
     dim: int = 64,
     depth: int = 2,
     num_heads: int = 4,
 ) -> nn.Module:
-    """Causal LM (2 blocks, dim 64, 4 heads, context 64); vocabulary = ``num_classes``.
+    """Causal LM (2 blocks, dim 64, 4 heads); vocabulary = ``num_classes``.
 
     ``num_classes`` is the number of token ids the data uses; ``vocab_size`` may be larger.
-    ``input_shape`` is ``(T,)``, the sequence length, at most ``context``.
+    ``input_shape`` is ``(T,)``, the sequence length, at most ``context`` (default: T, or
+    64 without an input shape).
     """
+    if context is None:
+        context = input_shape[0] if input_shape is not None and len(input_shape) == 1 else 64
     vocab = num_classes if vocab_size is None else vocab_size
     if num_classes > vocab:
         raise ConfigError(f"the data has {num_classes} token ids but vocab_size={vocab_size!r}")

@@ -51,7 +51,10 @@ def _rounds(ctx: Context) -> int:
 
 
 def _start_sparse(ctx: Context) -> None:
-    if ctx.config.model.checkpoint is None:
+    """Pretrain unless the weights come trained: a ``--checkpoint`` or a model that says it
+    was loaded pretrained (``sfpk_pretrained``, e.g. an ``hf:`` checkpoint); then evaluate."""
+    pretrained = getattr(ctx.model, "sfpk_pretrained", False)
+    if ctx.config.model.checkpoint is None and not pretrained:
         pretrain_phase(ctx)
     dense_phase(ctx)
 
