@@ -157,7 +157,8 @@ def run_once(
     """Prune a copy of ``model`` with the golden protocol; returns one result row.
 
     The row holds the accuracy, the achieved density, per-layer densities, seconds and the
-    engine's per-step history (``masks.history``).
+    engine's per-step history (``PruneResult.history``). The collapse guard is off: the
+    reference has none.
     """
     import copy
 
@@ -173,20 +174,22 @@ def run_once(
     )
     work = copy.deepcopy(model)
     tic = time.perf_counter()
-    masks = sfpk.prune(
+    result = sfpk.run_pruner(
         work,
         loader,
         method=method,
         sparsity=sparsity,
         seed=seed,
         include_bias=include_bias,
+        collapse_guard="off",
         **options,
     )
+    masks = result.masks
     prune_s = time.perf_counter() - tic
     masks.apply(work)
     sfpk.recalibrate_bn(work, loader, batches=BN_BATCHES)
     acc = accuracy(work, eval_data)
-    history = list(getattr(masks, "history", []) or [])
+    history = list(result.history)
     row = {
         "method": METHOD_NAMES.get(method, method),
         "sparsity": sparsity,

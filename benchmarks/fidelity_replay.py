@@ -3,7 +3,7 @@
 The golden vectors check the dynamics on tiny, bias-free problems for a few steps. This
 script checks the same thing on the fidelity problem (``shared/golden/fidelity``: 23 k
 prunable weights, optionally the classifier bias, n particles, N steps): it runs
-``sfpk.prune`` with a ``trace_callback`` and, on exactly the same batches, a plain
+``sfpk.run_pruner`` with a ``PruneObserver(trace=...)`` and, on exactly the same batches, a plain
 re-implementation of ``docs/sfpk-method.md`` §2–§3 written for this check (per-particle
 loops, autograd for G and the kernel K, ``kthvalue`` polarisation, the §2.7 drift, soft
 vote with momentum, early stop, the §2.12 top-k). It prints per-step differences
@@ -170,14 +170,13 @@ def main() -> int:
     recorder = Recorder(loader())
     trace: list[dict] = []
     keys = ("G", "E", "force_total", "mask_after", "momentum")
-    options = dict(
-        num_steps=args.steps,
-        num_particles=args.particles,
-        trace_callback=lambda info: trace.append({k: info[k] for k in keys}),
-    )
+    observer = sfpk.PruneObserver(trace=lambda info: trace.append({k: info[k] for k in keys}))
     tic = time.perf_counter()
-    masks = sfpk.prune(copy.deepcopy(model), recorder, method="sfpk", sparsity=args.sparsity,
-                       seed=args.seed, include_bias=args.include_bias, **options)  # fmt: skip
+    masks = sfpk.run_pruner(
+        copy.deepcopy(model), recorder, method="sfpk", sparsity=args.sparsity, seed=args.seed,
+        include_bias=args.include_bias, num_steps=args.steps, num_particles=args.particles,
+        observer=observer, collapse_guard="off",
+    ).masks  # fmt: skip
     engine_s = time.perf_counter() - tic
 
     params = dict(model.named_parameters())
