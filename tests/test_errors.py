@@ -174,3 +174,13 @@ def test_validators_name_the_bad_value():
         check_positive("lr", 0)
     with pytest.raises(sfpk.UnknownNameError, match="unknown color 'red'; choose one of: blue"):
         check_choice("color", "red", ["blue"])
+
+
+def test_synflow_names_why_a_token_model_cannot_be_scored():
+    """An embedding cannot look up SynFlow's all-ones float input: a ConfigError, not torch's."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 2))
+    data = [(torch.randint(0, 10, (3, 2)), torch.zeros(3, dtype=torch.long))]
+    with pytest.raises(sfpk.ConfigError, match="synflow feeds an all-ones"):
+        sfpk.prune(model, data, method="synflow", sparsity=0.5, rounds=2)

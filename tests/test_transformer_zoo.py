@@ -108,7 +108,7 @@ def test_gpt_tiny_options_set_vocabulary_and_context():
     ("options", "words"),
     [
         ({"num_classes": 30, "vocab_size": 20}, "30 token ids"),
-        ({"num_classes": 5, "input_shape": (80,)}, "T <= context=64"),
+        ({"num_classes": 5, "input_shape": (80,), "context": 64}, "T <= context=64"),
         ({"num_classes": 5, "dim": 30, "num_heads": 4}, "divide dim=30"),
     ],
 )

@@ -205,12 +205,6 @@ class SynFlowPruner(ScorePruner):
         first = next(iter(islice(iter(data), 1)), None)
         if first is None:
             raise ConfigError("synflow needs one batch of data to learn the input shape")
-        if not torch.is_floating_point(first[0]):
-            raise ConfigError(
-                "synflow scores with an all-ones float input; this model takes "
-                f"{first[0].dtype} inputs (token ids?), so it cannot be scored by synflow; "
-                "use mag, wanda, snip, spode or sfpk"
-            )
         dtype = torch.float64 if self.options.float64 else next(model.parameters()).dtype
         state = {
             n: t.detach().abs().to(dtype) if t.is_floating_point() else t
@@ -225,7 +219,14 @@ class SynFlowPruner(ScorePruner):
         mask_of = masks.effective_masks()
         leaves = {n: state[n].clone().requires_grad_(True) for n in mask_of}
         weights = {n: leaves[n] * mask_of[n].to(ones.dtype) for n in leaves}
-        output = functional_call(model, {**state, **weights}, (ones,), strict=False)
+        try:
+            output = functional_call(model, {**state, **weights}, (ones,), strict=False)
+        except (RuntimeError, TypeError) as exc:  # e.g. an embedding lookup of a float input
+            raise ConfigError(
+                f"synflow feeds an all-ones {ones.dtype} input and this model cannot take it "
+                f"({str(exc).splitlines()[0][:120]}); models of token ids need to accept a float "
+                "input (the zoo and hf: language models do) or another method"
+            ) from exc
         grads = torch.autograd.grad(output.sum(), [leaves[n] for n in masks])
         return {
             n: reduce_to_mask((g * leaves[n].detach()).abs(), masks[n].shape)
