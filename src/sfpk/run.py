@@ -129,6 +129,8 @@ class Run:
                 ``overwrite``) or other files.
             SfpkError: on ranks other than 0, when rank 0 failed (its message).
         """
+        if config.run.out is None:
+            raise ConfigError("run.out is not set: pass --out DIR (where the run is written)")
         error: Exception | None = None
         if distributed.is_main():
             try:
@@ -140,7 +142,7 @@ class Run:
             raise error
         if message is not None:
             raise SfpkError(f"rank 0 could not create the run directory: {message}")
-        return cls(Path(config.run.out), config)  # type: ignore[arg-type]
+        return cls(Path(config.run.out), config)
 
     @staticmethod
     def _make_directory(config: Config, *, overwrite: bool) -> None:

@@ -98,7 +98,8 @@ def _check_options(block_size: int, splits: Sequence[float]) -> tuple[float, flo
             f"splits={splits!r} must be three positive fractions (train, val, test) "
             "summing to 1, e.g. [0.9, 0.05, 0.05]"
         )
-    return fractions  # type: ignore[return-value]
+    train, val, test = fractions
+    return train, val, test
 
 
 def split_blocks(num_tokens: int, block_size: int, splits: Sequence[float]) -> tuple[int, ...]:
