@@ -15,11 +15,12 @@ import json
 import time
 from pathlib import Path
 
+from dense_cnn1d import COMMON, pretrained_dense
+
 from sfpk.cli import main as sfpk
 from sfpk.report import write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
-COMMON = ["--data", "mnist1d", "--model", "cnn1d", "--quiet", "--device", "cpu", "--no-plots"]
 PARTICLE_OPTIONS = {
     "sfpk": ["--option", "num_steps=40", "--option", "num_particles=4"],
     "spode": ["--option", "num_steps=40"],
@@ -35,12 +36,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "accuracy_runs"))
     args = parser.parse_args()
     out = Path(args.out)
-    dense = out / "dense"
-    if not (dense / "model.safetensors").is_file():
-        status = sfpk(["pretrain", *COMMON, "--pretrain-epochs", "15", "--out", str(dense),
-                       "--overwrite"])  # fmt: skip
-        if status != 0:
-            raise SystemExit(status)
+    dense = pretrained_dense(out / "dense")
     rows, runs = [], []
     for seed in args.seeds.split(","):
         for sparsity in args.sparsities.split(","):
@@ -48,7 +44,7 @@ def main() -> None:
                 run = out / f"{method}-{sparsity}-s{seed}"
                 start = time.perf_counter()
                 status = sfpk([
-                    "oneshot", *COMMON, "--checkpoint", str(dense / "model.safetensors"),
+                    "oneshot", *COMMON, "--checkpoint", str(dense),
                     "--method", method, "--sparsity", sparsity, "--seed", seed,
                     "--epochs", args.finetune_epochs, "--warmup-epochs", "1",
                     "--report-last-k", "3", "--out", str(run), "--overwrite",

@@ -16,17 +16,18 @@ import json
 import statistics
 from pathlib import Path
 
+from dense_cnn1d import COMMON, pretrained_dense
+
 from sfpk.cli import main as sfpk
 
 RESULTS = Path(__file__).resolve().parent / "results"
-COMMON = ["--data", "mnist1d", "--model", "cnn1d", "--quiet", "--device", "cpu", "--no-plots"]
 
 
 def _run(out: Path, dense: Path, method: str, sparsity: str, seed: str, guard: str,
          epochs: str) -> dict:  # fmt: skip
     run = out / f"{method}-{sparsity}-{guard}-s{seed}"
     status = sfpk([
-        "oneshot", *COMMON, "--checkpoint", str(dense / "model.safetensors"),
+        "oneshot", *COMMON, "--checkpoint", str(dense),
         "--method", method, "--sparsity", sparsity, "--seed", seed,
         "--collapse-guard", guard, "--epochs", epochs, "--warmup-epochs", "1",
         "--report-last-k", "3", "--out", str(run), "--overwrite",
@@ -52,12 +53,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "collapse_runs"))
     args = parser.parse_args()
     out = Path(args.out)
-    dense = out / "dense"
-    if not (dense / "model.safetensors").is_file():
-        status = sfpk(["pretrain", *COMMON, "--pretrain-epochs", "15", "--out", str(dense),
-                       "--overwrite"])  # fmt: skip
-        if status != 0:
-            raise SystemExit(status)
+    dense = pretrained_dense(out / "dense")
     rows = [
         _run(out, dense, method, args.sparsity, seed, guard, args.finetune_epochs)
         for method in args.methods.split(",")

@@ -61,11 +61,8 @@ def protected_entries(
     """
     if guard == "off":
         return flat.new_zeros(0, dtype=torch.long), "off"
-    starts, start = [], 0
-    for shape in shapes:
-        starts.append(start)
-        start += int(torch.Size(shape).numel())
     sizes = [int(torch.Size(shape).numel()) for shape in shapes]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
     chunks = flat.split(sizes)
     weights = [i for i, shape in enumerate(shapes) if len(shape) > 1]
     for mode in ["row", "layer"] if guard == "row" else ["layer"]:

@@ -234,7 +234,7 @@ def select_topk(
     elif template.structure == "unstructured":
         keep, report = _guarded_cut(flat, template, sparsity, scope, guard)
     elif scope == "local":  # structured: every layer keeps ceil((1 - s) C) >= 1 groups
-        keep = torch.cat([cut(c, removal_count(c.numel(), sparsity)) for c in flat.split(sizes)])
+        keep = _plain_cut(flat, sizes, sparsity, scope)
     else:
         weights = torch.cat(
             [
@@ -267,8 +267,9 @@ def select_topk(
     )
 
 
-def _unstructured_cut(flat: Tensor, sizes: list[int], sparsity: float, scope: Scope) -> Tensor:
-    """The plain exact cut: one over everything (global) or one per tensor (local)."""
+def _plain_cut(flat: Tensor, sizes: list[int], sparsity: float, scope: Scope) -> Tensor:
+    """The plain exact cut of entries: one over everything (global) or one per tensor
+    (local); for structured masks only the per-tensor form is used."""
     if scope == "local":
         return torch.cat([cut(c, removal_count(c.numel(), sparsity)) for c in flat.split(sizes)])
     return cut(flat, removal_count(flat.numel(), sparsity))
@@ -277,13 +278,13 @@ def _unstructured_cut(flat: Tensor, sizes: list[int], sparsity: float, scope: Sc
 def _guarded_cut(
     flat: Tensor, template: Masks, sparsity: float, scope: Scope, guard: Guard
 ) -> tuple[Tensor, dict[str, Any]]:
-    """:func:`_unstructured_cut` with the collapse guard, and the guard's report.
+    """:func:`_plain_cut` with the collapse guard, and the guard's report.
 
     The report is ``{"requested", "mode", "rescued": {mask name: entries kept only by the
     guard}}``; ``mode`` is weaker than ``requested`` when the kept budget is too small.
     """
     sizes = [template[n].numel() for n in template]
-    keep = _unstructured_cut(flat, sizes, sparsity, scope)
+    keep = _plain_cut(flat, sizes, sparsity, scope)
     if scope == "local":
         kept = [s - removal_count(s, sparsity) for s in sizes]
     else:
@@ -301,7 +302,7 @@ def _guarded_cut(
     names = list(template)
     for index, count in zip(*torch.unique(layer, return_counts=True), strict=True):
         report["rescued"][names[int(index)]] = int(count)
-    return _unstructured_cut(boosted, sizes, sparsity, scope), report
+    return _plain_cut(boosted, sizes, sparsity, scope), report
 
 
 def _rows(shape: tuple[int, ...] | torch.Size) -> int:

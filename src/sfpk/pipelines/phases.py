@@ -234,13 +234,7 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         results["pruned_val_ppl"], results["pruned_test_ppl"] = val.perplexity, test.perplexity
     results.setdefault("round_sparsities", []).append(masks.sparsity())
     results.setdefault("collapse_guard", []).append(masks.collapse_guard)
-    guard = masks.collapse_guard
-    if guard and guard["mode"] != guard["requested"]:
-        log.warning(
-            "%s: the collapse guard could only apply %r, not %r: the %d kept weights are "
-            "fewer than the rows or layers to keep connected",
-            key, guard["mode"], guard["requested"], masks.kept_weights(),
-        )  # fmt: skip
+    # (sfpk.run_pruner already warns when the guard could not apply what was asked)
     if masks.collapse_guard and masks.collapse_guard["rescued"]:
         log.warning(
             "%s: the collapse guard (%s) kept %d weight(s) that the cut would have removed, "
