@@ -305,6 +305,22 @@ def _export_flags(parser: argparse.ArgumentParser) -> None:
         help="store pruned tensors compressed (kept values + bitmask or int32 indices)",
     )
     parser.add_argument(
+        "--slim",
+        action="store_true",
+        help="remove pruned filters/channels (filter or channel masks; needs sfpk[slim])",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["safetensors", "onnx"],
+        default="safetensors",
+        help="model file format (onnx needs sfpk[onnx] and is checked in onnxruntime)",
+    )
+    parser.add_argument(
+        "--semi-structured",
+        action="store_true",
+        help="2:4 masks: convert linear layers with torch's semi-structured sparsity (CUDA GPU)",
+    )
+    parser.add_argument(
         "--num-classes",
         type=int,
         default=None,
@@ -324,10 +340,13 @@ def _export(args: argparse.Namespace) -> int:
         args.run_dir,
         args.out,
         sparse=args.sparse,
+        slim=args.slim,
+        format=args.format,
+        semi_structured=args.semi_structured,
         num_classes=args.num_classes,
         overwrite=args.overwrite,
     )
-    for file in sorted(path.parent.glob("*.safetensors")):
+    for file in sorted([*path.parent.glob("*.safetensors"), *path.parent.glob("*.onnx")]):
         print(f"wrote {file} ({file.stat().st_size:,} bytes)")
     return 0
 

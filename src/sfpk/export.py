@@ -8,7 +8,15 @@
   :class:`Architecture` (zoo model name, options, ``num_classes``, ``input_shape``), so
   :func:`load_model` needs nothing else. With ``sparse=True`` the masked tensors are stored
   compressed (:mod:`sfpk.sparse_files`); the round trip is bit-exact.
-* ``masks.safetensors``: the masks, in the format of :meth:`sfpk.Masks.save`.
+* ``masks.safetensors``: the masks, in the format of :meth:`sfpk.Masks.save` (they fit the
+  architecture before slimming).
+
+With ``slim=True`` (structured masks) the pruned filters and channels are removed first
+(:mod:`sfpk.slim`); the header then says ``"slimmed": true`` and :func:`load_model` resizes
+the rebuilt architecture to the file's shapes. With ``format="onnx"`` the (masked or slim)
+model is written as ``model.onnx`` instead and checked in onnxruntime
+(:mod:`sfpk.onnx_export`). ``semi_structured=True`` checks that 2:4 masks can be converted
+on this machine's GPU (:mod:`sfpk.semi_structured`) and lists the layers in the header.
 
 :func:`export_run` does the same for a run directory, taking the architecture from its
 ``config.yaml`` and data set. The file format is described in ``docs/export.md``.
@@ -16,6 +24,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass, field
@@ -27,13 +36,22 @@ from torch import Tensor, nn
 
 from . import data, models
 from .config import Config, load_config
-from .errors import CheckpointError, ConfigError, DataError, SfpkError
+from .errors import CheckpointError, ConfigError, DataError, SfpkError, check_choice
 from .masks import Masks, load_masks
+from .onnx_export import export_onnx
+from .semi_structured import (
+    check_semi_structured_support,
+    semi_structured_layers,
+    to_semi_structured_,
+)
+from .slim import check_slimmable, resize_to_state_, slim_model
 from .sparse_files import read_weights_file, write_weights_file
 
 __all__ = [
+    "FORMATS",
     "MODEL_FILE",
     "MASKS_FILE",
+    "ONNX_FILE",
     "Architecture",
     "bake",
     "export",
@@ -47,6 +65,8 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 MASKS_FILE = "masks.safetensors"
+ONNX_FILE = "model.onnx"
+FORMATS: tuple[str, ...] = ("safetensors", "onnx")
 
 
 @dataclass(frozen=True)
@@ -117,7 +137,7 @@ def bake(model: nn.Module, masks: Masks | None) -> dict[str, Tensor]:
     return state
 
 
-def _check_folder(folder: Path, *, overwrite: bool) -> None:
+def _check_folder(folder: Path, target: Path, *, overwrite: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"export folder {str(folder)!r} is a file")
     if (folder / "config.yaml").is_file():
@@ -125,23 +145,70 @@ def _check_folder(folder: Path, *, overwrite: bool) -> None:
             f"{str(folder)!r} is a run directory; export into another folder so that its "
             f"{MODEL_FILE} is not replaced"
         )
-    if (folder / MODEL_FILE).exists() and not overwrite:
-        raise ConfigError(
-            f"{str(folder / MODEL_FILE)!r} already exists; pass overwrite=True (--overwrite)"
-        )
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{str(target)!r} already exists; pass overwrite=True (--overwrite)")
 
 
-def _check_architecture(architecture: Architecture, state: dict[str, Tensor]) -> None:
+def _check_architecture(
+    architecture: Architecture, state: dict[str, Tensor], *, slimmed: bool
+) -> None:
     """Refuse to write a file whose architecture would not load its own weights."""
     try:
-        architecture.build().load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+        model = architecture.build()
+        if slimmed:
+            resize_to_state_(model, state)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, CheckpointError) as exc:
         detail = " ".join(str(exc).split())[:300]
         raise ConfigError(
             f"architecture {architecture.name!r} (num_classes={architecture.num_classes}, "
             f"input_shape={architecture.input_shape}, options={architecture.options}) does not "
             f"fit the model's state dict: {detail}"
         ) from exc
+
+
+def _example_input(model: nn.Module, architecture: Architecture | None, why: str) -> Tensor:
+    """A fixed sample batch of 2 for tracing and checking (token ids for embedding models)."""
+    if architecture is None or architecture.input_shape is None:
+        raise ConfigError(
+            f"{why} needs the input shape: pass architecture=Architecture(..., input_shape=...)"
+            " (for a model outside the zoo, use sfpk.slim.slim_model or "
+            "sfpk.onnx_export.export_onnx with an example input)"
+        )
+    generator = torch.Generator().manual_seed(0)
+    shape = (2, *architecture.input_shape)
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    if embeddings:
+        vocabulary = min(m.num_embeddings for m in embeddings)
+        return torch.randint(0, vocabulary, shape, generator=generator)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return torch.randn(shape, generator=generator).to(dtype)
+
+
+def _check_options(masks: Masks | None, *, sparse: bool, slim: bool, format: str) -> None:
+    check_choice("format", format, FORMATS)
+    if sparse and format != "safetensors":
+        raise ConfigError(f"sparse=True stores safetensors tensors compressed; format={format!r}")
+    if slim:
+        if masks is None:
+            raise ConfigError("slim=True removes pruned filters/channels, but masks is None")
+        check_slimmable(masks.structure)
+
+
+@torch.no_grad()
+def _semi_structured(model: nn.Module, masks: Masks | None, sample: Tensor) -> list[str]:
+    """Convert the 2:4 linear layers of a copy on the GPU, check its outputs, list them."""
+    if masks is None:
+        raise ConfigError("semi_structured=True needs 2:4 masks, but masks is None")
+    names = semi_structured_layers(model, masks)
+    device = check_semi_structured_support()
+    dense = masks.apply(copy.deepcopy(model)).to(device=device, dtype=torch.float16).eval()
+    converted = copy.deepcopy(dense)
+    done = to_semi_structured_(converted, names)
+    sample = sample.to(device=device, dtype=torch.float16) if sample.is_floating_point() else sample
+    if not torch.allclose(converted(sample), dense(sample), atol=1e-2, rtol=1e-2):
+        raise SfpkError("the 2:4 semi-structured model's outputs differ from the dense one's")
+    return done
 
 
 def export(
@@ -151,6 +218,9 @@ def export(
     *,
     architecture: Architecture | None,
     sparse: bool = False,
+    slim: bool = False,
+    format: str = "safetensors",
+    semi_structured: bool = False,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` with ``masks`` baked in, and the masks, into the folder ``path``.
@@ -161,42 +231,78 @@ def export(
     Args:
         model: the (trained, pruned) model.
         masks: its masks, or None for a dense model.
-        path: output folder; gets ``model.safetensors`` and (with masks) ``masks.safetensors``.
+        path: output folder; gets ``model.safetensors`` (or ``model.onnx``) and (with masks)
+            ``masks.safetensors``.
         architecture: how :func:`load_model` rebuilds the model; None for a model that is not
             from the zoo (the file then holds weights only).
         sparse: store each masked tensor compressed (kept values + bitmask or int32
             indices, whichever is smaller; see :mod:`sfpk.sparse_files`). Lossless.
-        overwrite: replace an existing ``model.safetensors`` in ``path``.
+        slim: remove the pruned filters/channels of ``filter`` or ``channel`` masks
+            (:func:`sfpk.slim.slim_model`); the outputs stay those of the masked model.
+        format: ``"safetensors"`` or ``"onnx"`` (checked in onnxruntime against torch).
+        semi_structured: with ``2:4`` masks, convert the linear layers on this machine's
+            GPU, check the outputs and list them in the header.
+        overwrite: replace an existing model file in ``path``.
 
     Returns:
-        The path of ``model.safetensors``.
+        The path of ``model.safetensors`` (or ``model.onnx``).
 
     Raises:
         MaskMismatchError: the masks do not fit the model.
         ConfigError: the architecture does not fit the weights, ``path`` is a run directory
-            or a file, or already holds a model (without ``overwrite``).
+            or a file, or already holds a model (without ``overwrite``); ``slim`` with masks
+            that are not structured; ``semi_structured`` without 2:4 masks or without a
+            supported GPU; ``sparse`` with ONNX; an optional extra (``slim``, ``onnx``) that
+            is not installed.
+        SfpkError: onnxruntime's outputs differ from torch's.
 
     Example:
         >>> arch = Architecture("resnet20", num_classes=10, input_shape=(3, 32, 32))
-        >>> export(model, masks, "out", architecture=arch, sparse=True)  # doctest: +SKIP
-        >>> model = load_model("out")                                     # doctest: +SKIP
+        >>> export(model, masks, "out", architecture=arch, slim=True)   # doctest: +SKIP
+        >>> model = load_model("out")                                    # doctest: +SKIP
     """
+    _check_options(masks, sparse=sparse, slim=slim, format=format)
     folder = Path(path)
-    _check_folder(folder, overwrite=overwrite)
-    state = bake(model, masks)
-    if architecture is not None:
-        _check_architecture(architecture, state)
+    target = folder / (ONNX_FILE if format == "onnx" else MODEL_FILE)
+    _check_folder(folder, target, overwrite=overwrite)
+    if masks is not None:
+        masks.check_fits(model)
     header: dict[str, Any] = {
         "architecture": None if architecture is None else architecture.to_header(),
         "method": None if masks is None else masks.method,
         "structure": None if masks is None else masks.structure,
         "achieved_sparsity": None if masks is None else masks.sparsity(),
     }
-    sparse_names = set(masks.effective_masks()) if sparse and masks is not None else set()
-    folder.mkdir(parents=True, exist_ok=True)
+    needs_sample = slim or format == "onnx" or semi_structured
+    why = "slim=True" if slim else "format='onnx'" if format == "onnx" else "semi_structured"
+    sample = _example_input(model, architecture, why) if needs_sample else None
+    if semi_structured:
+        header["semi_structured"] = _semi_structured(model, masks, sample)
+    if slim:
+        final = slim_model(model, masks, sample)
+        state = bake(final, None)
+        header["slimmed"] = True
+    else:
+        final = None
+        state = bake(model, masks)
+    if architecture is not None:
+        _check_architecture(architecture, state, slimmed=slim)
+    if format == "onnx":
+        final = final if final is not None else _masked_copy(model, masks)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = export_onnx(final, target, sample, metadata=header)
+    else:
+        sparse_names = set(masks.effective_masks()) if sparse and masks is not None else set()
+        folder.mkdir(parents=True, exist_ok=True)
+        written = write_weights_file(target, state, header, sparse_names=sparse_names)
     if masks is not None:
         masks.save(folder / MASKS_FILE)
-    return write_weights_file(folder / MODEL_FILE, state, header, sparse_names=sparse_names)
+    return written
+
+
+def _masked_copy(model: nn.Module, masks: Masks | None) -> nn.Module:
+    work = copy.deepcopy(model).eval()
+    return masks.apply(work) if masks is not None else work
 
 
 def _model_file(path: str | os.PathLike) -> Path:
@@ -247,6 +353,8 @@ def load_model(path: str | os.PathLike) -> nn.Module:
         model = architecture.build()
     except (ValueError, SfpkError) as exc:  # UnknownNameError / ConfigError are ValueErrors
         raise CheckpointError(f"{str(file)!r}: cannot rebuild its architecture: {exc}") from exc
+    if info.get("slimmed"):
+        resize_to_state_(model, state)
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1 and dtypes != {torch.float32}:
         model.to(dtypes.pop())
@@ -298,6 +406,9 @@ def export_run(
     out: str | os.PathLike,
     *,
     sparse: bool = False,
+    slim: bool = False,
+    format: str = "safetensors",
+    semi_structured: bool = False,
     num_classes: int | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -308,16 +419,20 @@ def export_run(
             ``masks.safetensors`` for a pruned run).
         out: output folder (not the run directory).
         sparse: store the masked tensors compressed.
+        slim: remove the pruned filters/channels (structured runs only).
+        format: ``"safetensors"`` or ``"onnx"``.
+        semi_structured: convert 2:4 linear layers on this machine's GPU (2:4 runs only).
         num_classes: skip loading the data set to count the classes.
         overwrite: replace an earlier export in ``out``.
 
     Returns:
-        The path of the exported ``model.safetensors``.
+        The path of the exported ``model.safetensors`` (or ``model.onnx``).
 
     Raises:
         CheckpointError: no such run directory, no ``config.yaml`` or ``model.safetensors``,
             or files that do not fit the run's model.
         MaskMismatchError: the run's masks do not fit its model.
+        ConfigError: an option that does not fit the run (see :func:`export`).
     """
     run = Path(run_dir)
     if not run.is_dir():
@@ -333,4 +448,14 @@ def export_run(
     architecture = run_architecture(config, num_classes=num_classes)
     model = models.load_weights(architecture.build(), run / MODEL_FILE)
     masks = load_masks(run / MASKS_FILE, model) if (run / MASKS_FILE).is_file() else None
-    return export(model, masks, out, architecture=architecture, sparse=sparse, overwrite=overwrite)
+    return export(
+        model,
+        masks,
+        out,
+        architecture=architecture,
+        sparse=sparse,
+        slim=slim,
+        format=format,
+        semi_structured=semi_structured,
+        overwrite=overwrite,
+    )
