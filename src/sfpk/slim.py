@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,7 +107,8 @@ class _Member:
     name: str
     module: nn.Module
     role: str  # "producer", "consumer", "passthrough" or "passive"
-    by_root: dict[int, list[int]]  # root channel -> this member's indices
+    idxs: Tensor  # this member's indices ...
+    roots: Tensor  # ... and the root channel of each
 
 
 def _is_depthwise(module: nn.Module) -> bool:
@@ -142,10 +142,9 @@ def _members(graph: Any, group: Any, names: dict[nn.Module, str]) -> list[_Membe
             role = "passive"
         else:
             return None
-        by_root: dict[int, list[int]] = defaultdict(list)
-        for idx, root in zip(item.idxs, item.root_idxs, strict=True):
-            by_root[int(root)].append(int(idx))
-        members.append(_Member(names.get(module, "?"), module, role, dict(by_root)))
+        idxs = torch.tensor([int(i) for i in item.idxs], dtype=torch.long)
+        roots = torch.tensor([int(r) for r in item.root_idxs], dtype=torch.long)
+        members.append(_Member(names.get(module, "?"), module, role, idxs, roots))
     return members
 
 
@@ -223,25 +222,31 @@ def _consumer_inputs(
     return seen
 
 
-def _all_zero(tensor: Tensor | None, dim: int, idxs: list[int]) -> bool:
-    return tensor is None or not bool(tensor.detach().index_select(dim, torch.tensor(idxs)).any())
+def _per_root(flags: Tensor, member: _Member, size: int) -> Tensor:
+    """Per root channel: whether any of its indices in ``member`` has its flag set."""
+    hits = torch.zeros(size, dtype=torch.long)
+    return hits.index_add_(0, member.roots, flags[member.idxs].long()) > 0
 
 
-def _removable(members: list[_Member], inputs: dict[nn.Module, Tensor], root: int) -> bool:
-    """Whether root channel ``root`` can go without changing any output (module docstring)."""
-    consumers = [m for m in members if m.role == "consumer" and root in m.by_root]
-    producers = [m for m in members if m.role == "producer" and root in m.by_root]
-    ignored = all(_all_zero(m.module.weight, 1, m.by_root[root]) for m in consumers)
-    silent = bool(producers) and all(
-        _all_zero(m.module.weight, 0, m.by_root[root])
-        and _all_zero(getattr(m.module, "bias", None), 0, m.by_root[root])
-        for m in producers
-    )
-    if silent:
-        silent = all(
-            not bool(inputs[m.module][torch.tensor(m.by_root[root])].any()) for m in consumers
-        )
-    return ignored or silent
+def _removable(members: list[_Member], inputs: dict[nn.Module, Tensor], size: int) -> Tensor:
+    """Per root channel: whether it can go without changing any output (module docstring)."""
+    none = torch.zeros(size, dtype=torch.bool)
+    read, carries, live, produced = none.clone(), none.clone(), none.clone(), none.clone()
+    for m in members:
+        weight = m.module.weight.detach()
+        if m.role == "consumer":
+            read |= _per_root(weight.transpose(0, 1).flatten(1).any(dim=1), m, size)
+            carries |= _per_root(inputs[m.module] != 0, m, size)
+        elif m.role == "producer":
+            flags = weight.flatten(1).any(dim=1)
+            bias = getattr(m.module, "bias", None)
+            if bias is not None:
+                flags |= bias.detach() != 0
+            live |= _per_root(flags, m, size)
+            produced |= _per_root(torch.ones_like(flags), m, size)
+    ignored = ~read
+    silent = produced & ~live & ~carries
+    return ignored | silent
 
 
 def slim_model(
@@ -289,7 +294,7 @@ def slim_model(
         if members is None or not any(m.role == "consumer" for m in members):
             continue  # layers we do not slim, or the channels of the model's output
         size = len(group.items[0].idxs)
-        remove = [r for r in range(size) if _removable(members, inputs, r)]
+        remove = torch.nonzero(_removable(members, inputs, size)).flatten().tolist()
         if len(remove) == size:
             remove = remove[1:]  # keep one channel so that the layers still exist
         if remove:
