@@ -15,6 +15,7 @@ from sfpk import models
 from sfpk.cli import main
 from sfpk.errors import CheckpointError, ConfigError, DataError, MaskMismatchError
 from sfpk.export import Architecture, export_run, run_architecture
+from sfpk.onnx_export import onnx_session
 
 DIGITS = Architecture("cnn_digits", num_classes=10, input_shape=(1, 8, 8), options={"width": 8})
 
@@ -235,3 +236,94 @@ def test_on_disk_data_set_that_is_absent_needs_num_classes():
         run_architecture(config)
     arch = run_architecture(config, num_classes=10)
     assert arch == Architecture("resnet20", num_classes=10, input_shape=(3, 32, 32))
+
+
+# -- slim, ONNX and 2:4 export options ----------------------------------------------------
+
+
+def _filter_masks(model: torch.nn.Module, structure: str = "filter", seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    masks = sfpk.Masks.ones(model, structure=structure)
+    return masks.with_tensors(
+        {n: (torch.rand(t.shape, generator=generator) > 0.5).float() for n, t in masks.items()}
+    )
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_slim_export_loads_with_load_model(tmp_path, sparse):
+    """A slim file rebuilds from its header alone: smaller layers, the masked model's outputs."""
+    pytest.importorskip("torch_pruning", reason="the slim extra is not installed")
+    arch = Architecture("resnet20", num_classes=10, input_shape=(3, 32, 32))
+    torch.manual_seed(0)
+    model = arch.build().eval()
+    masks = _filter_masks(model)
+    path = sfpk.export(model, masks, tmp_path, architecture=arch, slim=True, sparse=sparse)
+    with safe_open(str(path), framework="pt") as handle:
+        assert json.loads(handle.metadata()["sfpk"])["slimmed"] is True
+    loaded = sfpk.load_model(tmp_path)
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), masks.apply(model)(x), atol=1e-5, rtol=1e-4)
+    assert sum(p.numel() for p in loaded.parameters()) < 0.8 * models.count_parameters(model)
+    assert loaded.layer1[0].conv1.out_channels < 16  # block-internal channels are gone
+
+
+def test_slim_export_of_unstructured_masks_is_refused(tmp_path):
+    """--slim needs whole filters or channels; the error names the structure and the choices."""
+    model, masks, _ = _pruned(DIGITS)
+    with pytest.raises(ConfigError, match=r"structure='unstructured'.*'filter' or 'channel'"):
+        sfpk.export(model, masks, tmp_path, architecture=DIGITS, slim=True)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU exists")
+def test_semi_structured_without_a_gpu_says_why(tmp_path):
+    """2:4 conversion needs a CUDA GPU: on a CPU machine the error says so and writes nothing."""
+    arch = Architecture("mlp", num_classes=10, input_shape=(1, 8, 8), options={"hidden": [32]})
+    model = arch.build()
+    masks = _filter_masks(model, structure="2:4")
+    with pytest.raises(ConfigError, match="needs a CUDA GPU of compute capability 8.0"):
+        sfpk.export(model, masks, tmp_path, architecture=arch, semi_structured=True)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_semi_structured_needs_2_4_masks(tmp_path):
+    """Filter masks are not 2:4: the error names both structures."""
+    model, masks, _ = _pruned(DIGITS)
+    with pytest.raises(ConfigError, match=r"structure='2:4'.*structure='unstructured'"):
+        sfpk.export(model, masks, tmp_path, architecture=DIGITS, semi_structured=True)
+
+
+@pytest.fixture(scope="module")
+def filter_run_dir(tmp_path_factory):
+    """A finished tiny oneshot run with filter masks (digits / mlp / mag 50 %)."""
+    out = tmp_path_factory.mktemp("runs") / "filter-run"
+    flags = [*TINY_FLAGS, "--method", "mag", "--structure", "filter", "--sparsity", "0.5"]
+    assert main(["oneshot", *flags, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_cli_slim_and_onnx_export_of_a_structured_run(filter_run_dir, tmp_path, capsys):
+    """`sfpk export RUN --slim` and `--slim --format onnx` give the run's masked outputs."""
+    pytest.importorskip("torch_pruning", reason="the slim extra is not installed")
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    run = str(filter_run_dir)
+    assert main(["export", run, "--out", str(tmp_path / "slim"), "--slim"]) == 0
+    assert main(["export", run, "--out", str(tmp_path / "onnx"), "--slim", "--format", "onnx"]) == 0
+    assert main(["export", run, "--out", str(tmp_path / "dense")]) == 0
+    assert "model.onnx" in capsys.readouterr().out
+    masked = sfpk.load_model(tmp_path / "dense")
+    slim = sfpk.load_model(tmp_path / "slim")
+    assert models.count_parameters(slim) < models.count_parameters(masked)
+    x = torch.rand(6, 1, 8, 8)
+    torch.testing.assert_close(slim(x), masked(x), atol=1e-5, rtol=1e-4)
+    got = onnx_session(tmp_path / "onnx" / "model.onnx").run(None, {"input": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), masked(x), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_cli_slim_of_an_unstructured_run_is_one_line_exit_2(run_dir, tmp_path, capsys):
+    """`sfpk export RUN --slim` on unstructured masks: `sfpk: error: ...` naming the choices."""
+    assert main(["export", str(run_dir), "--out", str(tmp_path), "--slim"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sfpk: error:") and "'filter' or 'channel'" in err

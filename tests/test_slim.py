@@ -114,6 +114,7 @@ def test_plain_cnn_loses_exactly_the_pruned_channels(structure):
 # ResNet-20's first residual wire (16 channels): the stem conv and bn1, each layer1 block's
 # conv2 and bn2 produce it; each layer1 block's conv1, layer2.0.conv1 and layer2.0's 1x1
 # shortcut read it. One channel of it holds these parameters:
+# fmt: off
 _RESIDUAL_CHANNEL = (
     3 * 9 + 2  # stem filter (3 inputs, 3x3) and its BN
     + 3 * (16 * 9 + 2)  # layer1.{0,1,2}.conv2 filters and bn2
@@ -121,6 +122,7 @@ _RESIDUAL_CHANNEL = (
     + 32 * 9  # layer2.0.conv1 input channel
     + 32  # layer2.0.shortcut 1x1 conv input channel
 )
+# fmt: on
 _RESIDUAL_PRODUCERS = ["conv1.weight", *(f"layer1.{b}.conv2.weight" for b in range(3))]
 
 
