@@ -138,3 +138,35 @@ def test_token_models_are_counted_with_integer_inputs():
     costs = count(model, (5,), input_dtype=torch.long)
     assert costs.macs == 5 * 4 * 11  # one MAC per weight per token position
     assert costs.params == 11 * 4 + 4 * 11 + 11  # every parameter: embedding, weight, bias
+
+
+def test_slim_counts_of_a_filter_pruned_cnn_by_hand():
+    """Slim MACs drop for the next layer's inputs too, which nonzero MACs cannot see."""
+    pytest.importorskip("torch_pruning", reason="the slim extra is not installed")
+    from sfpk.costs import slim_cost_summary
+
+    torch.manual_seed(0)
+    model = sfpk.models.create("cnn_digits", num_classes=10, input_shape=(1, 8, 8), width=8)
+    masks = Masks.ones(model, structure="filter")
+    tensors = dict(masks.items())
+    tensors["features.0.weight"][:3] = 0  # 8 -> 5 channels
+    tensors["features.3.weight"][:6] = 0  # 16 -> 10
+    tensors["features.7.weight"][:4] = 0  # 16 -> 12
+    masks = masks.with_tensors(tensors)
+    a, b, c = 5, 10, 12  # conv widths; 8x8 positions, then 4x4 after the max-pool
+    macs = 64 * 9 * (1 * a + a * b) + 16 * 9 * b * c + c * 10
+    params = 9 * (a + a * b + b * c) + 2 * (a + b + c) + 10 * c + 10
+    slim = slim_cost_summary(model, masks, (1, 8, 8))
+    assert slim == {"slim_params": params, "slim_macs": macs}
+    assert slim["slim_macs"] < count(model, (1, 8, 8), masks).nonzero_macs
+
+
+def test_slim_counts_are_none_for_unstructured_masks():
+    """Nothing to slim: the figures are None (JSON null), not the dense counts."""
+    from sfpk.costs import slim_cost_summary
+
+    model = _tiny()
+    assert slim_cost_summary(model, _masks(model), INPUT) == {
+        "slim_params": None,
+        "slim_macs": None,
+    }

@@ -164,3 +164,45 @@ def test_report_table_has_a_perplexity_column_only_with_language_model_runs(tmp_
     assert "| snip | 0.5000 | 0.5000 | 0 | 50.00 ± 0.00 % | 3.250 ± 0.000 |" in text
     image = _fake_run(tmp_path, "img", method="mag", sparsity=0.9, seed=0, acc=0.7)
     assert "perplexity" not in write_report([image], tmp_path / "report2").read_text()
+
+
+def _cost_run(root, name, *, seed, nonzero_params, slim=None):
+    """A fake run whose summary carries the cost figures of sfpk.cost_summary."""
+    run = root / name
+    run.mkdir()
+    summary = {
+        "method": "mag", "sparsity": 0.5, "achieved_sparsity": 0.5, "seed": seed,
+        "final_test_acc": 0.9, "params": 272474, "nonzero_params": nonzero_params,
+        "macs": 40_550_000, "nonzero_macs": 20_000_000,
+    }  # fmt: skip
+    if slim is not None:
+        summary["slim_params"], summary["slim_macs"] = slim
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_report_shows_parameter_and_mac_counts(tmp_path):
+    """Cost figures of summary.json appear as 'nonzero / all', averaged over seeds."""
+    runs = [
+        _cost_run(tmp_path, "a", seed=0, nonzero_params=136000),
+        _cost_run(tmp_path, "b", seed=1, nonzero_params=138000),
+    ]
+    text = write_report(runs, tmp_path / "report").read_text()
+    assert "params (nonzero / all) | MACs (nonzero / all) |" in text.splitlines()[0]
+    assert "| 137.0k / 272.5k | 20.0M / 40.5M |" in text
+    assert "slim" not in text
+
+
+def test_report_shows_slim_counts_when_runs_have_them(tmp_path):
+    """A structured run's slim parameters and MACs get their own column."""
+    run = _cost_run(tmp_path, "a", seed=0, nonzero_params=136000, slim=(130500, 19_800_000))
+    text = write_report([run], tmp_path / "report").read_text()
+    assert text.splitlines()[0].endswith("| slim params / MACs |")
+    assert text.splitlines()[2].endswith("| 130.5k / 19.8M |")
+
+
+def test_report_without_cost_figures_keeps_its_columns(tmp_path):
+    """Summaries written before costs existed: no cost columns, no error."""
+    run = _fake_run(tmp_path, "old", method="mag", sparsity=0.9, seed=0, acc=0.7)
+    header = write_report([run], tmp_path / "report").read_text().splitlines()[0]
+    assert "params" not in header and "MACs" not in header

@@ -9,6 +9,9 @@ fvcore and thop).
 
 "Nonzero" counts use the weights as the masked model sees them: an entry counts if the mask
 keeps it *and* the weight is not zero, so a pruned weight's MACs are not counted.
+"Slim" counts (:func:`slim_cost_summary`) are the dense counts of the model that
+:func:`sfpk.slim.slim_model` makes: what a structured pruning really saves without sparse
+kernels.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from .masks import Masks
+from .slim import SLIMMABLE_STRUCTURES, slim_model
 
-__all__ = ["Costs", "count", "cost_summary"]
+__all__ = ["Costs", "count", "cost_summary", "slim_cost_summary"]
 
 _COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -175,3 +179,24 @@ def cost_summary(
     ``mac_density``, ``mac_reduction`` (conv/linear MACs only).
     """
     return count(model, input_shape, masks, input_dtype=input_dtype).as_dict()
+
+
+def slim_cost_summary(
+    model: nn.Module, masks: Masks | None, input_shape: Sequence[int]
+) -> dict[str, int | None]:
+    """``slim_params`` and ``slim_macs``: the dense counts of the slimmed model.
+
+    Both are None when the masks are not ``filter`` or ``channel`` masks (nothing to slim).
+    ``model`` is not changed. Needs the ``slim`` extra (torch-pruning).
+
+    Raises:
+        ConfigError: torch-pruning is not installed.
+        MaskMismatchError: if ``masks`` do not fit ``model``.
+    """
+    if masks is None or masks.structure not in SLIMMABLE_STRUCTURES:
+        return {"slim_params": None, "slim_macs": None}
+    first = next(model.parameters())
+    sample = torch.zeros(1, *input_shape, device=first.device, dtype=first.dtype)
+    slim = slim_model(model, masks, sample)
+    costs = count(slim, input_shape)
+    return {"slim_params": costs.params, "slim_macs": costs.macs}

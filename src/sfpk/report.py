@@ -4,6 +4,8 @@
 accuracy over seeds and writes ``OUT/report.md``, ``OUT/report.csv`` and
 ``OUT/accuracy_vs_sparsity.png``. Language-model runs also get their test perplexity
 (mean ± std over seeds) in a perplexity column; their accuracy is the token accuracy.
+Runs whose summaries carry cost figures (:func:`sfpk.cost_summary`) get a parameters and a
+MACs column, "nonzero / all" (and a slim column when the summaries have ``slim_params``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,28 @@ __all__ = ["load_summaries", "summarize_runs", "write_report", "ACCURACY_KEYS", 
 ACCURACY_KEYS = ("last_k_mean_test_acc", "final_test_acc", "best_val_test_acc")
 # The same preference for the perplexity of language-model runs.
 PERPLEXITY_KEYS = ("last_k_mean_test_ppl", "final_test_ppl", "best_val_test_ppl")
+# Cost figures of summary.json (sfpk.costs), averaged over a row's runs when all have them.
+COST_KEYS = ("params", "nonzero_params", "macs", "nonzero_macs", "slim_params", "slim_macs")
+
+
+def _cost_fields(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The mean of each cost figure over ``runs``; None where a run lacks it."""
+    return {
+        key: statistics.fmean(float(r[key]) for r in runs)
+        if all(r.get(key) is not None for r in runs)
+        else None
+        for key in COST_KEYS
+    }
+
+
+def _compact(count: float | None) -> str:
+    """272474 -> '272.5k', 40.6e6 -> '40.6M'; '-' for None."""
+    if count is None:
+        return "-"
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(count) >= size:
+            return f"{count / size:.1f}{suffix}"
+    return f"{count:.0f}"
 
 
 def load_summaries(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -106,6 +130,7 @@ def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
                 "ppl_mean": ppl_mean,
                 "ppl_std": ppl_std,
+                **_cost_fields(runs),
             }
         )
     return rows
@@ -114,9 +139,15 @@ def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     """The Markdown table; a perplexity column when any row is a language model's."""
     with_ppl = any(r["ppl_mean"] is not None for r in rows)
+    with_costs = any(r.get("params") is not None for r in rows)
+    with_slim = any(r.get("slim_params") is not None for r in rows)
     header = "| method | sparsity | achieved | seeds | accuracy (mean ± std) |"
     if with_ppl:
         header += " perplexity (mean ± std) |"
+    if with_costs:
+        header += " params (nonzero / all) | MACs (nonzero / all) |"
+    if with_slim:
+        header += " slim params / MACs |"
     lines = [header, "|---" * header.count(" |") + "|"]
     for r in rows:
         seeds = ", ".join(str(s) for s in r["seeds"]) or "-"
@@ -127,6 +158,11 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         if with_ppl:
             ppl = r["ppl_mean"]
             line += " - |" if ppl is None else f" {ppl:.3f} ± {r['ppl_std']:.3f} |"
+        if with_costs:
+            line += f" {_compact(r.get('nonzero_params'))} / {_compact(r.get('params'))} |"
+            line += f" {_compact(r.get('nonzero_macs'))} / {_compact(r.get('macs'))} |"
+        if with_slim:
+            line += f" {_compact(r.get('slim_params'))} / {_compact(r.get('slim_macs'))} |"
         lines.append(line)
     return lines
 
