@@ -269,3 +269,15 @@ def test_coupled_channel_groups_of_resnet20():
     weights = [n for n, p in _build("resnet20").named_parameters() if p.dim() > 1]
     assert sorted(n for n, _ in outputs if n in weights) == sorted(weights)
     assert json.loads(json.dumps([g.as_dict() for g in groups]))[0]["size"] == groups[0].size
+
+
+def test_constant_channels_before_the_classifier_fold_into_its_bias():
+    """Pruned last-conv filters whose BN emits a positive constant: folded into fc.bias, gone."""
+    model = _build("cnn_digits")
+    model.features[8].bias.data[:] = 0.5  # BN of the last conv: every channel shifts by 0.5
+    masks = _resnet_filter_masks(model, {"features.7.weight": [0, 1, 2, 3, 4, 5]})
+    x = _inputs("cnn_digits")
+    slim = slim_model(model, masks, x[:2])
+    assert slim.features[7].out_channels == slim.fc.in_features == 10
+    assert not torch.equal(slim.fc.bias, model.fc.bias)  # it carries the constants now
+    torch.testing.assert_close(slim(x), _masked_outputs(model, masks, x), atol=1e-5, rtol=1e-4)

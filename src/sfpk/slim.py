@@ -22,11 +22,17 @@ the model *with its masks applied*:
   that reaches every consumer is exactly zero. With every producer pruned, that value no
   longer depends on the input (it is a BatchNorm shift ``beta - gamma * mean /
   sqrt(var + eps)`` passed through element-wise ops), so it is checked once, on the
-  example input.
+  example input; or
+* *constant*: every producer is pruned and the channel carries a non-zero constant, but
+  every consumer is a linear layer with a bias that sees it as a 2-D input (after global
+  pooling or a flatten): the constant's contribution ``weight[:, c] * value`` is added to
+  that bias, which is exact.
 
 So a residual channel pruned in one branch but kept in another is kept (its zeros stay
-zeros), and a pruned filter whose BatchNorm still emits a non-zero shift is kept too:
-dropping it would change every output. At least one channel of each group is kept. Groups
+zeros), and a pruned filter whose BatchNorm still emits a non-zero shift into a conv is
+kept too: dropping it would change the outputs (a padded conv sees the constant everywhere
+but at the border, which no bias can express). At least one channel of each group is kept.
+Groups
 that reach the model's output (no consumer: the classifier's classes) and groups holding
 layers other than conv, linear and BatchNorm (or grouped, non-depthwise convs) are left
 whole. ``docs/export.md`` explains why this rule, not "prune if any member is pruned".
@@ -200,17 +206,30 @@ def coupled_channel_groups(model: nn.Module, example_input: Tensor) -> list[Chan
     return out
 
 
+@dataclass
+class _Seen:
+    """What a consumer layer received on the example input."""
+
+    amax: Tensor  # per input channel: the largest |value|
+    constant: Tensor  # per input feature of a linear layer: the value, NaN if it varies
+
+
 def _consumer_inputs(
     model: nn.Module, consumers: list[nn.Module], example_input: Tensor
-) -> dict[nn.Module, Tensor]:
-    """Per consumer layer: the largest |input| of each input channel on ``example_input``."""
-    seen: dict[nn.Module, Tensor] = {}
+) -> dict[nn.Module, _Seen]:
+    """Per consumer layer: what each of its input channels carried on ``example_input``."""
+    seen: dict[nn.Module, _Seen] = {}
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
         x = inputs[0].detach()
         dim = 1 if isinstance(module, _CONV) else x.dim() - 1
         amax = x.abs().transpose(0, dim).reshape(x.shape[dim], -1).amax(dim=1)
-        seen[module] = amax if module not in seen else torch.maximum(seen[module], amax)
+        constant = torch.full_like(amax, float("nan"))
+        if isinstance(module, nn.Linear) and x.dim() == 2 and module not in seen:
+            constant = torch.where((x == x[0]).all(dim=0), x[0], constant)
+        if module in seen:  # a layer called twice: no constant folding
+            amax = torch.maximum(seen[module].amax, amax)
+        seen[module] = _Seen(amax, constant)
 
     handles = [m.register_forward_pre_hook(hook) for m in set(consumers)]
     try:
@@ -228,15 +247,21 @@ def _per_root(flags: Tensor, member: _Member, size: int) -> Tensor:
     return hits.index_add_(0, member.roots, flags[member.idxs].long()) > 0
 
 
-def _removable(members: list[_Member], inputs: dict[nn.Module, Tensor], size: int) -> Tensor:
-    """Per root channel: whether it can go without changing any output (module docstring)."""
+def _decide(
+    members: list[_Member], seen: dict[nn.Module, _Seen], size: int
+) -> tuple[Tensor, Tensor]:
+    """Per root channel: whether it can go (module docstring), and whether it needs folding."""
     none = torch.zeros(size, dtype=torch.bool)
-    read, carries, live, produced = none.clone(), none.clone(), none.clone(), none.clone()
+    read, carries, live, produced, unfoldable = (none.clone() for _ in range(5))
     for m in members:
         weight = m.module.weight.detach()
         if m.role == "consumer":
             read |= _per_root(weight.transpose(0, 1).flatten(1).any(dim=1), m, size)
-            carries |= _per_root(inputs[m.module] != 0, m, size)
+            carries |= _per_root(seen[m.module].amax != 0, m, size)
+            can_fold = ~torch.isnan(seen[m.module].constant)
+            if getattr(m.module, "bias", None) is None:
+                can_fold &= False
+            unfoldable |= _per_root(~can_fold, m, size)
         elif m.role == "producer":
             flags = weight.flatten(1).any(dim=1)
             bias = getattr(m.module, "bias", None)
@@ -244,9 +269,22 @@ def _removable(members: list[_Member], inputs: dict[nn.Module, Tensor], size: in
                 flags |= bias.detach() != 0
             live |= _per_root(flags, m, size)
             produced |= _per_root(torch.ones_like(flags), m, size)
-    ignored = ~read
-    silent = produced & ~live & ~carries
-    return ignored | silent
+    constant = produced & ~live  # the channel no longer depends on the input
+    removable = ~read | (constant & ~carries)
+    fold = constant & carries & ~unfoldable & read
+    return removable | fold, fold
+
+
+@torch.no_grad()
+def _fold_constants(members: list[_Member], seen: dict[nn.Module, _Seen], fold: Tensor) -> None:
+    """Add the constant that folded channels feed each linear consumer to that layer's bias."""
+    for m in members:
+        if m.role != "consumer":
+            continue
+        idxs = m.idxs[fold[m.roots]]
+        if len(idxs):
+            values = seen[m.module].constant[idxs].to(m.module.weight.dtype)
+            m.module.bias += m.module.weight[:, idxs] @ values
 
 
 def slim_model(
@@ -289,17 +327,22 @@ def slim_model(
     plan = []
     groups = _groups(graph, work)
     consumers = [m.module for _, ms in groups if ms for m in ms if m.role == "consumer"]
-    inputs = _consumer_inputs(work, consumers, example_input)
+    seen = _consumer_inputs(work, consumers, example_input)
     for group, members in groups:
         if members is None or not any(m.role == "consumer" for m in members):
             continue  # layers we do not slim, or the channels of the model's output
         size = len(group.items[0].idxs)
-        remove = torch.nonzero(_removable(members, inputs, size)).flatten().tolist()
-        if len(remove) == size:
-            remove = remove[1:]  # keep one channel so that the layers still exist
+        removable, fold = _decide(members, seen, size)
+        remove = torch.nonzero(removable).flatten().tolist()
+        if len(remove) == size:  # keep one channel so that the layers still exist
+            fold[remove[0]] = False
+            remove = remove[1:]
         if remove:
-            plan.append((group.items[0].dep.target.module, group.items[0].dep.handler, remove))
-    for module, handler, remove in plan:
+            root = group.items[0].dep
+            plan.append((root.target.module, root.handler, remove, members, fold))
+    # every decision above saw the unchanged model; now fold, then cut
+    for module, handler, remove, members, fold in plan:
+        _fold_constants(members, seen, fold)
         graph.get_pruning_group(module, handler, remove).prune()
     log.info("slimmed %d coupled groups", len(plan))
     return work.eval()

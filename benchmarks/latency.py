@@ -1,0 +1,245 @@
+"""CPU latency of dense vs slim models, in torch (eval mode) and onnxruntime.
+
+ResNet-20 and ResNet-56 from the zoo (CIFAR-10 head, random init: latency does not depend on
+the values) get filter masks that prune **coupled channel groups together**: for every group
+of :func:`sfpk.slim.coupled_channel_groups` but the classifier's, the same fraction of
+channels, those with the smallest L2 norm over the group's producing filters, is pruned in
+every producer. Masks chosen that way are slimmable by construction (a residual channel is
+pruned in every branch), so :func:`sfpk.slim.slim_model` removes all of them. The fraction
+is set so that the slim model has ``sparsity`` of the dense conv/linear weights removed
+(its achieved value is in the table).
+
+Dense and slim models are timed in the same process, alternately (dense, slim, dense, ...),
+at batch 1 and batch 64; the latency is the median of the repeats and the speed-up is the
+ratio of the medians. Beside it: the MAC reduction of the slim model (``sfpk.count``,
+conv/linear MACs), and ``speed-up / MAC reduction``; the target is >= 0.7 at batch 64.
+
+    nice -n 19 python benchmarks/latency.py                 # a few minutes on 2 threads
+    python benchmarks/latency.py --models resnet20 --sparsities 0.5 --repeats 3   # quick
+
+Prints a Markdown table; writes ``benchmarks/results/latency.csv`` and ``latency.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import sfpk
+from sfpk.export import Architecture
+from sfpk.masks import Masks
+from sfpk.onnx_export import export_onnx, onnx_session
+from sfpk.slim import ChannelGroup, coupled_channel_groups, slim_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+INPUT_SHAPE = (3, 32, 32)
+
+
+def _weights(model: nn.Module) -> int:
+    """Conv and linear weights (the prunable ones)."""
+    return sum(p.numel() for n, p in model.named_parameters() if p.dim() > 1)
+
+
+def _prunable_groups(model: nn.Module) -> list[ChannelGroup]:
+    """The coupled groups of ``model`` but the classifier's (its outputs are the classes)."""
+    groups = coupled_channel_groups(model, torch.zeros(1, *INPUT_SHAPE))
+    return [g for g in groups if ("fc.weight", 0) not in g.members]
+
+
+def coupled_filter_masks(model: nn.Module, groups: list[ChannelGroup], fraction: float) -> Masks:
+    """Filter masks pruning ``floor(fraction * C)`` channels of every group together.
+
+    A channel's score is the L2 norm of its filters over all the group's producers.
+    """
+    params = dict(model.named_parameters())
+    masks = Masks.ones(model, structure="filter")
+    tensors = {n: t.clone() for n, t in masks.items()}
+    for group in groups:
+        producers = [n for n, dim in group.members if dim == 0 and params[n].dim() > 1]
+        score = sum(params[n].detach().flatten(1).pow(2).sum(1) for n in producers)
+        cut = torch.argsort(score, stable=True)[: math.floor(fraction * group.size)]
+        for name in producers:
+            tensors[name][cut] = 0
+    return masks.with_tensors(tensors)
+
+
+def _slim_weights(model: nn.Module, groups: list[ChannelGroup], fraction: float) -> int:
+    """Conv/linear weights left once every group has lost ``floor(fraction * C)`` channels."""
+    shrink = {m: g.size for g in groups for m in g.members}
+    total = 0
+    for name, param in model.named_parameters():
+        if param.dim() < 2:
+            continue
+        shape = list(param.shape)
+        for dim in (0, 1):
+            size = shrink.get((name, dim))
+            if size is not None:  # a dim of k * size entries keeps k per kept channel
+                shape[dim] -= shape[dim] // size * math.floor(fraction * size)
+        total += math.prod(shape)
+    return total
+
+
+def _fraction_for(model: nn.Module, groups: list[ChannelGroup], sparsity: float) -> float:
+    """The channel fraction whose slim model has ~``sparsity`` of the weights removed.
+
+    Both dims of a conv shrink, so removed weights ~ 1 - (1 - fraction)^2; the search
+    accounts for the stem and the classifier, which keep one of their dims.
+    """
+    dense = _weights(model)
+    low, high = 0.0, 1.0 - 1e-6
+    for _ in range(30):
+        mid = (low + high) / 2
+        if 1 - _slim_weights(model, groups, mid) / dense < sparsity:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def _time_pair(
+    run_dense: Callable[[], object], run_slim: Callable[[], object], repeats: int, inner: int
+) -> tuple[float, float]:
+    """Median seconds per call of each, timed alternately so both see the same load."""
+    for _ in range(2):  # warm-up: allocations, oneDNN primitive caches
+        run_dense()
+        run_slim()
+    dense, slim = [], []
+    for _ in range(repeats):
+        for runner, times in ((run_dense, dense), (run_slim, slim)):
+            start = time.perf_counter()
+            for _ in range(inner):
+                runner()
+            times.append((time.perf_counter() - start) / inner)
+    return statistics.median(dense), statistics.median(slim)
+
+
+def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
+def _onnx_runner(path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
+    session = onnx_session(path, threads=threads)
+    feed = {"input": x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) -> list[dict]:
+    """Rows (torch and onnxruntime, batch 1 and 64) for one model and sparsity."""
+    arch = Architecture(name, num_classes=10, input_shape=INPUT_SHAPE)
+    torch.manual_seed(0)
+    dense = arch.build().eval()
+    groups = _prunable_groups(dense)
+    fraction = _fraction_for(dense, groups, sparsity)
+    masks = coupled_filter_masks(dense, groups, fraction)
+    sample = torch.randn(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
+    slim = slim_model(dense, masks, sample)
+    masked = masks.apply(copy.deepcopy(dense))
+    dense_costs = sfpk.count(dense, INPUT_SHAPE)
+    slim_costs = sfpk.count(slim, INPUT_SHAPE)
+    torch.testing.assert_close(slim(sample), masked(sample), atol=1e-4, rtol=1e-3)
+    files = {}
+    for label, module in (("dense", dense), ("slim", slim)):
+        files[label] = export_onnx(module, folder / f"{name}-{sparsity}-{label}.onnx", sample)
+    rows = []
+    for batch in (1, 64):
+        x = torch.randn(batch, *INPUT_SHAPE, generator=torch.Generator().manual_seed(batch))
+        inner = max(1, args.inner // batch)
+        runners = {
+            "torch": (_torch_runner(dense, x), _torch_runner(slim, x)),
+            "onnxruntime": (
+                _onnx_runner(files["dense"], x, args.threads),
+                _onnx_runner(files["slim"], x, args.threads),
+            ),
+        }
+        for runtime, (run_dense, run_slim) in runners.items():
+            dense_s, slim_s = _time_pair(run_dense, run_slim, args.repeats, inner)
+            speedup = dense_s / slim_s
+            reduction = dense_costs.macs / slim_costs.macs
+            rows.append(
+                {
+                    "model": name,
+                    "sparsity": sparsity,
+                    "achieved_weight_sparsity": 1 - _weights(slim) / _weights(dense),
+                    "mask_sparsity": masks.sparsity(),
+                    "channel_fraction": fraction,
+                    "runtime": runtime,
+                    "batch": batch,
+                    "dense_ms": 1000 * dense_s,
+                    "slim_ms": 1000 * slim_s,
+                    "speedup": speedup,
+                    "dense_macs": dense_costs.macs,
+                    "slim_macs": slim_costs.macs,
+                    "mac_reduction": reduction,
+                    "speedup_over_mac_reduction": speedup / reduction,
+                    "target_met": speedup >= 0.7 * reduction if batch == 64 else None,
+                }
+            )
+            print(_line(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = (
+    "| model | removed (slim weights) | runtime | batch | dense ms | slim ms | speed-up "
+    "| MAC reduction | speed-up / MAC red. |"
+)
+
+
+def _line(r: dict) -> str:
+    return (
+        f"| {r['model']} | {100 * r['achieved_weight_sparsity']:.1f} % | {r['runtime']} "
+        f"| {r['batch']} | {r['dense_ms']:.2f} | {r['slim_ms']:.2f} | {r['speedup']:.2f}x "
+        f"| {r['mac_reduction']:.2f}x | {r['speedup_over_mac_reduction']:.2f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9])
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats (median)")
+    parser.add_argument("--inner", type=int, default=16, help="samples per timed repeat")
+    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(HEADER)
+    print("|---" * HEADER.count(" |") + "|")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            for sparsity in args.sparsities:
+                rows.extend(measure(name, sparsity, args, Path(tmp)))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with (RESULTS / "latency.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    info = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "inner_samples": args.inner,
+        "machine": platform.processor() or platform.machine(),
+    }
+    (RESULTS / "latency.json").write_text(json.dumps({"setup": info, "rows": rows}, indent=1))
+    met = [r["target_met"] for r in rows if r["target_met"] is not None]
+    print(f"target (batch 64: speed-up >= 0.7 x MAC reduction) met in {sum(met)}/{len(met)}")
+
+
+if __name__ == "__main__":
+    main()
