@@ -61,8 +61,19 @@ def _prunable_groups(model: nn.Module) -> list[ChannelGroup]:
     return [g for g in groups if ("fc.weight", 0) not in g.members]
 
 
-def coupled_filter_masks(model: nn.Module, groups: list[ChannelGroup], fraction: float) -> Masks:
-    """Filter masks pruning ``floor(fraction * C)`` channels of every group together.
+def _cut(size: int, fraction: float, round_to: int) -> int:
+    """Channels to prune of a group of ``size``: ``floor(fraction * size)``, or the count
+    that leaves a multiple of ``round_to`` channels (the nearest, at least ``round_to``)."""
+    kept = size - math.floor(fraction * size)
+    if round_to > 1:
+        kept = min(size, max(round_to, round(kept / round_to) * round_to))
+    return size - kept
+
+
+def coupled_filter_masks(
+    model: nn.Module, groups: list[ChannelGroup], fraction: float, round_to: int = 1
+) -> Masks:
+    """Filter masks pruning :func:`_cut` channels of every group together.
 
     A channel's score is the L2 norm of its filters over all the group's producers.
     """
@@ -72,14 +83,16 @@ def coupled_filter_masks(model: nn.Module, groups: list[ChannelGroup], fraction:
     for group in groups:
         producers = [n for n, dim in group.members if dim == 0 and params[n].dim() > 1]
         score = sum(params[n].detach().flatten(1).pow(2).sum(1) for n in producers)
-        cut = torch.argsort(score, stable=True)[: math.floor(fraction * group.size)]
+        cut = torch.argsort(score, stable=True)[: _cut(group.size, fraction, round_to)]
         for name in producers:
             tensors[name][cut] = 0
     return masks.with_tensors(tensors)
 
 
-def _slim_weights(model: nn.Module, groups: list[ChannelGroup], fraction: float) -> int:
-    """Conv/linear weights left once every group has lost ``floor(fraction * C)`` channels."""
+def _slim_weights(
+    model: nn.Module, groups: list[ChannelGroup], fraction: float, round_to: int
+) -> int:
+    """Conv/linear weights left once every group has lost :func:`_cut` channels."""
     shrink = {m: g.size for g in groups for m in g.members}
     total = 0
     for name, param in model.named_parameters():
@@ -89,12 +102,14 @@ def _slim_weights(model: nn.Module, groups: list[ChannelGroup], fraction: float)
         for dim in (0, 1):
             size = shrink.get((name, dim))
             if size is not None:  # a dim of k * size entries keeps k per kept channel
-                shape[dim] -= shape[dim] // size * math.floor(fraction * size)
+                shape[dim] -= shape[dim] // size * _cut(size, fraction, round_to)
         total += math.prod(shape)
     return total
 
 
-def _fraction_for(model: nn.Module, groups: list[ChannelGroup], sparsity: float) -> float:
+def _fraction_for(
+    model: nn.Module, groups: list[ChannelGroup], sparsity: float, round_to: int
+) -> float:
     """The channel fraction whose slim model has ~``sparsity`` of the weights removed.
 
     Both dims of a conv shrink, so removed weights ~ 1 - (1 - fraction)^2; the search
@@ -104,7 +119,7 @@ def _fraction_for(model: nn.Module, groups: list[ChannelGroup], sparsity: float)
     low, high = 0.0, 1.0 - 1e-6
     for _ in range(30):
         mid = (low + high) / 2
-        if 1 - _slim_weights(model, groups, mid) / dense < sparsity:
+        if 1 - _slim_weights(model, groups, mid, round_to) / dense < sparsity:
             low = mid
         else:
             high = mid
@@ -167,8 +182,8 @@ def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) 
     torch.manual_seed(0)
     dense = arch.build().eval()
     groups = _prunable_groups(dense)
-    fraction = _fraction_for(dense, groups, sparsity)
-    masks = coupled_filter_masks(dense, groups, fraction)
+    fraction = _fraction_for(dense, groups, sparsity, args.round_to)
+    masks = coupled_filter_masks(dense, groups, fraction, args.round_to)
     sample = torch.randn(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     slim = slim_model(dense, masks, sample)
     masked = masks.apply(copy.deepcopy(dense))
@@ -236,6 +251,9 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=16, help="samples per timed repeat")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
+    parser.add_argument(
+        "--round-to", type=int, default=1, help="keep a multiple of this many channels per group"
+    )
     parser.add_argument("--tag", default="", help="results go to latency-TAG.csv / .json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -258,6 +276,7 @@ def main() -> None:
         "threads": args.threads,
         "repeats": args.repeats,
         "inner_samples": args.inner,
+        "round_to": args.round_to,
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],

@@ -164,7 +164,7 @@ def coupled_channel_groups(model: nn.Module, example_input: Tensor) -> list[Chan
 
     Structured pruning that removes channel ``c`` from every member of a group at once
     produces masks that :func:`slim_model` removes completely. ``model`` is not changed
-    (the graph is traced on a copy in eval mode).
+    (the graph is traced on a CPU copy in eval mode).
 
     Args:
         model: any module of conv, linear, BatchNorm and parameter-free layers.
@@ -183,8 +183,8 @@ def coupled_channel_groups(model: nn.Module, example_input: Tensor) -> list[Chan
         [['conv1.weight', 0], ['bn1.weight', 0]]
     """
     tp = _torch_pruning()
-    work = copy.deepcopy(model).eval()
-    graph = _build_graph(tp, work, example_input)
+    work = copy.deepcopy(model).to("cpu").eval()
+    graph = _build_graph(tp, work, example_input.to("cpu"))
     names = {module: name for name, module in work.named_modules()}
     out = []
     for group in graph.get_all_groups():
@@ -260,7 +260,7 @@ def _decide(
             carries |= _per_root(seen[m.module].amax != 0, m, size)
             can_fold = ~torch.isnan(seen[m.module].constant)
             if getattr(m.module, "bias", None) is None:
-                can_fold &= False
+                can_fold = torch.zeros_like(can_fold)  # nowhere to put the constant
             unfoldable |= _per_root(~can_fold, m, size)
         elif m.role == "producer":
             flags = weight.flatten(1).any(dim=1)
@@ -307,7 +307,7 @@ def slim_model(
             removed channels carry zeros.
 
     Returns:
-        The slim model, in eval mode, on the CPU device of ``model``'s copy.
+        The slim model, in eval mode, on the CPU.
 
     Raises:
         ConfigError: masks that are not structured, or torch-pruning is not installed.
@@ -320,7 +320,8 @@ def slim_model(
         check_slimmable(masks.structure)
         masks.check_fits(model)
     tp = _torch_pruning()
-    work = copy.deepcopy(model).eval()
+    work = copy.deepcopy(model).to("cpu").eval()
+    example_input = example_input.to("cpu")
     if masks is not None:
         masks.apply(work)
     graph = _build_graph(tp, work, example_input)
