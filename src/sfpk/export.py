@@ -205,7 +205,9 @@ def _semi_structured(model: nn.Module, masks: Masks | None, sample: Tensor) -> l
     dense = masks.apply(copy.deepcopy(model)).to(device=device, dtype=torch.float16).eval()
     converted = copy.deepcopy(dense)
     done = to_semi_structured_(converted, names)
-    sample = sample.to(device=device, dtype=torch.float16) if sample.is_floating_point() else sample
+    sample = sample.to(device)
+    if sample.is_floating_point():
+        sample = sample.to(torch.float16)
     if not torch.allclose(converted(sample), dense(sample), atol=1e-2, rtol=1e-2):
         raise SfpkError("the 2:4 semi-structured model's outputs differ from the dense one's")
     return done
