@@ -65,7 +65,9 @@ def prune(
             ``"row"`` (each output row alone; unstructured only). None: the method's
             default, ``"global"`` for all but wanda, which compares within rows as its
             paper does (globally for structured masks).
-        structure: None or ``"unstructured"``, ``"filter"`` (output filters/neurons) or
+        structure: None or ``"unstructured"``, ``"filter"`` (output filters/neurons),
+            ``"head"`` / ``"neuron"`` / ``"head+neuron"`` (transformer attention heads and MLP
+            neurons, each removed from every tensor it spans; :mod:`sfpk.groups`) or
             ``"channel"`` (input channels/features).
         seed: seeds every random choice of this call (the caller's RNG state is restored).
         masks: starting masks (iterative pruning); entries already pruned stay pruned.

@@ -190,7 +190,9 @@ class PruneConfig:
         None, "global, local (per layer) or row (per output row) top-k; default: the method's"
     )
     structure: Structure = _knob(
-        "unstructured", "unstructured, filter, channel or N:M (e.g. 2:4) masks"
+        "unstructured",
+        "unstructured, filter, channel, head, neuron, head+neuron (transformer attention heads"
+        " and MLP neurons) or N:M (e.g. 2:4) masks",
     )
     rounds: int | None = _knob(None, "pruning rounds K (default: oneshot 1, iterative 10)")
     batch_size: int = _knob(512, "pruning batch size", flag="prune-batch-size")
