@@ -21,6 +21,7 @@ from .pruners.base import (
     StartState,
     create_pruner,
 )
+from .pruners.particles.batching import BATCHINGS
 from .selection import check_achieved_sparsity
 
 __all__ = ["prune", "run_pruner"]
@@ -44,6 +45,7 @@ def prune(
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     progress: bool = False,
     collapse_guard: Guard = "row",
+    particle_batching: str = "auto",
     **options: Any,
 ) -> Masks:
     """Prune ``model`` to ``sparsity`` with ``method`` and return the masks.
@@ -78,6 +80,9 @@ def prune(
             layer (``"layer"``) or none (``"off"``) in unstructured global/local cuts, so
             extreme sparsity never disconnects a layer; counts stay exact, and what it did
             is in the masks' ``collapse_guard`` (:mod:`sfpk.collapse`).
+        particle_batching: SFPK/SpODE's n forward+backward passes one per particle
+            (``"loop"``), in one vmapped pass (``"vmap"``), or ``"auto"`` (vmap on GPUs, the
+            loop on CPU); the results agree to fp32 tolerance.
         **options: the method's hyperparameters (``sfpk.pruner_class(method).Options``).
 
     Returns:
@@ -107,6 +112,7 @@ def prune(
         loss_fn=loss_fn,
         observer=PruneObserver(progress=progress),
         collapse_guard=collapse_guard,
+        particle_batching=particle_batching,
         **options,
     ).masks
 
@@ -129,6 +135,7 @@ def run_pruner(
     observer: PruneObserver | None = None,
     distributed: bool | None = None,
     collapse_guard: Guard = "row",
+    particle_batching: str = "auto",
     **options: Any,
 ) -> PruneResult:
     """:func:`prune`, returning the full :class:`PruneResult` (masks, history, state).
@@ -160,8 +167,13 @@ def run_pruner(
     check_choice("scope", scope, SCOPES)
     device = next(model.parameters()).device
     check_choice("collapse_guard", collapse_guard, GUARDS)
+    check_choice("particle_batching", particle_batching, BATCHINGS)
     ctx = PruneContext(
-        device=device, seed=seed, distributed=distributed, collapse_guard=collapse_guard
+        device=device,
+        seed=seed,
+        distributed=distributed,
+        collapse_guard=collapse_guard,
+        particle_batching=particle_batching,
     )
     if loss_fn is not None:
         ctx.loss_fn = loss_fn

@@ -75,6 +75,10 @@ class PruneContext:
             True to require one, False never. Methods without per-rank work ignore it.
         collapse_guard: the final selection's guard against disconnected layers
             (:mod:`sfpk.collapse`): ``"row"``, ``"layer"`` or ``"off"``.
+        particle_batching: how the particle methods run their n forward+backward passes:
+            ``"loop"`` (one per particle), ``"vmap"`` (one batched pass, torch.func) or
+            ``"auto"`` (vmap on accelerators, the loop on CPU; see
+            :mod:`sfpk.pruners.particles.batching`). Other methods ignore it.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -82,6 +86,7 @@ class PruneContext:
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     distributed: bool | None = None
     collapse_guard: Guard = "row"
+    particle_batching: str = "auto"
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
