@@ -34,9 +34,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..collapse import Guard
 from ..errors import ConfigError, SfpkError, UnknownNameError
+from ..index_batches import iterate_fast
 from ..masks import Masks, Scope
 from ..selection import round_sparsity, select_topk
 
@@ -295,12 +297,14 @@ def batch_stream(data: Iterable[Batch]) -> Iterator[Batch]:
     """Yield batches forever, starting a new pass over ``data`` when one ends.
 
     ``data`` must be re-iterable (a DataLoader, a list); a one-shot iterator can only give
-    one pass, which is an error once it is exhausted.
+    one pass, which is an error once it is exhausted. A DataLoader over in-memory tensors
+    is batched by index slicing, with the same batches (:mod:`sfpk.index_batches`).
     """
     reiterable = iter(data) is not data
     while True:
         seen = False
-        for batch in data:
+        passes = iterate_fast(data) if isinstance(data, DataLoader) else data
+        for batch in passes:
             seen = True
             yield batch
         if not seen:
