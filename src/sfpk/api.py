@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .collapse import GUARDS, Guard
 from .errors import ConfigError, check_choice, check_fraction
 from .masks import SCOPES, Masks, Scope
+from .precision import check_precision
 from .prunable import Structure, check_structure, parse_nm
 from .pruners.base import (
     Batch,
@@ -46,6 +47,7 @@ def prune(
     progress: bool = False,
     collapse_guard: Guard = "row",
     particle_batching: str = "auto",
+    precision: str = "fp32",
     **options: Any,
 ) -> Masks:
     """Prune ``model`` to ``sparsity`` with ``method`` and return the masks.
@@ -83,6 +85,8 @@ def prune(
         particle_batching: SFPK/SpODE's n forward+backward passes one per particle
             (``"loop"``), in one vmapped pass (``"vmap"``), or ``"auto"`` (vmap on GPUs, the
             loop on CPU); the results agree to fp32 tolerance.
+        precision: the forward passes in ``"fp32"``, ``"bf16"`` or ``"fp16"`` (GPU only)
+            autocast (:mod:`sfpk.precision`); scores, particles and masks stay fp32.
         **options: the method's hyperparameters (``sfpk.pruner_class(method).Options``).
 
     Returns:
@@ -113,6 +117,7 @@ def prune(
         observer=PruneObserver(progress=progress),
         collapse_guard=collapse_guard,
         particle_batching=particle_batching,
+        precision=precision,
         **options,
     ).masks
 
@@ -136,6 +141,7 @@ def run_pruner(
     distributed: bool | None = None,
     collapse_guard: Guard = "row",
     particle_batching: str = "auto",
+    precision: str = "fp32",
     **options: Any,
 ) -> PruneResult:
     """:func:`prune`, returning the full :class:`PruneResult` (masks, history, state).
@@ -174,6 +180,7 @@ def run_pruner(
         distributed=distributed,
         collapse_guard=collapse_guard,
         particle_batching=particle_batching,
+        precision=check_precision(precision, device),
     )
     if loss_fn is not None:
         ctx.loss_fn = loss_fn

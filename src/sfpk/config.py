@@ -39,6 +39,7 @@ from .config_layers import from_dict, merge, nest, read_yaml
 from .data import dataset_argument, dataset_spec
 from .errors import ConfigError, check_choice, check_fraction, check_positive
 from .masks import SCOPES, Scope
+from .precision import Precision
 from .prunable import Structure, check_structure
 from .schedules import PRETRAIN_LR_MIN
 from .train import OptimizerConfig
@@ -235,6 +236,11 @@ class RunConfig:
     tensorboard: bool = _knob(False, "also log to TensorBoard (extra sfpk[tensorboard])")
     plots: bool = _knob(True, "draw figures into plots/ at the end")
     checkpoint_every_steps: int = _knob(10, "checkpoint SFPK/SpODE every k steps (0: off)")
+    precision: Precision = _knob(
+        "fp32", "fp32, bf16 or fp16 (GPU) autocast for training and the pruning passes"
+    )
+    channels_last: bool = _knob(False, "channels-last memory layout for conv nets")
+    compile: bool = _knob(False, "train through torch.compile (falls back with a warning)")
 
     def __post_init__(self) -> None:
         check_positive("run.checkpoint_every_steps", self.checkpoint_every_steps, allow_zero=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError, DataError
 from ..index_batches import SlicingLoader
@@ -212,6 +212,7 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     drop_last: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """Build a reproducible DataLoader.
 
@@ -227,6 +228,8 @@ def make_loader(
         seed: Seed of the loader's generator.
         num_workers: Worker processes; 0 loads in the main process.
         drop_last: Drop the last incomplete batch.
+        sampler: the order of the items instead of ``shuffle`` (e.g. a
+            ``DistributedSampler`` giving this rank its share).
 
     Returns:
         The DataLoader.
@@ -243,6 +246,7 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=num_workers,
         drop_last=drop_last,
         generator=torch.Generator().manual_seed(seed),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from .. import data as data_module
 from .. import distributed, models
@@ -136,6 +136,10 @@ class Context:
 
     # -- data ---------------------------------------------------------------------------
     def _eval_loader(self, dataset: Any) -> DataLoader:
+        """The evaluation loader; under torchrun, this rank's contiguous share (the Trainer
+        sums the shares, so every rank gets the single-process figures)."""
+        if distributed.is_distributed():
+            dataset = Subset(dataset, range(*distributed.shard_bounds(len(dataset))))
         return data_module.make_loader(
             dataset,
             batch_size=self.config.data.eval_batch_size,
@@ -151,6 +155,24 @@ class Context:
         """
         epoch_seed = derive_seed(self.seed, key, epoch)
         torch.manual_seed(epoch_seed)
+        world = distributed.world_size()
+        if world > 1:  # data parallel: each rank takes its 1/K of every global batch
+            if batch_size % world:
+                raise ConfigError(
+                    f"batch size {batch_size} does not split over {world} ranks; give a "
+                    f"multiple of {world} so that the global batch stays {batch_size}"
+                )
+            sampler = DistributedSampler(
+                self.splits.train, num_replicas=world, rank=distributed.rank(), seed=epoch_seed
+            )
+            return data_module.make_loader(
+                self.splits.train,
+                batch_size=batch_size // world,
+                shuffle=False,
+                seed=epoch_seed,
+                num_workers=self.config.data.num_workers,
+                sampler=sampler,
+            )
         return data_module.make_loader(
             self.splits.train,
             batch_size=batch_size,
@@ -184,12 +206,19 @@ class Context:
             masks=masks,
             progress=self.show_progress,
             task=self.task,
+            precision=self.config.run.precision,
+            channels_last=self.config.run.channels_last,
+            compile=self.config.run.compile,
         )
 
-    def evaluate(self) -> tuple[EvalResult, EvalResult]:
-        """Validation and test results of the current model."""
-        trainer = self.trainer(self.config.train)
-        return trainer.evaluate(self.val_loader), trainer.evaluate(self.test_loader)
+    def evaluate(self, trainer: Trainer | None = None) -> tuple[EvalResult, EvalResult]:
+        """Validation and test results of the current model (on every rank alike)."""
+        trainer = trainer or self.trainer(self.config.train)
+        sharded = distributed.is_distributed()
+        return (
+            trainer.evaluate(self.val_loader, sharded=sharded),
+            trainer.evaluate(self.test_loader, sharded=sharded),
+        )
 
     # -- bookkeeping --------------------------------------------------------------------
     def seconds(self) -> float:

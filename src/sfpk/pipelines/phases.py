@@ -102,7 +102,7 @@ def train_phase(
         lr = lr_at(epoch)
         loader = ctx.train_loader(key, epoch, batch_size)
         train = trainer.train_epoch(loader, lr=lr, desc=f"{key} {epoch + 1}/{epochs}")
-        val, test = trainer.evaluate(ctx.val_loader), trainer.evaluate(ctx.test_loader)
+        val, test = ctx.evaluate(trainer)
         record = {
             "epoch": epoch,
             "val_acc": val.top1,
@@ -214,6 +214,7 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         exclude=cfg.exclude or None,
         include_bias=cfg.include_bias,
         collapse_guard=cfg.collapse_guard,
+        precision=ctx.config.run.precision,
         start=_start_state(ctx, key),
         observer=_observer(ctx, key),
         **cfg.options,

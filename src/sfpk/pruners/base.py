@@ -40,6 +40,7 @@ from ..collapse import Guard
 from ..errors import ConfigError, SfpkError, UnknownNameError
 from ..index_batches import iterate_fast
 from ..masks import Masks, Scope
+from ..precision import autocast
 from ..selection import round_sparsity, select_topk
 
 __all__ = [
@@ -81,6 +82,8 @@ class PruneContext:
             ``"loop"`` (one per particle), ``"vmap"`` (one batched pass, torch.func) or
             ``"auto"`` (vmap on accelerators, the loop on CPU; see
             :mod:`sfpk.pruners.particles.batching`). Other methods ignore it.
+        precision: the forward passes' precision, ``"fp32"``, ``"bf16"`` or ``"fp16"``
+            (:mod:`sfpk.precision`); scores, particles and masks stay fp32.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -89,6 +92,7 @@ class PruneContext:
     distributed: bool | None = None
     collapse_guard: Guard = "row"
     particle_batching: str = "auto"
+    precision: str = "fp32"
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -234,7 +238,9 @@ class ScorePruner(Pruner):
         prepared = self.setup(model, data, ctx)
         rounds = self.rounds()
         for k in range(rounds):
-            scores = self.score(model, data, masks, ctx, prepared)
+            with autocast(ctx.device, ctx.precision):  # forward passes only; scores are fp32
+                scores = self.score(model, data, masks, ctx, prepared)
+            scores = {name: score.float() for name, score in scores.items()}
             target = round_sparsity(sparsity, k, rounds)
             masks = select_topk(
                 scores, masks, sparsity=target, scope=scope, guard=ctx.collapse_guard

@@ -34,6 +34,7 @@ from ...distributed import all_reduce_rows_, is_main, particle_owner, rank, worl
 from ...distributed import resolve_distributed as _resolve_distributed
 from ...errors import SfpkError
 from ...functional import effective_weight_grads
+from ...precision import autocast
 from ..base import Batch, PruneContext, PruneObserver, batch_stream, to_device
 from .batching import particle_grads, resolve_batching
 from .dynamics import (
@@ -388,15 +389,13 @@ class ParticleSystem:
             work.append((i, grad_fn, value, to_device(batch, self.ctx.device)))
         if self.batching == "loop":  # lazily: one particle's weights in memory at a time
             results: Iterable[tuple[Tensor, dict[str, Tensor]]] = (
-                effective_weight_grads(
-                    self.model, layout.effective_weights(value), *batch, self.ctx.loss_fn
-                )
-                for _, _, value, batch in work
+                self._pass(value, batch) for _, _, value, batch in work
             )
         else:
             effective = [layout.effective_weights(value) for _, _, value, _ in work]
             batches = [batch for *_, batch in work]
-            results = particle_grads(self.model, effective, batches, self.ctx.loss_fn, "vmap")
+            with autocast(self.ctx.device, self.ctx.precision):
+                results = particle_grads(self.model, effective, batches, self._loss_fn, "vmap")
         for (i, grad_fn, _, _), (loss, grads) in zip(work, results, strict=True):
             losses[i] = loss
             row = layout.mask_gradient_(grads, self.forces[i])
@@ -406,6 +405,19 @@ class ParticleSystem:
         if self.split:
             all_reduce_rows_(self.forces, losses)
         return losses, polarized
+
+    def _pass(
+        self, value: Tensor, batch: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One particle's loss and effective-weight gradients (forward at ctx.precision)."""
+        with autocast(self.ctx.device, self.ctx.precision):
+            return effective_weight_grads(
+                self.model, self.layout.effective_weights(value), *batch, self._loss_fn
+            )
+
+    def _loss_fn(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The energy loss in fp32 (the logits may come from a low-precision forward)."""
+        return self.ctx.loss_fn(logits.float(), targets)
 
 
 def _sqrt_or_none(values: Tensor | None) -> Tensor | None:
