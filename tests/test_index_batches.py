@@ -96,3 +96,16 @@ def test_prune_with_a_users_dataloader_matches_the_plain_iteration(monkeypatch):
     monkeypatch.setattr(pruner_base, "iterate_fast", DataLoader.__iter__)
     slow = sfpk.prune(model, loader(), **options)
     assert all(torch.equal(fast[n], slow[n]) for n in fast)
+
+
+def test_worker_count_defaults_to_none_for_memory_data_and_spare_cores_for_files(monkeypatch):
+    from sfpk.pipelines.context import _worker_count
+
+    x, y = torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
+    decoded = ArrayDataset(x, y, transform=lambda item: item)  # read per item
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert _worker_count(None, ArrayDataset(x, y)) == 0
+    assert _worker_count(None, decoded) == 5
+    assert _worker_count(3, ArrayDataset(x, y)) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert _worker_count(None, decoded) == 8

@@ -86,7 +86,11 @@ class DataConfig:
         "cifar100", "data set name (sfpk datasets), or text:<file or folder>", flag="data"
     )
     data_dir: str | None = _knob(None, "folder of on-disk data sets (default $SFPK_DATA)")
-    num_workers: int = _knob(0, "DataLoader worker processes")
+    num_workers: int | None = _knob(
+        None,
+        "DataLoader worker processes (default: 0 for in-memory data, else one per spare core "
+        "up to 8)",
+    )
     val_fraction: float = _knob(
         0.1, "fraction of the training split held out for validation (text: see splits)"
     )
@@ -105,7 +109,8 @@ class DataConfig:
                 f"data.val_fraction={self.val_fraction!r} must be in (0, 1): model "
                 "selection uses the validation split, never the test split"
             )
-        check_positive("data.num_workers", self.num_workers, allow_zero=True)
+        if self.num_workers is not None:
+            check_positive("data.num_workers", self.num_workers, allow_zero=True)
         check_positive("data.eval_batch_size", self.eval_batch_size)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from .. import data as data_module
 from .. import distributed, models
 from ..checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
 from ..errors import CheckpointError, ConfigError
+from ..index_batches import batch_taker
 from ..losses import Task, task_loss
 from ..masks import Masks
 from ..run import Run
@@ -68,6 +70,18 @@ class Progress:
     pruner_state: Any = None
     metric_rows: int = 0
     seconds: float = 0.0
+
+
+def _worker_count(configured: int | None, dataset: Any) -> int:
+    """DataLoader workers: as configured, else 0 for data batched in memory by slicing (a
+    worker would only add copies) and one per spare core of this rank (up to 8) for data
+    read and decoded per item (image folders)."""
+    if configured is not None:
+        return configured
+    if batch_taker(dataset) is not None:
+        return 0
+    cores = (os.cpu_count() or 1) // max(1, distributed.world_size())
+    return max(1, min(8, cores - 1))
 
 
 class Context:
@@ -114,6 +128,7 @@ class Context:
             self.masks = self.masks.to(self.device)
         self._started = time.perf_counter()
         self._base_seconds = self.progress.seconds
+        self.num_workers = _worker_count(cfg.data.num_workers, self.splits.train)
         self.val_loader = self._eval_loader(self.splits.val)
         self.test_loader = self._eval_loader(self.splits.test)
 
@@ -144,7 +159,7 @@ class Context:
             dataset,
             batch_size=self.config.data.eval_batch_size,
             shuffle=False,
-            num_workers=self.config.data.num_workers,
+            num_workers=self.num_workers,
         )
 
     def train_loader(self, key: str, epoch: int, batch_size: int) -> DataLoader:
@@ -170,7 +185,7 @@ class Context:
                 batch_size=batch_size // world,
                 shuffle=False,
                 seed=epoch_seed,
-                num_workers=self.config.data.num_workers,
+                num_workers=self.num_workers,
                 sampler=sampler,
             )
         return data_module.make_loader(
@@ -178,7 +193,7 @@ class Context:
             batch_size=batch_size,
             shuffle=True,
             seed=epoch_seed,
-            num_workers=self.config.data.num_workers,
+            num_workers=self.num_workers,
         )
 
     def pruning_loader(self, key: str) -> DataLoader:
@@ -194,7 +209,7 @@ class Context:
             batch_size=cfg.batch_size,
             shuffle=True,
             seed=derive_seed(self.seed, key),
-            num_workers=self.config.data.num_workers,
+            num_workers=self.num_workers,
         )
 
     def trainer(self, options: OptimizerConfig, *, masks: Masks | None = None) -> Trainer:

@@ -102,6 +102,7 @@ def train_phase(
         lr = lr_at(epoch)
         loader = ctx.train_loader(key, epoch, batch_size)
         train = trainer.train_epoch(loader, lr=lr, desc=f"{key} {epoch + 1}/{epochs}")
+        items_per_second = len(ctx.splits.train) / max(time.perf_counter() - began, 1e-9)
         val, test = ctx.evaluate(trainer)
         record = {
             "epoch": epoch,
@@ -130,8 +131,10 @@ def train_phase(
             }
         )
         log.info(
-            "%s epoch %d/%d lr %.3g: train %.4f, val %.4f, test %.4f (%.1fs)",
+            "%s epoch %d/%d lr %.3g: train %.4f, val %.4f, test %.4f (%.1fs, training "
+            "%.0f items/s)",
             key, epoch + 1, epochs, lr, train.acc, val.top1, test.top1, seconds,
+            items_per_second,
         )  # fmt: skip
         ctx.progress.current = {"key": key, "epoch": epoch + 1, "trainer": trainer.state_dict()}
         ctx.checkpoint()
