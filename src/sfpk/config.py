@@ -39,6 +39,7 @@ from .config_layers import from_dict, merge, nest, read_yaml
 from .data import dataset_argument, dataset_spec
 from .errors import ConfigError, check_choice, check_fraction, check_positive
 from .masks import SCOPES, Scope
+from .precision import Precision
 from .prunable import Structure, check_structure
 from .schedules import PRETRAIN_LR_MIN
 from .train import OptimizerConfig
@@ -85,7 +86,11 @@ class DataConfig:
         "cifar100", "data set name (sfpk datasets), or text:<file or folder>", flag="data"
     )
     data_dir: str | None = _knob(None, "folder of on-disk data sets (default $SFPK_DATA)")
-    num_workers: int = _knob(0, "DataLoader worker processes")
+    num_workers: int | None = _knob(
+        None,
+        "DataLoader worker processes (default: 0 for in-memory data, else one per spare core "
+        "up to 8)",
+    )
     val_fraction: float = _knob(
         0.1, "fraction of the training split held out for validation (text: see splits)"
     )
@@ -104,7 +109,8 @@ class DataConfig:
                 f"data.val_fraction={self.val_fraction!r} must be in (0, 1): model "
                 "selection uses the validation split, never the test split"
             )
-        check_positive("data.num_workers", self.num_workers, allow_zero=True)
+        if self.num_workers is not None:
+            check_positive("data.num_workers", self.num_workers, allow_zero=True)
         check_positive("data.eval_batch_size", self.eval_batch_size)
 
 
@@ -190,7 +196,9 @@ class PruneConfig:
         None, "global, local (per layer) or row (per output row) top-k; default: the method's"
     )
     structure: Structure = _knob(
-        "unstructured", "unstructured, filter, channel or N:M (e.g. 2:4) masks"
+        "unstructured",
+        "unstructured, filter, channel, head, neuron, head+neuron (transformer attention heads"
+        " and MLP neurons) or N:M (e.g. 2:4) masks",
     )
     rounds: int | None = _knob(None, "pruning rounds K (default: oneshot 1, iterative 10)")
     batch_size: int = _knob(512, "pruning batch size", flag="prune-batch-size")
@@ -233,6 +241,11 @@ class RunConfig:
     tensorboard: bool = _knob(False, "also log to TensorBoard (extra sfpk[tensorboard])")
     plots: bool = _knob(True, "draw figures into plots/ at the end")
     checkpoint_every_steps: int = _knob(10, "checkpoint SFPK/SpODE every k steps (0: off)")
+    precision: Precision = _knob(
+        "fp32", "fp32, bf16 or fp16 (GPU) autocast for training and the pruning passes"
+    )
+    channels_last: bool = _knob(False, "channels-last memory layout for conv nets")
+    compile: bool = _knob(False, "train through torch.compile (falls back with a warning)")
 
     def __post_init__(self) -> None:
         check_positive("run.checkpoint_every_steps", self.checkpoint_every_steps, allow_zero=True)
