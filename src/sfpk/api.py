@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .collapse import GUARDS, Guard
 from .errors import ConfigError, check_choice, check_fraction
-from .masks import SCOPES, Masks, Scope
+from .masks import SCOPES, Masks, Scope, prunable_parameters
 from .precision import check_precision
 from .prunable import Structure, check_structure, parse_nm
 from .pruners.base import (
@@ -161,7 +161,7 @@ def run_pruner(
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)
     check_structure(structure or "unstructured")
-    masks = _starting_masks(model, masks, sparsity, structure, include, exclude, include_bias)
+    masks = _starting_masks(model, data, masks, sparsity, structure, include, exclude, include_bias)
     nm = parse_nm(masks.structure)
     if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
         raise ConfigError(
@@ -216,8 +216,19 @@ def run_pruner(
     return result
 
 
+def _example_input(data: Iterable[Batch] | None) -> Tensor:
+    """One input of ``data`` without drawing from a DataLoader's random stream."""
+    dataset = getattr(data, "dataset", None)
+    if dataset is not None:
+        return dataset[0][0].unsqueeze(0)
+    for inputs, _ in data or ():
+        return inputs[:1]
+    raise ConfigError("structure='coupled' traces the model on one input: the data has none")
+
+
 def _starting_masks(
     model: nn.Module,
+    data: Iterable[Batch] | None,
     masks: Masks | None,
     sparsity: float,
     structure: Structure | None,
@@ -226,6 +237,13 @@ def _starting_masks(
     include_bias: bool,
 ) -> Masks:
     """All-ones masks of the prunable parameters, or the checked starting ``masks``."""
+    if masks is None and structure == "coupled":
+        from .channel_groups import coupled_channel_masks  # torch-pruning: the slim extra
+
+        prunable = prunable_parameters(
+            model, include=include, exclude=exclude, include_bias=include_bias
+        )
+        return coupled_channel_masks(model, _example_input(data), prunable)
     if masks is None:
         return Masks.ones(
             model,

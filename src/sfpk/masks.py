@@ -158,6 +158,11 @@ class Masks(Mapping[str, Tensor]):
             model, include=include, exclude=exclude, include_bias=include_bias, filter_fn=filter_fn
         )
         kinds = group_kinds(structure)
+        if structure == "coupled":
+            raise ConfigError(
+                "structure='coupled' traces the model on an input: use sfpk.prune (it "
+                "takes one from the data) or sfpk.channel_groups.coupled_channel_masks"
+            )
         if kinds is not None:
             return cls._coupled_ones(model, params, structure, kinds)
         params = {n: p for n, p in params.items() if eligible_for(structure, n, p.shape)}

@@ -17,7 +17,9 @@ Conventions (the rest of sfpk refers here):
 * ``"head"``, ``"neuron"`` and ``"head+neuron"`` are coupled groups that span several
   tensors (attention heads, MLP neurons; :mod:`sfpk.groups`): each member tensor gets a
   row (filter-shaped) or column (channel-shaped) mask, and a coupling table ties the entries
-  of one group together.
+  of one group together. ``"coupled"`` gates the channel groups of a conv net's
+  dependency graph the same way (:mod:`sfpk.channel_groups`), so that slimming removes
+  every pruned channel.
 """
 
 from __future__ import annotations
@@ -48,12 +50,18 @@ __all__ = [
 # because N:M is open-ended (check_structure validates it).
 Structure = str
 STRUCTURES: tuple[str, ...] = (
-    "unstructured", "filter", "channel", "head", "neuron", "head+neuron", "N:M"
+    "unstructured", "filter", "channel", "coupled", "head", "neuron", "head+neuron", "N:M"
 )
 _NAMED = STRUCTURES[:-1]
-_GROUP_STRUCTURES = {"head": ("head",), "neuron": ("neuron",), "head+neuron": ("head", "neuron")}
+_GROUP_STRUCTURES = {
+    "head": ("head",),
+    "neuron": ("neuron",),
+    "head+neuron": ("head", "neuron"),
+    "coupled": ("channel",),
+}
 _STRUCTURE_CHOICES = (
-    "choose one of unstructured, filter, channel, head, neuron, head+neuron or N:M such as 2:4"
+    "choose one of unstructured, filter, channel, coupled, head, neuron, head+neuron or N:M "
+    "such as 2:4"
 )
 _NM = re.compile(r"^(\d+):(\d+)$")
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

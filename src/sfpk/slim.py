@@ -64,7 +64,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SLIMMABLE_STRUCTURES: tuple[str, ...] = ("filter", "channel")
+SLIMMABLE_STRUCTURES: tuple[str, ...] = ("filter", "channel", "coupled")
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _WEIGHTED = (*_CONV, nn.Linear)
 
