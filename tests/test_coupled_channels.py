@@ -112,3 +112,21 @@ def test_masks_ones_explains_that_coupled_needs_an_input():
     model, _ = _model_and_data("cnn_digits")
     with pytest.raises(ConfigError, match="coupled.*traces the model"):
         Masks.ones(model, structure="coupled")
+
+
+def test_oneshot_with_coupled_channels_reports_slim_costs(tmp_path):
+    """`sfpk oneshot --structure coupled`: summary.json carries the slim model's counts,
+    below the masked model's nonzero ones (consumer columns go too)."""
+    from sfpk.config import build_config
+    from sfpk.pipelines import start
+
+    overrides = {
+        "data.dataset": "digits", "model.name": "cnn_digits", "pretrain.epochs": 1,
+        "train.epochs": 1, "train.warmup_epochs": 0, "train.report_last_k": 1,
+        "prune.method": "mag", "prune.structure": "coupled", "prune.scope": "local",
+        "prune.sparsity": 0.5, "run.quiet": True, "run.device": "cpu", "run.plots": False,
+        "run.out": str(tmp_path / "run"),
+    }  # fmt: skip
+    summary = start(build_config("oneshot", overrides=overrides))
+    assert summary["slim_params"] < summary["nonzero_params"] < summary["params"]
+    assert summary["slim_macs"] < summary["macs"]

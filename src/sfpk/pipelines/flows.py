@@ -24,9 +24,10 @@ from typing import Any, Literal
 import torch
 
 from .. import distributed
-from ..costs import cost_summary
+from ..costs import cost_summary, slim_cost_summary
 from ..errors import ConfigError
 from ..losses import perplexity
+from ..masks import Masks
 from ..schedules import finetune_lr, oneshot_lr, per_round, resolve_lr_min, round_lr
 from .context import Context
 from .phases import best_record, dense_phase, pretrain_phase, prune_round, train_phase
@@ -34,6 +35,24 @@ from .phases import best_record, dense_phase, pretrain_phase, prune_round, train
 __all__ = ["run_pretrain", "run_oneshot", "run_iterative", "summarize"]
 
 log = logging.getLogger(__name__)
+
+
+def _slim_costs(ctx: Context, masks: Masks | None) -> dict[str, int | None]:
+    """``slim_params`` / ``slim_macs`` of structured conv-net masks (None otherwise).
+
+    Slimming needs torch-pruning (the ``slim`` extra) and float inputs; where it is not
+    available or does not apply the figures are None and the log says why.
+    """
+    empty: dict[str, int | None] = {"slim_params": None, "slim_macs": None}
+    if masks is None or masks.structure not in ("filter", "channel", "coupled"):
+        return empty
+    if ctx.task != "classification":
+        return empty
+    try:
+        return slim_cost_summary(ctx.model, masks, ctx.splits.input_shape)
+    except ConfigError as error:  # torch-pruning missing: the run itself is fine
+        log.warning("no slim figures in summary.json: %s", error)
+        return empty
 
 
 def run_pretrain(ctx: Context) -> dict[str, Any]:
@@ -164,6 +183,7 @@ def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, An
             ctx.splits.input_shape,
             torch.long if ctx.task == "language_model" else None,  # token ids in
         ),
+        **_slim_costs(ctx, masks),
     }
     if ctx.task == "language_model":
         summary.update(_perplexities(ctx, final_records, best, k))
