@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .collapse import GUARDS, Guard
-from .errors import ConfigError, check_choice, check_fraction
+from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
 from .masks import SCOPES, Masks, Scope
 from .prunable import Structure, check_structure, parse_nm
 from .pruners.base import (
@@ -23,7 +23,9 @@ from .pruners.base import (
 )
 from .selection import check_achieved_sparsity
 
-__all__ = ["prune", "run_pruner"]
+__all__ = ["prune", "run_pruner", "check_model", "check_seed", "check_finite_tensors"]
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes 64 bits; the pipelines derive 63-bit seeds
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +129,14 @@ def run_pruner(
     observer: PruneObserver | None = None,
     distributed: bool | None = None,
     collapse_guard: Guard = "row",
+    dry_run: bool = False,
     **options: Any,
 ) -> PruneResult:
     """:func:`prune`, returning the full :class:`PruneResult` (masks, history, state).
 
     Args (besides those of :func:`prune`, whose ``progress`` is ``observer.progress``):
+        dry_run: check every argument against the model, then return the starting masks
+            without pruning (the pipelines check a run this way before its folder exists).
         start: a state to continue from (``StartState(previous_result.state)``, the next
             iterative round) or to resume (``StartState(saved, resume=True)``).
         observer: progress bar, per-step callback and trace, periodic checkpoints.
@@ -145,6 +150,8 @@ def run_pruner(
     """
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)
+    check_seed(seed)
+    check_model(model)
     check_structure(structure or "unstructured")
     masks = _starting_masks(model, masks, sparsity, structure, include, exclude, include_bias)
     nm = parse_nm(masks.structure)
@@ -156,8 +163,10 @@ def run_pruner(
     if scope is None:  # a row is one filter in a structured mask: rank those globally
         scope = pruner.default_scope if masks.structure == "unstructured" else "global"
     check_choice("scope", scope, SCOPES)
-    device = next(model.parameters()).device
     check_choice("collapse_guard", collapse_guard, GUARDS)
+    if dry_run:
+        return PruneResult(masks)
+    device = next(model.parameters()).device
     ctx = PruneContext(
         device=device, seed=seed, distributed=distributed, collapse_guard=collapse_guard
     )
@@ -193,6 +202,53 @@ def run_pruner(
         )  # fmt: skip
     log.info("%s: %.4f of %d weights removed", pruner.name, final.sparsity(), final.total_weights())
     return result
+
+
+def check_seed(seed: Any) -> int:
+    """Return ``seed`` if it is an int that every generator accepts, else ConfigError."""
+    seed = check_number("seed", seed, integer=True)
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed={seed!r} must be in [0, 2**63 - 1]")
+    return seed
+
+
+def check_model(model: nn.Module) -> None:
+    """Raise unless ``model`` is an ``nn.Module`` with real, floating, finite parameters.
+
+    Raises:
+        ConfigError: not a module, no parameters, parameters on the ``meta`` device (not
+            materialised: load weights first, e.g. ``load_state_dict(..., assign=True)``)
+            or of a non-floating dtype (integer or quantised weights cannot be pruned here).
+        NonFiniteError: a parameter holds NaN or infinity (named, with the count).
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    params = list(model.named_parameters())
+    if not params:
+        raise ConfigError(f"{type(model).__name__} has no parameters to prune")
+    for name, param in params:
+        if param.is_meta:
+            raise ConfigError(
+                f"parameter {name!r} is on the 'meta' device (no values): materialise the "
+                "model (load its weights) before pruning"
+            )
+        if not param.is_floating_point():
+            raise ConfigError(
+                f"parameter {name!r} has dtype {param.dtype}; pruning needs floating-point "
+                "weights (float32, float16, bfloat16 or float64)"
+            )
+    check_finite_tensors(dict(params), where="model weights")
+
+
+def check_finite_tensors(tensors: Mapping[str, Tensor], *, where: str) -> None:
+    """Raise NonFiniteError naming the first tensor of ``tensors`` that holds NaN or inf."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteError(
+                f"{where}: {name!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                f"{tensor.numel()}; fix or re-load the weights before pruning"
+            )
 
 
 def _starting_masks(

@@ -19,9 +19,9 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
-import yaml
-
 from .config import SECTIONS, Config
+from .config_layers import yaml_value
+from .errors import ConfigError
 
 __all__ = ["add_config_flags", "flag_for", "overrides_from_args", "args_for"]
 
@@ -49,7 +49,10 @@ def _option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r} must look like KEY=VALUE")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml_value(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _flag_kwargs(hint: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .errors import ConfigError, SfpkError, check_choice, check_positive
+from .errors import ConfigError, NonFiniteError, SfpkError, check_choice, check_positive
 from .losses import TASKS, Task, flatten_for_task, perplexity, task_loss
 from .masks import Masks
 
@@ -268,7 +268,7 @@ class Trainer:
         dropped: it is stepped on, divided by its own size.
 
         Raises:
-            SfpkError: the loss became NaN or infinite.
+            NonFiniteError: the loss became NaN or infinite (checked before its backward).
         """
         self.model.train()
         self.set_lr(lr)
@@ -282,8 +282,12 @@ class Trainer:
             logits = self.model(inputs)
             loss = self.loss_fn(logits, targets, label_smoothing=self.options.label_smoothing)
             value = loss.item()  # one device sync per batch, reused below
-            if not math.isfinite(value):
-                raise SfpkError(f"training loss became {value} at batch {index} ({desc})")
+            if not math.isfinite(value):  # before backward: no step is taken on it
+                raise NonFiniteError(
+                    f"training loss became {value} at batch {index} ({desc}): NaN or inf in "
+                    "the inputs, the weights or the loss (try a lower learning rate); "
+                    "no optimizer step was taken on it"
+                )
             group_start = index - index % accum
             group_size = accum if num_batches is None else min(accum, num_batches - group_start)
             (loss / group_size).backward()
@@ -324,6 +328,11 @@ class Trainer:
             seen += len(targets)
         if seen == 0:
             raise SfpkError("the evaluation data yielded no batch")
+        if not math.isfinite(total_loss):
+            raise NonFiniteError(
+                f"evaluation loss is {total_loss}: the model outputs NaN or inf "
+                "(non-finite weights, or NaN/inf in the evaluation inputs)"
+            )
         return EvalResult(loss=total_loss / seen, top1=top1 / seen, top5=top5 / seen)
 
     def state_dict(self) -> dict[str, Any]:
