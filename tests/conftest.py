@@ -26,6 +26,14 @@ TINY_FLAGS = [
     "--report-last-k", "2", "--sparsity", "0.9", "--quiet", "--device", "cpu", "--no-plots",
 ]  # fmt: skip
 
+# The same for `sfpk pretrain`, which refuses the fine-tuning and pruning flags (no effect).
+TINY_DENSE_FLAGS = [
+    flag
+    for i, flag in enumerate(TINY_FLAGS)
+    if flag not in ("--epochs", "--warmup-epochs", "--sparsity")
+    and TINY_FLAGS[i - 1] not in ("--epochs", "--warmup-epochs", "--sparsity")
+]
+
 
 @pytest.fixture
 def tiny() -> dict:

@@ -17,13 +17,21 @@ from .pruners.base import (
     Batch,
     PruneContext,
     PruneObserver,
+    Pruner,
     PruneResult,
     StartState,
     create_pruner,
 )
 from .selection import check_achieved_sparsity
 
-__all__ = ["prune", "run_pruner", "check_model", "check_seed", "check_finite_tensors"]
+__all__ = [
+    "prune",
+    "run_pruner",
+    "check_pruning",
+    "check_model",
+    "check_seed",
+    "check_finite_tensors",
+]
 
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes 64 bits; the pipelines derive 63-bit seeds
 
@@ -129,14 +137,11 @@ def run_pruner(
     observer: PruneObserver | None = None,
     distributed: bool | None = None,
     collapse_guard: Guard = "row",
-    dry_run: bool = False,
     **options: Any,
 ) -> PruneResult:
     """:func:`prune`, returning the full :class:`PruneResult` (masks, history, state).
 
     Args (besides those of :func:`prune`, whose ``progress`` is ``observer.progress``):
-        dry_run: check every argument against the model, then return the starting masks
-            without pruning (the pipelines check a run this way before its folder exists).
         start: a state to continue from (``StartState(previous_result.state)``, the next
             iterative round) or to resume (``StartState(saved, resume=True)``).
         observer: progress bar, per-step callback and trace, periodic checkpoints.
@@ -148,24 +153,10 @@ def run_pruner(
         >>> second = sfpk.run_pruner(model, loader, method="sfpk", sparsity=0.75,
         ...     masks=first.masks, start=sfpk.StartState(first.state))  # doctest: +SKIP
     """
-    pruner = create_pruner(method, **options)
-    sparsity = check_fraction("sparsity", sparsity)
-    check_seed(seed)
-    check_model(model)
-    check_structure(structure or "unstructured")
-    masks = _starting_masks(model, masks, sparsity, structure, include, exclude, include_bias)
-    nm = parse_nm(masks.structure)
-    if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
-        raise ConfigError(
-            f"structure={masks.structure!r} removes {1.0 - nm[0] / nm[1]:g} of the masked "
-            f"weights; sparsity={sparsity!r} differs (pass sparsity={1.0 - nm[0] / nm[1]:g})"
-        )
-    if scope is None:  # a row is one filter in a structured mask: rank those globally
-        scope = pruner.default_scope if masks.structure == "unstructured" else "global"
-    check_choice("scope", scope, SCOPES)
-    check_choice("collapse_guard", collapse_guard, GUARDS)
-    if dry_run:
-        return PruneResult(masks)
+    pruner, masks, sparsity, scope = _checked_call(
+        model, method, sparsity, scope, structure, seed, masks, include, exclude, include_bias,
+        collapse_guard, options,
+    )  # fmt: skip
     device = next(model.parameters()).device
     ctx = PruneContext(
         device=device, seed=seed, distributed=distributed, collapse_guard=collapse_guard
@@ -200,8 +191,79 @@ def run_pruner(
             "every output row/layer connected",
             guard["requested"], guard["mode"], final.kept_weights(),
         )  # fmt: skip
+    empty = [r["name"] for r in final.layer_report() if r["kept"] == 0 and len(r["shape"]) > 1]
+    if empty:  # the guard is off, structured, or could not apply: say what the cut did
+        log.warning(
+            "%d masked tensor(s) keep no weight, so their layers are disconnected "
+            "(collapse_guard=%r): %s",
+            len(empty), collapse_guard, ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""),
+        )  # fmt: skip
     log.info("%s: %.4f of %d weights removed", pruner.name, final.sparsity(), final.total_weights())
     return result
+
+
+def check_pruning(
+    model: nn.Module,
+    *,
+    method: str,
+    sparsity: float,
+    scope: Scope | None = None,
+    structure: Structure | None = None,
+    seed: int = 0,
+    masks: Masks | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    include_bias: bool = False,
+    collapse_guard: Guard = "row",
+    **options: Any,
+) -> Masks:
+    """Check the arguments of :func:`prune` against ``model`` without pruning.
+
+    The same checks :func:`run_pruner` makes before any work (the pipelines call this
+    before a run's folder exists). Returns the starting masks.
+
+    Raises:
+        ConfigError: as :func:`prune`; NonFiniteError: NaN or inf in the model's weights.
+    """
+    return _checked_call(
+        model, method, sparsity, scope, structure, seed, masks, include, exclude, include_bias,
+        collapse_guard, options,
+    )[1]  # fmt: skip
+
+
+def _checked_call(
+    model: nn.Module,
+    method: str,
+    sparsity: Any,
+    scope: Scope | None,
+    structure: Structure | None,
+    seed: Any,
+    masks: Masks | None,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    include_bias: bool,
+    collapse_guard: Guard,
+    options: dict[str, Any],
+) -> tuple[Pruner, Masks, float, Scope]:
+    """Every argument check of a pruning call: the pruner, the starting masks, the resolved
+    sparsity and scope."""
+    pruner = create_pruner(method, **options)
+    sparsity = check_fraction("sparsity", sparsity)
+    check_seed(seed)
+    check_model(model)
+    check_structure(structure or "unstructured")
+    masks = _starting_masks(model, masks, sparsity, structure, include, exclude, include_bias)
+    nm = parse_nm(masks.structure)
+    if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
+        raise ConfigError(
+            f"structure={masks.structure!r} removes {1.0 - nm[0] / nm[1]:g} of the masked "
+            f"weights; sparsity={sparsity!r} differs (pass sparsity={1.0 - nm[0] / nm[1]:g})"
+        )
+    if scope is None:  # a row is one filter in a structured mask: rank those globally
+        scope = pruner.default_scope if masks.structure == "unstructured" else "global"
+    check_choice("scope", scope, SCOPES)
+    check_choice("collapse_guard", collapse_guard, GUARDS)
+    return pruner, masks, sparsity, scope
 
 
 def check_seed(seed: Any) -> int:

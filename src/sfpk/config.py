@@ -282,7 +282,9 @@ class Config:
         if warmup + t.fixed_lr_epochs > t.epochs:
             raise ConfigError(
                 f"train.warmup_epochs + train.fixed_lr_epochs = {warmup} + "
-                f"{t.fixed_lr_epochs} must not exceed train.epochs = {t.epochs}"
+                f"{t.fixed_lr_epochs} must not exceed train.epochs = {t.epochs} (the warm-up "
+                f"is 5 epochs by default: pass --warmup-epochs "
+                f"{max(0, t.epochs - t.fixed_lr_epochs)} or fewer, or more --epochs)"
             )
 
     def _check_round_lists(self) -> None:

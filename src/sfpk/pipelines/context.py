@@ -264,9 +264,8 @@ def prepare(config: Config) -> Prepared:
 def _dry_run_pruning(config: Config, model: torch.nn.Module) -> None:
     """Check the pruning arguments against the model, as every round will pass them."""
     cfg = config.prune
-    api.run_pruner(
+    api.check_pruning(
         model,
-        None,
         method=cfg.method,
         sparsity=cfg.sparsity,
         scope=cfg.scope,
@@ -275,7 +274,6 @@ def _dry_run_pruning(config: Config, model: torch.nn.Module) -> None:
         exclude=cfg.exclude or None,
         include_bias=cfg.include_bias,
         collapse_guard=cfg.collapse_guard,
-        dry_run=True,
         **cfg.options,
     )
 
