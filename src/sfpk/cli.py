@@ -412,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         own = {"-h", "--help", *_PASSTHROUGH_OWN_FLAGS}
         extra = [a for a in argv[1:] if a not in own]
         argv = [argv[0], *(a for a in argv[1:] if a in own)]
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, one line): a status, in-process too
+        return exc.code if isinstance(exc.code, int) else 2
     args.extra = extra
     quiet = getattr(args, "run.quiet", False) or getattr(args, "quiet", False)
     logging.basicConfig(

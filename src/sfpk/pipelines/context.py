@@ -255,7 +255,10 @@ def prepare(config: Config) -> Prepared:
         ) from exc
     if config.model.checkpoint is not None:
         models.load_weights(model, config.model.checkpoint)
-    check_finite_tensors(dict(model.named_parameters()), where="model weights")
+    where = "model weights"
+    if config.model.checkpoint is not None:
+        where = f"model.checkpoint {config.model.checkpoint}"
+    check_finite_tensors(dict(model.named_parameters()), where=where)
     if config.pipeline != "pretrain":
         _dry_run_pruning(config, model)
     return Prepared(splits, model)
