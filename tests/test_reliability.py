@@ -138,7 +138,9 @@ CLI_ROWS = [
     CliRow("model-unknown-option", "oneshot", ["--model-option", "depth=3"],
            r"model 'mlp' got unknown option\(s\) depth"),
     CliRow("model-width-text", "oneshot", ["--model-option", "hidden=wide"],
-           r"model 'mlp'"),
+           r"model option hidden='wide' must be a list"),
+    CliRow("model-width-fraction", "oneshot", ["--model-option", "hidden=[2.5]"],
+           r"model option hidden\[0\]=2.5 must be an integer"),
     # -- config fields ---------------------------------------------------------------------
     CliRow("seed-too-large", "oneshot", ["--seed", "99999999999999999999"],
            r"run.seed=99999999999999999999 must be <= 9223372036854775807"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from .. import data as data_module
 from ..api import check_finite_tensors
 from ..checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
 from ..config import Config
-from ..errors import CheckpointError, ConfigError, SfpkError
+from ..errors import CheckpointError, ConfigError, SfpkError, coerce
 from ..losses import Task, task_loss
 from ..masks import Masks
 from ..run import Run
@@ -238,7 +239,9 @@ def prepare(config: Config) -> Prepared:
         augment=config.data.augment,
         **config.data.options,
     )
-    options = model_options(config.model.name, config.model.options, splits)
+    options = _typed_model_options(
+        config.model.name, model_options(config.model.name, config.model.options, splits)
+    )
     try:
         model = models.create(
             config.model.name,
@@ -262,6 +265,19 @@ def prepare(config: Config) -> Prepared:
     if config.pipeline != "pretrain":
         _dry_run_pruning(config, model)
     return Prepared(splits, model)
+
+
+def _typed_model_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Model options checked against the registered builder's annotations (types, finite
+    numbers, ``hidden: Sequence[int]`` a list of ints); external models check their own."""
+    if models.is_external(name):
+        return options
+    builder = models.model_builder(name)
+    try:
+        hints = typing.get_type_hints(builder)
+    except (NameError, TypeError):
+        return options
+    return {k: coerce(f"model option {k}", v, hints.get(k, Any)) for k, v in options.items()}
 
 
 def _dry_run_pruning(config: Config, model: torch.nn.Module) -> None:
