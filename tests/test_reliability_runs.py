@@ -302,3 +302,20 @@ def test_an_integral_float_option_comes_out_as_an_int():
     pruner = sfpk.create_pruner("sfpk", num_steps=1e2, momentum=0)
     assert pruner.options.num_steps == 100 and type(pruner.options.num_steps) is int
     assert type(pruner.options.momentum) is float
+
+
+def test_a_diverged_particle_score_stops_sfpk_naming_the_step(monkeypatch):
+    """NaN/inf reaching the score S (diverged dynamics) stops before selection, not deep in it."""
+    from sfpk.pruners.particles.engine import ParticleSystem
+
+    original = ParticleSystem.step
+
+    def diverging(self, draws, trace=None):
+        record = original(self, draws, trace)
+        self.scores[0] = float("inf")
+        return record
+
+    monkeypatch.setattr(ParticleSystem, "step", diverging)
+    model, data = model_and_batches("mlp")
+    with pytest.raises(sfpk.NonFiniteError, match="score S holds NaN or inf after step 2"):
+        sfpk.prune(model, data, method="sfpk", sparsity=0.5, num_steps=2, num_particles=2)
