@@ -35,6 +35,17 @@ TINY_DENSE_FLAGS = [
 ]
 
 
+def tiny_flags(pipeline: str) -> list[str]:
+    """The tiny flags ``sfpk <pipeline>`` accepts: it refuses those it would ignore
+    (pretrain: fine-tuning and pruning; iterative: the one-shot warm-up)."""
+    if pipeline == "pretrain":
+        return list(TINY_DENSE_FLAGS)
+    if pipeline == "iterative":
+        at = TINY_FLAGS.index("--warmup-epochs")
+        return TINY_FLAGS[:at] + TINY_FLAGS[at + 2 :]
+    return list(TINY_FLAGS)
+
+
 @pytest.fixture
 def tiny() -> dict:
     """A copy of the tiny dotted-key overrides (digits / small MLP / mag)."""

@@ -25,7 +25,7 @@ from torch import nn
 
 import sfpk
 from cli_runs import run_env
-from conftest import TINY_DENSE_FLAGS, TINY_FLAGS
+from conftest import TINY_DENSE_FLAGS, tiny_flags
 from helpers import model_and_batches
 from sfpk.cli import main
 from sfpk.errors import ConfigError, NonFiniteError, SfpkError, UnknownNameError
@@ -234,13 +234,8 @@ def _argv(row: CliRow, tmp: Path) -> list[str]:
 
 
 def _base_flags(command: str) -> list[str]:
-    """The tiny flags a command accepts (iterative has no warm-up, pretrain no pruning)."""
-    if command == "pretrain":
-        return TINY_DENSE_FLAGS
-    if command == "iterative":
-        at = TINY_FLAGS.index("--warmup-epochs")
-        return TINY_FLAGS[:at] + TINY_FLAGS[at + 2 :]
-    return [*TINY_FLAGS, "--method", "mag"]  # rows that set --method override it
+    """The tiny flags the command accepts; rows that set --method override mag's."""
+    return tiny_flags(command) + (["--method", "mag"] if command == "oneshot" else [])
 
 
 def _assert_one_line_error(status: int, err: str, match: str) -> None:
