@@ -263,7 +263,7 @@ def test_pretrain_section_holds_the_pretraining_recipe():
         ({"pretrain.lr_min": -1.0}, r"pretrain\.lr_min"),
         ({"pretrain.optimizer": "rmsprop"}, r"pretrain\.optimizer"),
         ({"prune.scope": 3}, r"prune\.scope"),
-        ({"prune.structure": "Filter"}, "unstructured, filter|filter, unstructured"),
+        ({"prune.structure": "Filter"}, r"channel, filter, head, head\+neuron, neuron"),
     ],
 )
 def test_errors_name_the_dotted_key_and_choices(tiny, overrides, match):

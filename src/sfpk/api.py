@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .collapse import GUARDS, Guard
 from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
 from .masks import SCOPES, Masks, Scope
+from .precision import check_precision
 from .prunable import Structure, check_structure, parse_nm
 from .pruners.base import (
     Batch,
@@ -22,6 +23,7 @@ from .pruners.base import (
     StartState,
     create_pruner,
 )
+from .pruners.particles.batching import BATCHINGS
 from .selection import check_achieved_sparsity
 
 __all__ = [
@@ -54,6 +56,8 @@ def prune(
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     progress: bool = False,
     collapse_guard: Guard = "row",
+    particle_batching: str = "auto",
+    precision: str = "fp32",
     **options: Any,
 ) -> Masks:
     """Prune ``model`` to ``sparsity`` with ``method`` and return the masks.
@@ -75,7 +79,9 @@ def prune(
             ``"row"`` (each output row alone; unstructured only). None: the method's
             default, ``"global"`` for all but wanda, which compares within rows as its
             paper does (globally for structured masks).
-        structure: None or ``"unstructured"``, ``"filter"`` (output filters/neurons) or
+        structure: None or ``"unstructured"``, ``"filter"`` (output filters/neurons),
+            ``"head"`` / ``"neuron"`` / ``"head+neuron"`` (transformer attention heads and MLP
+            neurons, each removed from every tensor it spans; :mod:`sfpk.groups`) or
             ``"channel"`` (input channels/features).
         seed: seeds every random choice of this call (the caller's RNG state is restored).
         masks: starting masks (iterative pruning); entries already pruned stay pruned.
@@ -86,6 +92,11 @@ def prune(
             layer (``"layer"``) or none (``"off"``) in unstructured global/local cuts, so
             extreme sparsity never disconnects a layer; counts stay exact, and what it did
             is in the masks' ``collapse_guard`` (:mod:`sfpk.collapse`).
+        particle_batching: SFPK/SpODE's n forward+backward passes one per particle
+            (``"loop"``), in one vmapped pass (``"vmap"``), or ``"auto"`` (vmap on GPUs, the
+            loop on CPU); the results agree to fp32 tolerance.
+        precision: the forward passes in ``"fp32"``, ``"bf16"`` or ``"fp16"`` (GPU only)
+            autocast (:mod:`sfpk.precision`); scores, particles and masks stay fp32.
         **options: the method's hyperparameters (``sfpk.pruner_class(method).Options``).
 
     Returns:
@@ -115,6 +126,8 @@ def prune(
         loss_fn=loss_fn,
         observer=PruneObserver(progress=progress),
         collapse_guard=collapse_guard,
+        particle_batching=particle_batching,
+        precision=precision,
         **options,
     ).masks
 
@@ -137,6 +150,8 @@ def run_pruner(
     observer: PruneObserver | None = None,
     distributed: bool | None = None,
     collapse_guard: Guard = "row",
+    particle_batching: str = "auto",
+    precision: str = "fp32",
     **options: Any,
 ) -> PruneResult:
     """:func:`prune`, returning the full :class:`PruneResult` (masks, history, state).
@@ -157,9 +172,15 @@ def run_pruner(
         model, method, sparsity, scope, structure, seed, masks, include, exclude, include_bias,
         collapse_guard, options,
     )  # fmt: skip
+    check_choice("particle_batching", particle_batching, BATCHINGS)
     device = next(model.parameters()).device
     ctx = PruneContext(
-        device=device, seed=seed, distributed=distributed, collapse_guard=collapse_guard
+        device=device,
+        seed=seed,
+        distributed=distributed,
+        collapse_guard=collapse_guard,
+        particle_batching=particle_batching,
+        precision=check_precision(precision, device),
     )
     if loss_fn is not None:
         ctx.loss_fn = loss_fn

@@ -48,6 +48,7 @@ from .errors import (
     check_positive,
 )
 from .masks import Scope
+from .precision import Precision
 from .prunable import Structure, check_structure
 from .schedules import PRETRAIN_LR_MIN
 from .train import OptimizerConfig
@@ -104,7 +105,12 @@ class DataConfig:
         "cifar100", "data set name (sfpk datasets), or text:<file or folder>", flag="data"
     )
     data_dir: str | None = _knob(None, "folder of on-disk data sets (default $SFPK_DATA)")
-    num_workers: int = _knob(0, "DataLoader worker processes", ge=0)
+    num_workers: int | None = _knob(
+        None,
+        "DataLoader worker processes (default: 0 for in-memory data, else one per spare core "
+        "up to 8)",
+        ge=0,
+    )
     val_fraction: float = _knob(
         0.1, "fraction of the training split held out for validation (text: see splits)"
     )
@@ -211,7 +217,9 @@ class PruneConfig:
         None, "global, local (per layer) or row (per output row) top-k; default: the method's"
     )
     structure: Structure = _knob(
-        "unstructured", "unstructured, filter, channel or N:M (e.g. 2:4) masks"
+        "unstructured",
+        "unstructured, filter, channel, head, neuron, head+neuron (transformer attention heads"
+        " and MLP neurons) or N:M (e.g. 2:4) masks",
     )
     rounds: int | None = _knob(None, "pruning rounds K (default: oneshot 1, iterative 10)", ge=1)
     batch_size: int = _knob(512, "pruning batch size", flag="prune-batch-size", ge=1)
@@ -250,6 +258,11 @@ class RunConfig:
     tensorboard: bool = _knob(False, "also log to TensorBoard (extra sfpk[tensorboard])")
     plots: bool = _knob(True, "draw figures into plots/ at the end")
     checkpoint_every_steps: int = _knob(10, "checkpoint SFPK/SpODE every k steps (0: off)", ge=0)
+    precision: Precision = _knob(
+        "fp32", "fp32, bf16 or fp16 (GPU) autocast for training and the pruning passes"
+    )
+    channels_last: bool = _knob(False, "channels-last memory layout for conv nets")
+    compile: bool = _knob(False, "train through torch.compile (falls back with a warning)")
 
     def __post_init__(self) -> None:
         check_fields(self, prefix="run.")

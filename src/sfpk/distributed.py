@@ -43,6 +43,9 @@ __all__ = [
     "broadcast_",
     "broadcast_object",
     "barrier",
+    "shard_bounds",
+    "all_reduce_sum_",
+    "data_parallel",
 ]
 
 
@@ -212,3 +215,40 @@ def barrier() -> None:
     """
     if is_distributed():
         dist.barrier()
+
+
+def shard_bounds(num_items: int) -> tuple[int, int]:
+    """This rank's contiguous ``[start, stop)`` share of ``num_items`` (no padding).
+
+    Evaluation shards a data set this way and SUM-reduces its totals, so the result is the
+    single-process figure exactly (a ``DistributedSampler`` would pad with repeated items).
+    """
+    world, me = world_size(), rank()
+    per, extra = divmod(num_items, world)
+    start = me * per + min(me, extra)
+    return start, start + per + (1 if me < extra else 0)
+
+
+def all_reduce_sum_(tensor: Tensor) -> Tensor:
+    """SUM-all-reduce ``tensor`` in place across ranks (no-op in a single process)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` when several ranks train it.
+
+    On CUDA, BatchNorm layers become ``SyncBatchNorm`` (statistics over the global batch,
+    as one process would compute them); gloo on CPU has no SyncBatchNorm, so each rank
+    normalises its own share of the batch there, as plain DDP does. Without a process group
+    of more than one rank the model is returned as it is.
+    """
+    if not is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=[device.index or 0])
+    return DistributedDataParallel(model)

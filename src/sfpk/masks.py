@@ -22,12 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, MaskMismatchError
+from .group_finder import find_groups
+from .groups import Coupling, group_mask_shape
 from .mask_files import read_mask_file, write_mask_file
 from .prunable import (
     FilterFn,
     Structure,
     check_structure,
     eligible_for,
+    group_kinds,
     mask_shape,
     prunable_parameters,
     tied_biases,
@@ -66,7 +69,9 @@ class Masks(Mapping[str, Tensor]):
 
     It maps names to float tensors of 0/1 values (or continuous values while a particle
     simulation runs) that broadcast against the named parameters. ``shapes`` records the
-    parameter shapes so a mask file can be checked against a model without it.
+    parameter shapes so a mask file can be checked against a model without it. Head and
+    neuron structures carry a ``coupling`` (:mod:`sfpk.groups`): which mask entries form one
+    attention head or MLP neuron.
 
     Example:
         >>> masks = sfpk.prune(model, loader, method="mag", sparsity=0.9)
@@ -86,22 +91,35 @@ class Masks(Mapping[str, Tensor]):
         scope: Scope | None = None,
         tied_biases: Mapping[str, str] | None = None,
         collapse_guard: Mapping[str, Any] | None = None,
+        coupling: Coupling | None = None,
     ) -> None:
         check_structure(structure)
         if set(tensors) != set(shapes):
             raise MaskMismatchError("mask names and parameter-shape names differ")
+        if (coupling is None) != (group_kinds(structure) is None):
+            raise MaskMismatchError(
+                f"structure={structure!r} {'needs' if coupling is None else 'takes no'} "
+                "coupled-group table"
+            )
+        if coupling is not None:
+            coupling.check(shapes)
         # ``shapes`` fixes the order (model order): ``tensors`` may come sorted by name, as
         # safetensors returns them, and the order decides tie-breaking and flat layouts.
         self.shapes: dict[str, tuple[int, ...]] = {n: tuple(s) for n, s in shapes.items()}
         self._tensors: dict[str, Tensor] = {n: tensors[n] for n in self.shapes}
         for name, tensor in self._tensors.items():
-            expected = mask_shape(name, self.shapes[name], structure)
+            expected = (
+                group_mask_shape(self.shapes[name], coupling.dim_of(name))
+                if coupling is not None
+                else mask_shape(name, self.shapes[name], structure)
+            )
             if tuple(tensor.shape) != expected:
                 raise MaskMismatchError(
                     f"mask {name!r} has shape {tuple(tensor.shape)}, expected {expected} "
                     f"for a {structure} mask of a parameter of shape {self.shapes[name]}"
                 )
         self.structure: Structure = structure
+        self.coupling = coupling
         self.method = method
         self.target_sparsity = target_sparsity
         self.scope = scope
@@ -139,6 +157,9 @@ class Masks(Mapping[str, Tensor]):
         params = prunable_parameters(
             model, include=include, exclude=exclude, include_bias=include_bias, filter_fn=filter_fn
         )
+        kinds = group_kinds(structure)
+        if kinds is not None:
+            return cls._coupled_ones(model, params, structure, kinds)
         params = {n: p for n, p in params.items() if eligible_for(structure, n, p.shape)}
         if not params:
             why = (
@@ -163,6 +184,35 @@ class Masks(Mapping[str, Tensor]):
             tied_biases=tied,
         )
 
+    @classmethod
+    def _coupled_ones(
+        cls,
+        model: nn.Module,
+        prunable: Mapping[str, nn.Parameter],
+        structure: Structure,
+        kinds: Sequence[str],
+    ) -> Masks:
+        """All-ones head/neuron masks over the groups whose every member is prunable."""
+        coupling = find_groups(model, kinds, keep=lambda name: name in prunable)
+        params = dict(model.named_parameters())
+        names = coupling.names()
+        tensors = {
+            n: torch.ones(
+                group_mask_shape(params[n].shape, coupling.dim_of(n)),
+                device=params[n].device,
+                dtype=params[n].dtype,
+            )
+            for n in names
+        }
+        rows = {n: params[n] for n in names if coupling.dim_of(n) == 0}
+        return cls(
+            tensors,
+            shapes={n: params[n].shape for n in names},
+            structure=structure,
+            tied_biases=tied_biases(model, rows),
+            coupling=coupling,
+        )
+
     def with_tensors(self, tensors: Mapping[str, Tensor], **info: Any) -> Masks:
         """A new mask set with the same names/shapes/structure and new tensors."""
         out = Masks(
@@ -174,6 +224,7 @@ class Masks(Mapping[str, Tensor]):
             scope=info.get("scope", self.scope),
             tied_biases=self.tied_biases,
             collapse_guard=info.get("collapse_guard", self.collapse_guard),
+            coupling=self.coupling,
         )
         return out
 
@@ -307,6 +358,7 @@ class Masks(Mapping[str, Tensor]):
             "shapes": {n: list(s) for n, s in self.shapes.items()},
             "tied_biases": self.tied_biases,
             "collapse_guard": self.collapse_guard,
+            "coupling": self.coupling.to_json() if self.coupling is not None else None,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -331,6 +383,7 @@ class Masks(Mapping[str, Tensor]):
             scope=info.get("scope"),
             tied_biases=info.get("tied_biases"),
             collapse_guard=info.get("collapse_guard"),
+            coupling=Coupling.from_json(info["coupling"]) if info.get("coupling") else None,
         )
         if model is not None:
             masks.check_fits(model)

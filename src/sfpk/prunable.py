@@ -14,6 +14,10 @@ Conventions (the rest of sfpk refers here):
   ``M`` consecutive weights along the input dimension (dim 1: input features, or input
   channels at each kernel position) keeps exactly ``N``. Only weights whose dim 1 is a
   multiple of ``M`` get such a mask (others, and biases, stay dense).
+* ``"head"``, ``"neuron"`` and ``"head+neuron"`` are coupled groups that span several
+  tensors (attention heads, MLP neurons; :mod:`sfpk.groups`): each member tensor gets a
+  row (filter-shaped) or column (channel-shaped) mask, and a coupling table ties the entries
+  of one group together.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "check_structure",
     "default_filter",
     "eligible_for",
+    "group_kinds",
     "mask_shape",
     "parse_nm",
     "prunable_parameters",
@@ -42,8 +47,14 @@ __all__ = [
 # "unstructured", "filter", "channel" or "N:M" with integers 0 < N < M (e.g. "2:4"); a str
 # because N:M is open-ended (check_structure validates it).
 Structure = str
-STRUCTURES: tuple[str, ...] = ("unstructured", "filter", "channel", "N:M")
-_STRUCTURE_CHOICES = "choose one of unstructured, filter, channel or N:M such as 2:4"
+STRUCTURES: tuple[str, ...] = (
+    "unstructured", "filter", "channel", "head", "neuron", "head+neuron", "N:M"
+)
+_NAMED = STRUCTURES[:-1]
+_GROUP_STRUCTURES = {"head": ("head",), "neuron": ("neuron",), "head+neuron": ("head", "neuron")}
+_STRUCTURE_CHOICES = (
+    "choose one of unstructured, filter, channel, head, neuron, head+neuron or N:M such as 2:4"
+)
 _NM = re.compile(r"^(\d+):(\d+)$")
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 FilterFn = Callable[[str, nn.Module, str], bool]
@@ -66,9 +77,14 @@ def parse_nm(structure: str) -> tuple[int, int] | None:
 
 def check_structure(structure: str) -> str:
     """``structure`` if it is a known structure, else a ConfigError naming the choices."""
-    if structure in STRUCTURES[:3] or parse_nm(structure) is not None:
+    if structure in _NAMED or parse_nm(structure) is not None:
         return structure
-    raise UnknownNameError("structure", structure, [*STRUCTURES[:3], "N:M (e.g. 2:4)"])
+    raise UnknownNameError("structure", structure, [*_NAMED, "N:M (e.g. 2:4)"])
+
+
+def group_kinds(structure: Structure) -> tuple[str, ...] | None:
+    """The coupled group kinds of a head/neuron structure, None for the others."""
+    return _GROUP_STRUCTURES.get(structure)
 
 
 def eligible_for(structure: Structure, name: str, shape: Sequence[int]) -> bool:
@@ -157,6 +173,11 @@ def _is_bias(name: str, shape: Sequence[int]) -> bool:
 def mask_shape(name: str, shape: Sequence[int], structure: Structure) -> tuple[int, ...]:
     """Shape of the mask of parameter ``name`` (of ``shape``) under ``structure``."""
     shape = tuple(shape)
+    if structure in _GROUP_STRUCTURES:
+        raise ConfigError(
+            f"the mask shape of {name!r} under structure={structure!r} depends on its coupled "
+            "group (sfpk.groups.group_mask_shape)"
+        )
     if structure == "unstructured" or _is_bias(name, shape) or parse_nm(structure):
         return shape
     if structure == "filter":

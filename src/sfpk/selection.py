@@ -15,6 +15,9 @@ Counting rules:
   ``floor(sparsity * M)`` lowest, whatever the scope (at ``1 - N/M`` each keeps exactly N).
 * structured, ``local``: ``floor(sparsity * C)`` of the ``C`` filters/channels of each tensor
   go, so each layer is exact up to one group.
+* heads / neurons (coupled groups, :mod:`sfpk.groups`): a group's score is the sum over
+  its entries in every member tensor; ``local`` removes ``floor(sparsity * G)`` groups of
+  every block (attention module or MLP), ``global`` ranks them as structured global does.
 * structured, ``global``: groups are ranked by their score per weight (a group's score is a
   sum over the weights it controls, so raw sums would favour removing small groups) and
   removed lowest first while the removed weights stay within ``floor(sparsity * P)``
@@ -217,7 +220,9 @@ def select_topk(
             f"scope='row' compares weights within each output row and needs unstructured "
             f"masks, not structure={template.structure!r}; use global or local"
         )
-    if nm is not None:  # every group is cut on its own, whatever the scope
+    if template.coupling is not None:  # heads / neurons: one decision per group
+        keep = _coupled_cut(flat, template, sparsity, scope)
+    elif nm is not None:  # every group is cut on its own, whatever the scope
         keep = torch.cat(
             [
                 nm_cut(chunk, template[n].shape, nm[1], sparsity)
@@ -243,17 +248,7 @@ def select_topk(
             ]
         ).to(flat.device)
         budget = removal_count(template.total_weights(), sparsity)
-        per_weight, order, _ = _per_weight_prefix(flat, weights, budget)
-        # Never remove every group of a tensor: that disconnects the network.
-        best = torch.stack(
-            [
-                chunk.argmax() + start
-                for chunk, start in zip(per_weight.split(sizes), _starts(sizes), strict=True)
-            ]
-        )
-        order = order[~torch.isin(order, best)]
-        keep = torch.ones_like(flat)
-        keep[_greedy_removal(order, weights, budget)] = 0.0
+        keep = _structured_global(flat, weights, sizes, budget)
     if keep_pruned:
         # When the template already removes more than ``sparsity`` asks for, the ranking
         # alone would revive some of its zeros; they must stay pruned.
@@ -265,6 +260,80 @@ def select_topk(
     return template.with_tensors(
         tensors, target_sparsity=sparsity, scope=scope, collapse_guard=report
     )
+
+
+def _structured_global(values: Tensor, weights: Tensor, sizes: list[int], budget: int) -> Tensor:
+    """Keep vector of the global structured cut: groups ranked by score per weight, removed
+    lowest first within ``budget`` weights, the best group of every block always kept (so
+    no layer is cut off entirely)."""
+    per_weight, order, _ = _per_weight_prefix(values, weights, budget)
+    best = torch.stack(
+        [
+            chunk.argmax() + start
+            for chunk, start in zip(per_weight.split(sizes), _starts(sizes), strict=True)
+        ]
+    )
+    order = order[~torch.isin(order, best)]
+    keep = torch.ones_like(values)
+    keep[_greedy_removal(order, weights, budget)] = 0.0
+    return keep
+
+
+def _group_index(template: Masks) -> Tensor:
+    """For every flat mask entry of a coupled ``template``, the index of its group."""
+    assert template.coupling is not None
+    owners = template.coupling.entry_groups(template.shapes)
+    return torch.cat([owners[n] for n in template])
+
+
+def _coupled_cut(flat: Tensor, template: Masks, sparsity: float, scope: Scope) -> Tensor:
+    """Heads / neurons: a group's score is the sum over its entries; ``local`` removes
+    ``floor(sparsity * G)`` groups of every block, ``global`` ranks groups by score per
+    weight as for filters. Every entry of a group gets the group's decision."""
+    coupling = template.coupling
+    assert coupling is not None
+    index = _group_index(template).to(flat.device)
+    groups = torch.zeros(coupling.num_groups, dtype=flat.dtype, device=flat.device)
+    groups.index_add_(0, index, flat)
+    sizes = coupling.block_sizes()
+    if scope == "local":
+        keep = _plain_cut(groups, sizes, sparsity, "local")
+    else:
+        weights = coupling.group_weights(template.shapes).to(flat.device)
+        keep = _structured_global(
+            groups, weights, sizes, removal_count(template.total_weights(), sparsity)
+        )
+    return keep[index]
+
+
+def _check_coupled(masks: Masks, sparsity: float, scope: Scope) -> None:
+    """Every group is kept or removed whole; per block (local) or overall (global) counts."""
+    coupling = masks.coupling
+    assert coupling is not None
+    index = _group_index(masks)
+    flat = torch.cat([(masks[n] != 0).reshape(-1).to("cpu", torch.float64) for n in masks])
+    kept = torch.zeros(coupling.num_groups, dtype=torch.float64).index_add_(0, index, flat)
+    members = torch.zeros_like(kept).index_add_(0, index, torch.ones_like(flat))
+    if bool(((kept != 0) & (kept != members)).any()):
+        raise SparsityCheckError("a coupled head/neuron group is only partly removed")
+    alive = (kept != 0).to(torch.float64)
+    if scope == "local":
+        for block, keep in zip(coupling.blocks, alive.split(coupling.block_sizes()), strict=True):
+            expected = block.groups - removal_count(block.groups, sparsity)
+            if int(keep.sum()) != expected:
+                raise SparsityCheckError(
+                    f"block {block.name!r} keeps {int(keep.sum())} of {block.groups} "
+                    f"{block.kind}s, expected {expected} (sparsity {sparsity})"
+                )
+        return
+    weights = coupling.group_weights(masks.shapes)
+    total, budget = masks.total_weights(), removal_count(masks.total_weights(), sparsity)
+    removed = total - int((weights * alive).sum())
+    if not budget - int(weights.max()) < removed <= budget:
+        raise SparsityCheckError(
+            f"removed {removed} of {total} weights, expected {budget} up to one group of "
+            f"{int(weights.max())} (sparsity {sparsity})"
+        )
 
 
 def _plain_cut(flat: Tensor, sizes: list[int], sparsity: float, scope: Scope) -> Tensor:
@@ -365,6 +434,9 @@ def check_achieved_sparsity(masks: Masks, sparsity: float, scope: Scope) -> None
     total = masks.total_weights()
     removed = total - masks.kept_weights()
     nm = parse_nm(masks.structure)
+    if masks.coupling is not None:
+        _check_coupled(masks, sparsity, scope)
+        return
     if nm is not None:
         _check_nm(masks, nm[1], sparsity)
         return

@@ -13,6 +13,7 @@ filled before pruning, or any future optimizer with decoupled terms).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -24,9 +25,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .distributed import all_reduce_sum_, data_parallel, is_distributed
 from .errors import ConfigError, NonFiniteError, SfpkError, check_choice, check_positive
 from .losses import TASKS, Task, flatten_for_task, perplexity, task_loss
 from .masks import Masks
+from .precision import Precision, autocast, check_precision, grad_scaler
 
 __all__ = [
     "OPTIMIZERS",
@@ -198,6 +201,17 @@ class Trainer:
             ``"language_model"`` (logits ``[B, T, V]``, :func:`sfpk.losses.next_token_loss`;
             accuracy and loss are per token). The data set declares it
             (:attr:`sfpk.data.DataSplits.task`).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 with loss scaling;
+            :mod:`sfpk.precision`). Weights, gradients and optimizer state stay fp32.
+        channels_last: store 4-D conv weights and inputs channels-last (faster convs on
+            GPUs and recent CPUs); no effect on other models.
+        compile: train through ``torch.compile(model)``; when compiling fails the epoch
+            runs uncompiled, with a warning that says why.
+
+    Under ``torchrun`` with more than one rank the model trains as
+    ``DistributedDataParallel`` (gradients averaged over ranks; give each rank its share of
+    every global batch, e.g. with a ``DistributedSampler``), and ``evaluate(...,
+    sharded=True)`` sums each rank's share of the evaluation data.
 
     Example:
         >>> trainer = Trainer(model, OptimizerConfig(), device=torch.device("cpu"))
@@ -214,11 +228,19 @@ class Trainer:
         masks: Masks | None = None,
         progress: bool = True,
         task: Task = "classification",
+        precision: Precision = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         check_choice("task", task, TASKS)
         self.task = task
         self.loss_fn = task_loss(task)
+        self.precision = check_precision(precision, device)
+        self.scaler = grad_scaler(device, precision)
+        self.channels_last = channels_last
         self.model = model.to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.options = options
         self.device = device
         self.progress = progress and sys.stderr.isatty()
@@ -231,6 +253,31 @@ class Trainer:
                 param = params[name]
                 self._masks.append((param, (mask != 0).to(device=device, dtype=param.dtype)))
         self._reapply_masks()
+        # What the training step calls: DDP under torchrun, compiled when asked.
+        self.train_model: nn.Module = data_parallel(self.model, device)
+        self._compile = compile
+
+    def _forward(self, inputs: Tensor) -> Tensor:
+        """The training forward: channels-last inputs, compile on first use (or fallback)."""
+        if self.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if self._compile:
+            self._compile = False
+            compiled = torch.compile(self.train_model)
+            try:
+                with autocast(self.device, self.precision):
+                    logits = compiled(inputs)
+            except Exception as error:  # noqa: BLE001  any backend failure -> eager, said
+                log.warning(
+                    "torch.compile failed (%s: %s); training without it",
+                    type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "",
+                )
+            else:
+                self.train_model = compiled
+                return logits
+        with autocast(self.device, self.precision):
+            return self.train_model(inputs)
 
     @torch.no_grad()
     def _reapply_masks(self) -> None:
@@ -249,10 +296,16 @@ class Trainer:
             group["lr"] = lr
 
     def _step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # true gradients for masking and clipping
         self._mask_gradients()
         if self.options.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the scaled grads overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._reapply_masks()
 
@@ -279,19 +332,28 @@ class Trainer:
         bar = tqdm(loader, desc=desc, leave=False, disable=not self.progress)
         for index, batch in enumerate(bar):
             inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
-            logits = self.model(inputs)
-            loss = self.loss_fn(logits, targets, label_smoothing=self.options.label_smoothing)
-            value = loss.item()  # one device sync per batch, reused below
-            if not math.isfinite(value):  # before backward: no step is taken on it
-                raise NonFiniteError(
-                    f"training loss became {value} at batch {index} ({desc}): NaN or inf in "
-                    "the inputs, the weights or the loss (try a lower learning rate); "
-                    "no optimizer step was taken on it"
-                )
             group_start = index - index % accum
             group_size = accum if num_batches is None else min(accum, num_batches - group_start)
-            (loss / group_size).backward()
-            if index - group_start + 1 == group_size:
+            stepping = index - group_start + 1 == group_size
+            # DDP all-reduces gradients only on the micro-batch that ends a group.
+            sync = contextlib.nullcontext()
+            if not stepping and hasattr(self.train_model, "no_sync"):
+                sync = self.train_model.no_sync()
+            with sync:
+                logits = self._forward(inputs)
+                loss = self.loss_fn(
+                    logits.float(), targets, label_smoothing=self.options.label_smoothing
+                )
+                value = loss.item()  # one device sync per batch, reused below
+                if not math.isfinite(value):  # before backward: no step is taken on it
+                    raise NonFiniteError(
+                        f"training loss became {value} at batch {index} ({desc}): NaN or inf "
+                        "in the inputs, the weights or the loss (try a lower learning rate); "
+                        "no optimizer step was taken on it"
+                    )
+                scaled = loss / group_size
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            if stepping:
                 self._step()
             logits, targets = flatten_for_task(self.task, logits.detach(), targets)
             total_loss += value * len(targets)  # per token for language models
@@ -307,17 +369,23 @@ class Trainer:
         return any(p.grad is not None for p in self.model.parameters())
 
     @torch.no_grad()
-    def evaluate(self, loader: Iterable[Batch]) -> EvalResult:
+    def evaluate(self, loader: Iterable[Batch], *, sharded: bool = False) -> EvalResult:
         """Mean loss, top-1 and top-5 accuracy of the model (eval mode) on ``loader``.
 
         Sums over items (tokens for language models) and divides once at the end, so
-        batches of unequal size weigh by their size.
+        batches of unequal size weigh by their size. ``sharded=True``: under torchrun each
+        rank's ``loader`` holds its own share of the data (``sfpk.distributed.shard_bounds``)
+        and the sums are all-reduced, so every rank gets the single-process figures.
         """
         self.model.eval()
         total_loss, top1, top5, seen = 0.0, 0, 0, 0
         for batch in loader:
             inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
-            logits = self.model(inputs)
+            if self.channels_last and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.precision):
+                logits = self.model(inputs)
+            logits = logits.float()
             total_loss += self.loss_fn(logits, targets, reduction="sum").item()
             logits, targets = flatten_for_task(self.task, logits, targets)
             k = min(5, logits.shape[1])
@@ -326,6 +394,10 @@ class Trainer:
             top1 += int(hits[:, 0].sum())
             top5 += int(hits.any(dim=1).sum())
             seen += len(targets)
+        if sharded and is_distributed():
+            sums = torch.tensor([total_loss, top1, top5, seen], dtype=torch.float64)
+            total_loss, top1, top5, seen = all_reduce_sum_(sums.to(self.device)).tolist()
+            top1, top5, seen = int(top1), int(top5), int(seen)
         if seen == 0:
             raise SfpkError("the evaluation data yielded no batch")
         if not math.isfinite(total_loss):

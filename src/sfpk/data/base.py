@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError, DataError
+from ..index_batches import SlicingLoader
 from ..losses import Task
 
 __all__ = [
@@ -100,6 +101,14 @@ class ArrayDataset(Dataset):
         x = self.inputs[index]
         x = self.transform(x) if self.transform is not None else x.to(torch.float32)
         return x, self.labels[index]
+
+    def can_take(self) -> bool:
+        """Whether :meth:`take` applies: only without a per-item transform."""
+        return self.transform is None
+
+    def take(self, index: torch.Tensor) -> list[torch.Tensor]:
+        """The collated batch of items ``index``, by one slice (``sfpk.index_batches``)."""
+        return [self.inputs[index].to(torch.float32), self.labels[index]]
 
 
 class TransformedSubset(Dataset):
@@ -203,11 +212,14 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     drop_last: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """Build a reproducible DataLoader.
 
     The shuffling order and the workers' random seeds come from a generator seeded with
     ``seed``. Memory is pinned when CUDA is available; workers persist across epochs.
+    In-memory data sets are batched by index slicing, with the same batches
+    (:class:`sfpk.index_batches.SlicingLoader`).
 
     Args:
         dataset: Any map-style dataset.
@@ -216,6 +228,8 @@ def make_loader(
         seed: Seed of the loader's generator.
         num_workers: Worker processes; 0 loads in the main process.
         drop_last: Drop the last incomplete batch.
+        sampler: the order of the items instead of ``shuffle`` (e.g. a
+            ``DistributedSampler`` giving this rank its share).
 
     Returns:
         The DataLoader.
@@ -228,10 +242,11 @@ def make_loader(
         raise ConfigError(f"batch_size={batch_size!r} must be >= 1")
     if num_workers < 0:
         raise ConfigError(f"num_workers={num_workers!r} must be >= 0")
-    return DataLoader(
+    return SlicingLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=num_workers,
         drop_last=drop_last,
         generator=torch.Generator().manual_seed(seed),

@@ -81,6 +81,11 @@ class TokenBlocks(Dataset):
         block = self.tokens[index * length : (index + 1) * length]
         return block[:-1], block[1:]
 
+    def take(self, index: Tensor) -> list[Tensor]:
+        """The collated batch of blocks ``index``, by one slice (``sfpk.index_batches``)."""
+        blocks = self.tokens.view(len(self), self.block_size + 1)[index]
+        return [blocks[:, :-1].contiguous(), blocks[:, 1:].contiguous()]
+
     def positions(self) -> range:
         """The positions of the token stream this split covers (inputs and targets)."""
         return range(self.offset, self.offset + len(self.tokens))

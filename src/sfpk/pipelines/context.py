@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from .. import api, distributed, models
 from .. import data as data_module
@@ -33,8 +34,10 @@ from ..api import check_finite_tensors
 from ..checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, SfpkError, coerce
+from ..index_batches import batch_taker
 from ..losses import Task, task_loss
 from ..masks import Masks
+from ..precision import check_precision
 from ..run import Run
 from ..train import EvalResult, OptimizerConfig, Trainer, select_device
 
@@ -73,6 +76,18 @@ class Progress:
     seconds: float = 0.0
 
 
+def _worker_count(configured: int | None, dataset: Any) -> int:
+    """DataLoader workers: as configured, else 0 for data batched in memory by slicing (a
+    worker would only add copies) and one per spare core of this rank (up to 8) for data
+    read and decoded per item (image folders)."""
+    if configured is not None:
+        return configured
+    if batch_taker(dataset) is not None:
+        return 0
+    cores = (os.cpu_count() or 1) // max(1, distributed.world_size())
+    return max(1, min(8, cores - 1))
+
+
 class Context:
     """The model, data, masks and progress of one pipeline execution.
 
@@ -105,6 +120,7 @@ class Context:
             self.masks = self.masks.to(self.device)
         self._started = time.perf_counter()
         self._base_seconds = self.progress.seconds
+        self.num_workers = _worker_count(cfg.data.num_workers, self.splits.train)
         self.val_loader = self._eval_loader(self.splits.val)
         self.test_loader = self._eval_loader(self.splits.test)
 
@@ -127,11 +143,15 @@ class Context:
 
     # -- data ---------------------------------------------------------------------------
     def _eval_loader(self, dataset: Any) -> DataLoader:
+        """The evaluation loader; under torchrun, this rank's contiguous share (the Trainer
+        sums the shares, so every rank gets the single-process figures)."""
+        if distributed.is_distributed():
+            dataset = Subset(dataset, range(*distributed.shard_bounds(len(dataset))))
         return data_module.make_loader(
             dataset,
             batch_size=self.config.data.eval_batch_size,
             shuffle=False,
-            num_workers=self.config.data.num_workers,
+            num_workers=self.num_workers,
         )
 
     def train_loader(self, key: str, epoch: int, batch_size: int) -> DataLoader:
@@ -142,12 +162,30 @@ class Context:
         """
         epoch_seed = derive_seed(self.seed, key, epoch)
         torch.manual_seed(epoch_seed)
+        world = distributed.world_size()
+        if world > 1:  # data parallel: each rank takes its 1/K of every global batch
+            if batch_size % world:
+                raise ConfigError(
+                    f"batch size {batch_size} does not split over {world} ranks; give a "
+                    f"multiple of {world} so that the global batch stays {batch_size}"
+                )
+            sampler = DistributedSampler(
+                self.splits.train, num_replicas=world, rank=distributed.rank(), seed=epoch_seed
+            )
+            return data_module.make_loader(
+                self.splits.train,
+                batch_size=batch_size // world,
+                shuffle=False,
+                seed=epoch_seed,
+                num_workers=self.num_workers,
+                sampler=sampler,
+            )
         return data_module.make_loader(
             self.splits.train,
             batch_size=batch_size,
             shuffle=True,
             seed=epoch_seed,
-            num_workers=self.config.data.num_workers,
+            num_workers=self.num_workers,
         )
 
     def pruning_loader(self, key: str) -> DataLoader:
@@ -163,7 +201,7 @@ class Context:
             batch_size=cfg.batch_size,
             shuffle=True,
             seed=derive_seed(self.seed, key),
-            num_workers=self.config.data.num_workers,
+            num_workers=self.num_workers,
         )
 
     def trainer(self, options: OptimizerConfig, *, masks: Masks | None = None) -> Trainer:
@@ -175,12 +213,19 @@ class Context:
             masks=masks,
             progress=self.show_progress,
             task=self.task,
+            precision=self.config.run.precision,
+            channels_last=self.config.run.channels_last,
+            compile=self.config.run.compile,
         )
 
-    def evaluate(self) -> tuple[EvalResult, EvalResult]:
-        """Validation and test results of the current model."""
-        trainer = self.trainer(self.config.train)
-        return trainer.evaluate(self.val_loader), trainer.evaluate(self.test_loader)
+    def evaluate(self, trainer: Trainer | None = None) -> tuple[EvalResult, EvalResult]:
+        """Validation and test results of the current model (on every rank alike)."""
+        trainer = trainer or self.trainer(self.config.train)
+        sharded = distributed.is_distributed()
+        return (
+            trainer.evaluate(self.val_loader, sharded=sharded),
+            trainer.evaluate(self.test_loader, sharded=sharded),
+        )
 
     # -- bookkeeping --------------------------------------------------------------------
     def seconds(self) -> float:
@@ -230,6 +275,7 @@ def prepare(config: Config) -> Prepared:
     Raises:
         ConfigError: with the setting at fault; NonFiniteError: non-finite dense weights.
     """
+    check_precision(config.run.precision, select_device(config.run.device))
     seed_everything(config.run.seed)
     splits = data_module.load_dataset(
         config.data.dataset,

@@ -102,7 +102,8 @@ def train_phase(
         lr = lr_at(epoch)
         loader = ctx.train_loader(key, epoch, batch_size)
         train = trainer.train_epoch(loader, lr=lr, desc=f"{key} {epoch + 1}/{epochs}")
-        val, test = trainer.evaluate(ctx.val_loader), trainer.evaluate(ctx.test_loader)
+        items_per_second = len(ctx.splits.train) / max(time.perf_counter() - began, 1e-9)
+        val, test = ctx.evaluate(trainer)
         record = {
             "epoch": epoch,
             "val_acc": val.top1,
@@ -130,8 +131,10 @@ def train_phase(
             }
         )
         log.info(
-            "%s epoch %d/%d lr %.3g: train %.4f, val %.4f, test %.4f (%.1fs)",
+            "%s epoch %d/%d lr %.3g: train %.4f, val %.4f, test %.4f (%.1fs, training "
+            "%.0f items/s)",
             key, epoch + 1, epochs, lr, train.acc, val.top1, test.top1, seconds,
+            items_per_second,
         )  # fmt: skip
         ctx.progress.current = {"key": key, "epoch": epoch + 1, "trainer": trainer.state_dict()}
         ctx.checkpoint()
@@ -214,6 +217,7 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         exclude=cfg.exclude or None,
         include_bias=cfg.include_bias,
         collapse_guard=cfg.collapse_guard,
+        precision=ctx.config.run.precision,
         start=_start_state(ctx, key),
         observer=_observer(ctx, key),
         **cfg.options,

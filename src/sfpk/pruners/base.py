@@ -34,10 +34,13 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..collapse import Guard
 from ..errors import ConfigError, SfpkError, UnknownNameError, check_fields, resolve_fields
+from ..index_batches import iterate_fast
 from ..masks import Masks, Scope
+from ..precision import autocast
 from ..selection import round_sparsity, select_topk
 
 __all__ = [
@@ -76,6 +79,12 @@ class PruneContext:
             True to require one, False never. Methods without per-rank work ignore it.
         collapse_guard: the final selection's guard against disconnected layers
             (:mod:`sfpk.collapse`): ``"row"``, ``"layer"`` or ``"off"``.
+        particle_batching: how the particle methods run their n forward+backward passes:
+            ``"loop"`` (one per particle), ``"vmap"`` (one batched pass, torch.func) or
+            ``"auto"`` (vmap on accelerators, the loop on CPU; see
+            :mod:`sfpk.pruners.particles.batching`). Other methods ignore it.
+        precision: the forward passes' precision, ``"fp32"``, ``"bf16"`` or ``"fp16"``
+            (:mod:`sfpk.precision`); scores, particles and masks stay fp32.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -83,6 +92,8 @@ class PruneContext:
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     distributed: bool | None = None
     collapse_guard: Guard = "row"
+    particle_batching: str = "auto"
+    precision: str = "fp32"
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -236,7 +247,9 @@ class ScorePruner(Pruner):
         prepared = self.setup(model, data, ctx)
         rounds = self.rounds()
         for k in range(rounds):
-            scores = self.score(model, data, masks, ctx, prepared)
+            with autocast(ctx.device, ctx.precision):  # forward passes only; scores are fp32
+                scores = self.score(model, data, masks, ctx, prepared)
+            scores = {name: score.float() for name, score in scores.items()}
             target = round_sparsity(sparsity, k, rounds)
             masks = select_topk(
                 scores, masks, sparsity=target, scope=scope, guard=ctx.collapse_guard
@@ -312,12 +325,14 @@ def batch_stream(data: Iterable[Batch]) -> Iterator[Batch]:
     """Yield batches forever, starting a new pass over ``data`` when one ends.
 
     ``data`` must be re-iterable (a DataLoader, a list); a one-shot iterator can only give
-    one pass, which is an error once it is exhausted.
+    one pass, which is an error once it is exhausted. A DataLoader over in-memory tensors
+    is batched by index slicing, with the same batches (:mod:`sfpk.index_batches`).
     """
     reiterable = iter(data) is not data
     while True:
         seen = False
-        for batch in data:
+        passes = iterate_fast(data) if isinstance(data, DataLoader) else data
+        for batch in passes:
             seen = True
             yield batch
         if not seen:

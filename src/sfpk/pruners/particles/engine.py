@@ -34,7 +34,9 @@ from ...distributed import all_reduce_rows_, is_main, particle_owner, rank, worl
 from ...distributed import resolve_distributed as _resolve_distributed
 from ...errors import NonFiniteError, SfpkError
 from ...functional import effective_weight_grads
+from ...precision import autocast
 from ..base import Batch, PruneContext, PruneObserver, batch_stream, to_device
+from .batching import particle_grads, resolve_batching
 from .dynamics import (
     drift,
     dt_schedule,
@@ -125,6 +127,7 @@ class ParticleSystem:
         entry = layout.entry_weight
         self.kernel_root = layout.sq_theta_root if kernel_weight else _sqrt_or_none(entry)
         self.kernel_norm = layout.abs_theta if kernel_weight else entry
+        self.batching = resolve_batching(ctx.particle_batching, layout.device)
         self.split = _resolve_distributed(ctx.distributed)
         world, me = (world_size(), rank()) if self.split else (1, 0)
         self.owned = [particle_owner(i, world) == me for i in range(n)]
@@ -367,6 +370,7 @@ class ParticleSystem:
         opts, layout = self.options, self.layout
         losses = torch.zeros(opts.num_particles, dtype=torch.float64, device=layout.device)
         polarized = []
+        work: list[tuple[int, Any, Tensor, tuple[Tensor, Tensor]]] = []
         for i in range(opts.num_particles):
             batch = next(draws)
             self.consumed += 1
@@ -388,10 +392,17 @@ class ParticleSystem:
             if not self.owned[i]:
                 self.forces[i].zero_()
                 continue
-            inputs, targets = to_device(batch, self.ctx.device)
-            loss, grads = effective_weight_grads(
-                self.model, layout.effective_weights(value), inputs, targets, self.ctx.loss_fn
+            work.append((i, grad_fn, value, to_device(batch, self.ctx.device)))
+        if self.batching == "loop":  # lazily: one particle's weights in memory at a time
+            results: Iterable[tuple[Tensor, dict[str, Tensor]]] = (
+                self._pass(value, batch) for _, _, value, batch in work
             )
+        else:
+            effective = [layout.effective_weights(value) for _, _, value, _ in work]
+            batches = [batch for *_, batch in work]
+            with autocast(self.ctx.device, self.ctx.precision):
+                results = particle_grads(self.model, effective, batches, self._loss_fn, "vmap")
+        for (i, grad_fn, _, _), (loss, grads) in zip(work, results, strict=True):
             losses[i] = loss
             row = layout.mask_gradient_(grads, self.forces[i])
             if grad_fn is not None:
@@ -400,6 +411,19 @@ class ParticleSystem:
         if self.split:
             all_reduce_rows_(self.forces, losses)
         return losses, polarized
+
+    def _pass(
+        self, value: Tensor, batch: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One particle's loss and effective-weight gradients (forward at ctx.precision)."""
+        with autocast(self.ctx.device, self.ctx.precision):
+            return effective_weight_grads(
+                self.model, self.layout.effective_weights(value), *batch, self._loss_fn
+            )
+
+    def _loss_fn(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The energy loss in fp32 (the logits may come from a low-precision forward)."""
+        return self.ctx.loss_fn(logits.float(), targets)
 
 
 def _check_finite_losses(losses: Tensor, step: int) -> None:

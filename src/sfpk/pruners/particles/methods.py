@@ -181,7 +181,7 @@ class _ParticlePruner(Pruner):
         finally:
             for n, p in model.named_parameters():
                 p.requires_grad_(flags[n])
-        final = layout.views(scores * layout.alive)  # S ⊙ 1[θ ≠ 0] (§2.12)
+        final = layout.entry_scores(scores * layout.alive)  # S ⊙ 1[θ ≠ 0] (§2.12)
         result = select_topk(
             final,
             masks,

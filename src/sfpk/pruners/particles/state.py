@@ -122,7 +122,11 @@ def restore_state(system: SimulationState, state: dict[str, Any]) -> None:
 
 
 def restore_rng(rng: dict[str, Any], device: torch.device) -> None:
-    """Set the CPU (and ``device``'s CUDA) generator states saved by :func:`capture_state`."""
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], device)
+    """Set the CPU (and ``device``'s CUDA) generator states saved by :func:`capture_state`.
+
+    A state saved on a GPU resumes on CPU: its CUDA generator state is then not needed
+    (every random draw of a CPU run comes from the CPU generator) and is left unused.
+    """
+    torch.set_rng_state(rng["cpu"].cpu())
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)

@@ -1,0 +1,133 @@
+"""Mixed precision, channels-last and torch.compile: options of training and pruning."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import sfpk
+from sfpk.errors import ConfigError
+from sfpk.models import create
+from sfpk.train import OptimizerConfig, Trainer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cnn1d() -> nn.Module:
+    torch.manual_seed(0)
+    return create("cnn1d", num_classes=10, channels=(8, 16))
+
+
+def _batches(count: int = 4, size: int = 32, shape=(40,)):
+    gen = torch.Generator().manual_seed(2)
+    return [
+        (torch.randn(size, *shape, generator=gen), torch.randint(0, 10, (size,), generator=gen))
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("method", ["snip", "sfpk"])
+def test_bf16_masks_agree_with_fp32_on_most_kept_entries(method):
+    """bf16 forward passes rank weights almost as fp32 does: >= 95 % of the kept entries
+    agree, and the masks (and the particle state) come back in fp32."""
+    model, data = _cnn1d(), _batches()
+    options = {"num_steps": 5, "num_particles": 3} if method == "sfpk" else {}
+    fp32 = sfpk.prune(model, data, method=method, sparsity=0.8, seed=0, **options)
+    bf16 = sfpk.prune(model, data, method=method, sparsity=0.8, seed=0, precision="bf16", **options)
+    kept = sum(int((fp32[n] != 0).sum()) for n in fp32)
+    both = sum(int(((fp32[n] != 0) & (bf16[n] != 0)).sum()) for n in fp32)
+    assert both / kept >= 0.95
+    assert all(bf16[n].dtype == torch.float32 for n in bf16)
+    assert abs(bf16.sparsity() - fp32.sparsity()) < 1e-9
+
+
+def test_bf16_training_keeps_fp32_weights_and_zeroed_pruned_entries():
+    model, data = _cnn1d(), _batches()
+    masks = sfpk.prune(model, data, method="mag", sparsity=0.7)
+    trainer = Trainer(
+        model, OptimizerConfig(), device=torch.device("cpu"), masks=masks, progress=False,
+        precision="bf16",
+    )  # fmt: skip
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = trainer.train_epoch(data, lr=0.05)
+    assert torch.isfinite(torch.tensor(result.loss))
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32
+        if name in masks:
+            assert bool((p[masks[name].expand_as(p) == 0] == 0).all())
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert 0.0 <= trainer.evaluate(data).top1 <= 1.0
+
+
+def test_fp16_on_cpu_and_unknown_precisions_are_clear_errors():
+    model, data = _cnn1d(), _batches()
+    with pytest.raises(ConfigError, match="fp16.*needs a GPU.*bf16"):
+        sfpk.prune(model, data, method="snip", sparsity=0.5, precision="fp16")
+    with pytest.raises(ConfigError, match="precision 'half'.*bf16, fp16, fp32"):
+        Trainer(model, OptimizerConfig(), device=torch.device("cpu"), precision="half")
+
+
+def test_channels_last_trains_a_conv2d_net_like_the_default_layout():
+    """Same epoch, same result (to fp32 tolerance), with weights stored channels-last."""
+    results = {}
+    for layout in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Flatten(), nn.Linear(8 * 6 * 6, 10),
+        )  # fmt: skip
+        trainer = Trainer(
+            model, OptimizerConfig(), device=torch.device("cpu"), progress=False,
+            channels_last=layout,
+        )  # fmt: skip
+        trainer.train_epoch(_batches(2, 8, (3, 6, 6)), lr=0.05)
+        results[layout] = model
+        if layout:
+            assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for (name, a), (_, b) in zip(
+        results[False].named_parameters(), results[True].named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compile_failure_falls_back_with_a_warning(monkeypatch, caplog):
+    def broken(model, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler for inductor")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model, data = _cnn1d(), _batches(2)
+    trainer = Trainer(
+        model, OptimizerConfig(), device=torch.device("cpu"), progress=False, compile=True
+    )
+    with caplog.at_level(logging.WARNING, logger="sfpk.train"):
+        result = trainer.train_epoch(data, lr=0.05)
+    assert "torch.compile failed (RuntimeError: no C++ compiler for inductor)" in caplog.text
+    assert torch.isfinite(torch.tensor(result.loss)) and trainer.train_model is model
+
+
+def test_run_section_accepts_precision_layout_and_compile():
+    from sfpk.config import build_config
+
+    config = build_config(
+        "oneshot",
+        overrides={"run.precision": "bf16", "run.channels_last": True, "run.compile": True},
+    )
+    assert (config.run.precision, config.run.channels_last, config.run.compile) == (
+        "bf16",
+        True,
+        True,
+    )
+    with pytest.raises(ConfigError, match="run.precision"):
+        build_config("oneshot", overrides={"run.precision": "int8"})
