@@ -89,7 +89,8 @@ def test_unknown_scope_and_structure_list_choices():
     model, data = model_and_batches("mlp")
     with pytest.raises(sfpk.UnknownNameError, match="global, local"):
         sfpk.prune(model, data, method="mag", sparsity=0.5, scope="globl")
-    with pytest.raises(sfpk.UnknownNameError, match="channel, filter, unstructured"):
+    choices = r"channel, filter, head, head\+neuron, neuron, unstructured"
+    with pytest.raises(sfpk.UnknownNameError, match=choices):
         sfpk.prune(model, data, method="mag", sparsity=0.5, structure="filters")
 
 
