@@ -7,9 +7,10 @@ recipes in ``configs/`` hold only their differences. Every run writes its fully 
 ``config.yaml``, which is also what ``sfpk resume`` reads back.
 
 Validation happens in three places, each next to what it knows: every section checks its
-own values when it is built (``__post_init__``, as every options dataclass of sfpk does),
-:class:`Config` checks the rules that span sections, and :mod:`sfpk.config_checks` checks
-names, the device and paths against the registries and the host.
+own values when it is built (``__post_init__``: :func:`sfpk.errors.check_fields` checks each
+field's type, finiteness and ``_knob`` range, docs/reliability.md), :class:`Config` checks
+the rules that span sections, and :mod:`sfpk.config_checks` checks names, the device and
+paths against the registries and the host.
 
 Conventions: ``prune.sparsity`` is the fraction of prunable weights REMOVED, in (0, 1).
 Method options (``prune.options``) are checked by ``sfpk.create_pruner(method, **options)``.
