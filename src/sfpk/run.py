@@ -134,18 +134,13 @@ class Run:
         """
         if config.run.out is None:
             raise ConfigError("run.out is not set: pass --out DIR (where the run is written)")
-        error: Exception | None = None
-        if distributed.is_main():
-            try:
-                cls._make_directory(config, overwrite=overwrite)
-            except (SfpkError, OSError) as exc:
-                error = exc
-        message = distributed.broadcast_object(None if error is None else str(error))
-        if error is not None:
-            raise error
-        if message is not None:
-            raise SfpkError(f"rank 0 could not create the run directory: {message}")
+        _on_rank_0(lambda: cls._make_directory(config, overwrite=overwrite))
         return cls(Path(config.run.out), config)
+
+    @classmethod
+    def check_new(cls, config: Config, *, overwrite: bool = False) -> None:
+        """:meth:`check_out` on rank 0, its refusal shared with every rank (as :meth:`create`)."""
+        _on_rank_0(lambda: cls.check_out(config, overwrite=overwrite))
 
     @staticmethod
     def check_out(config: Config, *, overwrite: bool = False) -> bool:
@@ -336,6 +331,22 @@ class Run:
             hook(self.directory)
         except Exception:  # noqa: BLE001 - see docstring
             log.warning("making plots failed", exc_info=True)
+
+
+def _on_rank_0(body: Any) -> None:
+    """Run ``body`` on rank 0 and share its failure: rank 0 raises it, the others an
+    SfpkError quoting it (so no rank waits for one that has stopped)."""
+    error: Exception | None = None
+    if distributed.is_main():
+        try:
+            body()
+        except (SfpkError, OSError) as exc:
+            error = exc
+    message = distributed.broadcast_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise SfpkError(f"rank 0 could not create the run directory: {message}")
 
 
 def read_status(directory: str | os.PathLike) -> dict[str, Any]:

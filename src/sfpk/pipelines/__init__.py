@@ -80,7 +80,7 @@ def start(config: Config, *, overwrite: bool = False) -> dict[str, Any]:
     Raises:
         ConfigError: no ``run.out``, or it already holds a run and ``overwrite`` is False.
     """
-    Run.check_out(config, overwrite=overwrite)
+    Run.check_new(config, overwrite=overwrite)
     prepared = prepare(config)
     run = Run.create(config, overwrite=overwrite)
     return execute(run, prepared=prepared)
