@@ -26,6 +26,25 @@ TINY_FLAGS = [
     "--report-last-k", "2", "--sparsity", "0.9", "--quiet", "--device", "cpu", "--no-plots",
 ]  # fmt: skip
 
+# The same for `sfpk pretrain`, which refuses the fine-tuning and pruning flags (no effect).
+TINY_DENSE_FLAGS = [
+    flag
+    for i, flag in enumerate(TINY_FLAGS)
+    if flag not in ("--epochs", "--warmup-epochs", "--sparsity")
+    and TINY_FLAGS[i - 1] not in ("--epochs", "--warmup-epochs", "--sparsity")
+]
+
+
+def tiny_flags(pipeline: str) -> list[str]:
+    """The tiny flags ``sfpk <pipeline>`` accepts: it refuses those it would ignore
+    (pretrain: fine-tuning and pruning; iterative: the one-shot warm-up)."""
+    if pipeline == "pretrain":
+        return list(TINY_DENSE_FLAGS)
+    if pipeline == "iterative":
+        at = TINY_FLAGS.index("--warmup-epochs")
+        return TINY_FLAGS[:at] + TINY_FLAGS[at + 2 :]
+    return list(TINY_FLAGS)
+
 
 @pytest.fixture
 def tiny() -> dict:

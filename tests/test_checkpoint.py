@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import random
 
 import numpy as np
@@ -171,14 +174,83 @@ def test_checkpoint_without_masks_reads_back_none(tmp_path):
     assert not (got.path / "masks.safetensors").exists()
 
 
-def test_each_checkpoint_replaces_the_previous_one_and_latest_names_it(tmp_path):
-    """Only the newest checkpoint is kept (disk use stays flat) and LATEST points at it."""
+def test_the_last_two_checkpoints_are_kept_and_latest_names_the_newest(tmp_path):
+    """Two checkpoints stay (disk use stays flat, one to fall back on); LATEST names the newest."""
     model, masks = _model_and_masks()
     for step in range(3):
         write_checkpoint(tmp_path, model=model, masks=masks, state={"step": step})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-000002"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-000001", "ckpt-000002"]
     assert (tmp_path / "LATEST").read_text() == "ckpt-000002\n"
     assert read_latest_checkpoint(tmp_path).state == {"step": 2}
+
+
+def test_every_checkpoint_file_has_its_sha256_recorded(tmp_path):
+    """checksums.json lists each file of the folder with its digest, checked on reading."""
+    model, masks = _model_and_masks()
+    folder = write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 0})
+    sums = json.loads((folder / "checksums.json").read_text())
+    assert sorted(sums) == ["masks.safetensors", "model.safetensors", "state.pt"]
+    for name, digest in sums.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+@pytest.mark.parametrize("file", ["state.pt", "model.safetensors", "masks.safetensors"])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, file, damage):
+    """A damaged newest checkpoint is detected by its checksum; the previous one is read."""
+    model, masks = _model_and_masks()
+    write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 0})
+    newest = write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 1})
+    path = newest / file
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    else:
+        path.unlink()
+    with caplog.at_level(logging.WARNING, logger="sfpk.checkpoint"):
+        got = read_latest_checkpoint(tmp_path)
+    assert got.state == {"step": 0} and got.path.name == "ckpt-000000"
+    assert got.skipped == ["ckpt-000001"]
+    assert "falling back" in caplog.text and "ckpt-000001" in caplog.text and file in caplog.text
+
+
+def test_discarding_a_skipped_checkpoint_repoints_latest_and_keeps_it_aside(tmp_path):
+    """After a fallback the corrupt folder is set aside and the next write follows the good one."""
+    model, masks = _model_and_masks()
+    write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 0})
+    newest = write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 1})
+    (newest / "state.pt").write_bytes(b"torn")
+    got = read_latest_checkpoint(tmp_path)
+    ckpt.discard_skipped(tmp_path, got)
+    assert (tmp_path / "LATEST").read_text() == "ckpt-000000\n"
+    assert (tmp_path / "corrupt-ckpt-000001").is_dir()
+    write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 2})
+    assert read_latest_checkpoint(tmp_path).state == {"step": 2}
+    assert ckpt.checkpoint_names(tmp_path) == ["ckpt-000000", "ckpt-000001"]
+
+
+def test_both_checkpoints_corrupt_is_an_error_naming_both(tmp_path):
+    """With no sound checkpoint left, the error names each one and what is wrong with it."""
+    model, masks = _model_and_masks()
+    for step in range(2):
+        folder = write_checkpoint(tmp_path, model=model, masks=masks, state={"step": step})
+        (folder / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="ckpt-000001.*checksum.*ckpt-000000.*checksum"):
+        read_latest_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_not_trusted(tmp_path, caplog):
+    """NaN in a checkpoint's weights (checksum intact) makes the reader fall back too."""
+    model, masks = _model_and_masks()
+    write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 0})
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 1})
+    with caplog.at_level(logging.WARNING, logger="sfpk.checkpoint"):
+        assert read_latest_checkpoint(tmp_path).state == {"step": 0}
+    assert "NaN or inf" in caplog.text
 
 
 @pytest.mark.parametrize("stage", ["model", "masks", "state"])
@@ -200,7 +272,7 @@ def test_a_failure_mid_write_leaves_the_previous_checkpoint_latest(tmp_path, mon
     assert not (tmp_path / "ckpt-000001").exists()  # only a hidden .tmp-000001 may be left
     assert read_latest_checkpoint(tmp_path).state == {"step": 0}
     write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 1})  # and it recovers
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-000001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-000000", "ckpt-000001"]
     assert read_latest_checkpoint(tmp_path).state == {"step": 1}
 
 
@@ -213,21 +285,35 @@ def test_leftovers_of_a_killed_write_are_ignored_and_then_replaced(tmp_path):
     (tmp_path / ".tmp-000001").mkdir()
     assert read_latest_checkpoint(tmp_path).state == {"step": 0}
     write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 1})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-000001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", "ckpt-000000", "ckpt-000001"]
     assert read_latest_checkpoint(tmp_path).state == {"step": 1}
 
 
 def test_a_run_without_a_checkpoint_reads_none(tmp_path):
     """A run killed before its first checkpoint restarts from scratch instead of failing."""
     assert read_latest_checkpoint(tmp_path / "checkpoints") is None
-    (tmp_path / "LATEST").write_text("")
     assert read_latest_checkpoint(tmp_path) is None
 
 
+def test_an_empty_latest_is_an_error_naming_the_checkpoints_that_exist(tmp_path):
+    """An empty LATEST must not silently restart from scratch: it lists what is there."""
+    (tmp_path / "LATEST").write_text("")
+    with pytest.raises(CheckpointError, match="is empty; checkpoints in that folder: none"):
+        read_latest_checkpoint(tmp_path)
+    model, masks = _model_and_masks()
+    write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 0})
+    write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 1})
+    (tmp_path / "LATEST").write_text("\n")
+    with pytest.raises(CheckpointError, match="ckpt-000000, ckpt-000001"):
+        read_latest_checkpoint(tmp_path)
+
+
 def test_latest_naming_a_missing_folder_is_a_checkpoint_error(tmp_path):
-    """A damaged checkpoint is an error naming it, not a silent restart from scratch."""
+    """A dangling LATEST is an error naming it and the checkpoints that do exist."""
+    model, masks = _model_and_masks()
+    write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 0})
     (tmp_path / "LATEST").write_text("ckpt-000007\n")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint .*ckpt-000007"):
+    with pytest.raises(CheckpointError, match="ckpt-000007.*does not exist.*: ckpt-000000"):
         read_latest_checkpoint(tmp_path)
 
 
@@ -237,10 +323,24 @@ def test_latest_naming_a_missing_folder_is_a_checkpoint_error(tmp_path):
      ("masks.safetensors", "cannot read mask file")],
 )  # fmt: skip
 def test_a_corrupt_checkpoint_file_is_a_checkpoint_error(tmp_path, file, message):
-    """Each file of the folder is checked on reading; the message names the broken one."""
+    """Each file of the only checkpoint is checked on reading; the message names the broken one."""
     model, masks = _model_and_masks()
     folder = write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 0})
     (folder / file).write_bytes(b"\x00not a checkpoint")
-    with pytest.raises(CheckpointError, match=message) as err:
+    with pytest.raises(CheckpointError, match=f"{file} is missing or does not match") as err:
         read_latest_checkpoint(tmp_path)
     assert str(folder) in str(err.value)
+    (folder / "checksums.json").unlink()  # a checkpoint of an older sfpk: each file's own check
+    with pytest.raises(CheckpointError, match=message):
+        read_latest_checkpoint(tmp_path)
+
+
+def test_a_weights_file_with_nan_is_a_checkpoint_error(tmp_path):
+    """Dense weights or best-epoch weights holding NaN are refused, naming the tensor."""
+    model = conv_bn_net(seed=1)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("inf")
+    path = save_state_dict(model, tmp_path / "w.safetensors")
+    name = next(iter(dict(model.named_parameters())))
+    with pytest.raises(CheckpointError, match=f"NaN or inf in {name!r}"):
+        load_state_dict_file(path)

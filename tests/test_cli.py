@@ -7,7 +7,7 @@ import json
 import pytest
 
 import sfpk
-from conftest import TINY_FLAGS
+from conftest import TINY_DENSE_FLAGS, TINY_FLAGS
 from sfpk.cli import COMMANDS, build_parser, main
 
 BAD_INPUTS = [
@@ -44,12 +44,12 @@ def test_unknown_yaml_key_exit_2(tmp_path, capsys):
 def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
     """Starting over an existing run needs --overwrite; the error points to `sfpk resume`."""
     out = tmp_path / "run"
-    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", str(out)]) == 0
+    assert main(["pretrain", *TINY_DENSE_FLAGS, "--pretrain-epochs", "1", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", str(out)]) == 2
+    assert main(["pretrain", *TINY_DENSE_FLAGS, "--pretrain-epochs", "1", "--out", str(out)]) == 2
     assert "sfpk resume" in capsys.readouterr().err
     status = main(
-        ["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--overwrite", "--out", str(out)]
+        ["pretrain", *TINY_DENSE_FLAGS, "--pretrain-epochs", "1", "--overwrite", "--out", str(out)]
     )
     assert status == 0
 
@@ -122,7 +122,7 @@ def test_run_directory_on_a_file_is_one_line_error(tmp_path, capsys, where):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     out = blocker if where == "file" else blocker / "run"
-    assert main(["pretrain", *TINY_FLAGS, "--out", str(out)]) == 2
+    assert main(["pretrain", *TINY_DENSE_FLAGS, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sfpk: error:") and err.count("\n") == 1
     assert blocker.read_text() == "x"
@@ -131,7 +131,7 @@ def test_run_directory_on_a_file_is_one_line_error(tmp_path, capsys, where):
 def test_resume_with_changed_model_is_one_line_error(tmp_path, capsys):
     """A config.yaml edited to another model cannot load the checkpoint: clear error, exit 2."""
     out = tmp_path / "run"
-    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", str(out)]) == 0
+    assert main(["pretrain", *TINY_DENSE_FLAGS, "--pretrain-epochs", "1", "--out", str(out)]) == 0
     capsys.readouterr()
     config = out / "config.yaml"
     config.write_text(config.read_text().replace("hidden:\n    - 32", "hidden:\n    - 16"))
@@ -143,7 +143,7 @@ def test_resume_with_changed_model_is_one_line_error(tmp_path, capsys):
 def test_resume_from_another_directory_finds_relative_checkpoint(tmp_path, monkeypatch, capsys):
     """A relative --checkpoint is stored absolute, so `sfpk resume` works from any directory."""
     monkeypatch.chdir(tmp_path)
-    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", "dense"]) == 0
+    assert main(["pretrain", *TINY_DENSE_FLAGS, "--pretrain-epochs", "1", "--out", "dense"]) == 0
     flags = [*TINY_FLAGS, "--method", "mag", "--checkpoint", "dense/model.safetensors"]
     assert main(["oneshot", *flags, "--out", "run"]) == 0
     first = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -159,7 +159,7 @@ def test_resume_from_another_directory_finds_relative_checkpoint(tmp_path, monke
 def test_report_mixes_dense_and_pruned_runs(tmp_path, capsys):
     """`sfpk report` on a pretrain run plus pruned runs lists the dense one as its own row."""
     dense, pruned = tmp_path / "dense", tmp_path / "pruned"
-    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", str(dense)]) == 0
+    assert main(["pretrain", *TINY_DENSE_FLAGS, "--pretrain-epochs", "1", "--out", str(dense)]) == 0
     flags = [*TINY_FLAGS, "--method", "mag", "--checkpoint", str(dense / "model.safetensors")]
     assert main(["oneshot", *flags, "--out", str(pruned)]) == 0
     capsys.readouterr()
@@ -172,7 +172,7 @@ def test_report_mixes_dense_and_pruned_runs(tmp_path, capsys):
 def test_report_into_a_file_is_one_line_error(tmp_path, capsys):
     """`sfpk report -o FILE` names the problem on one line instead of raising OSError."""
     run = tmp_path / "run"
-    assert main(["pretrain", *TINY_FLAGS, "--pretrain-epochs", "1", "--out", str(run)]) == 0
+    assert main(["pretrain", *TINY_DENSE_FLAGS, "--pretrain-epochs", "1", "--out", str(run)]) == 0
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     capsys.readouterr()

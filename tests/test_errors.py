@@ -8,7 +8,18 @@ from torch import nn
 
 import sfpk
 from helpers import conv_bn_net, mlp, model_and_batches, nested_net
-from sfpk.errors import check_choice, check_fraction, check_positive
+from sfpk.errors import (
+    NonFiniteError,
+    bounds,
+    check_bounds,
+    check_choice,
+    check_fields,
+    check_fraction,
+    check_number,
+    check_positive,
+    coerce,
+    resolve_fields,
+)
 
 
 def test_error_hierarchy():
@@ -78,10 +89,8 @@ def test_unknown_scope_and_structure_list_choices():
     model, data = model_and_batches("mlp")
     with pytest.raises(sfpk.UnknownNameError, match="global, local"):
         sfpk.prune(model, data, method="mag", sparsity=0.5, scope="globl")
-    with pytest.raises(
-        sfpk.UnknownNameError,
-        match="channel, coupled, filter, head, head\\+neuron, neuron, unstructured",
-    ):
+    choices = r"channel, coupled, filter, head, head\+neuron, neuron, unstructured"
+    with pytest.raises(sfpk.UnknownNameError, match=choices):
         sfpk.prune(model, data, method="mag", sparsity=0.5, structure="filters")
 
 
@@ -187,3 +196,92 @@ def test_synflow_names_why_a_token_model_cannot_be_scored():
     data = [(torch.randint(0, 10, (3, 2)), torch.zeros(3, dtype=torch.long))]
     with pytest.raises(sfpk.ConfigError, match="synflow feeds an all-ones"):
         sfpk.prune(model, data, method="synflow", sparsity=0.5, rounds=2)
+
+
+# -- the validation layer -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "integer", "want"),
+    [(3, True, 3), (3.0, True, 3), (1e3, True, 1000), (2.5, False, 2.5), (2, False, 2)],
+)
+def test_check_number_resolves_integral_values(value, integer, want):
+    """An int field takes an integral float as that int (YAML's 1e3); the type comes out right."""
+    got = check_number("x", value, integer=integer)
+    assert got == want and type(got) is type(want)
+
+
+@pytest.mark.parametrize(
+    ("value", "integer", "match"),
+    [(2.5, True, "x=2.5 must be an integer \\(a whole number\\)"),
+     ("3", True, "x='3' must be an integer, not str"),
+     (True, True, "x=True must be an integer, not bool"),
+     ("0.5", False, "x='0.5' must be a number, not str"),
+     (float("nan"), False, "x=nan must be a finite number"),
+     (float("-inf"), True, "x=-inf must be a finite number"),
+     (None, False, "x=None must be a number, not NoneType")],
+)  # fmt: skip
+def test_check_number_refuses_wrong_types_and_non_finite(value, integer, match):
+    """Strings, booleans, fractions for ints, NaN and inf are refused, naming the value."""
+    with pytest.raises(sfpk.ConfigError, match=match):
+        check_number("x", value, integer=integer)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), "1", None])
+def test_check_positive_refuses_non_numbers_and_non_finite(value):
+    """inf used to pass `> 0`; a string used to raise a raw TypeError."""
+    with pytest.raises(sfpk.ConfigError, match="x="):
+        check_positive("x", value)
+
+
+def test_bounds_are_checked_per_item_and_named():
+    """Range metadata applies to a value or to each item of a list."""
+    meta = bounds(ge=0, lt=10)
+    assert check_bounds("x", 3, meta) == 3 and check_bounds("x", [0, 9], meta) == [0, 9]
+    with pytest.raises(sfpk.ConfigError, match="x=10 must be < 10"):
+        check_bounds("x", 10, meta)
+    with pytest.raises(sfpk.ConfigError, match=r"x=\[1, -1\] must be >= 0"):
+        check_bounds("x", [1, -1], meta)
+    assert check_bounds("x", None, meta) is None
+
+
+def test_coerce_follows_the_annotation():
+    """Optional, list, tuple, Literal, bool and str annotations each get their own check."""
+    from typing import Literal
+
+    assert coerce("x", None, int | None) is None
+    assert coerce("x", [1.0, 2], list[int]) == [1, 2]
+    assert coerce("x", [1, 2], tuple[float, ...]) == (1.0, 2.0)
+    assert coerce("x", "a", Literal["a", "b"]) == "a"
+    with pytest.raises(sfpk.UnknownNameError, match="unknown x 'c'; choose one of: a, b"):
+        coerce("x", "c", Literal["a", "b"])
+    with pytest.raises(sfpk.ConfigError, match="x=1 must be true or false"):
+        coerce("x", 1, bool)
+    with pytest.raises(sfpk.ConfigError, match="x=3 must be a string"):
+        coerce("x", 3, str)
+    with pytest.raises(sfpk.ConfigError, match="x=3 must be a list"):
+        coerce("x", 3, list[int])
+    with pytest.raises(sfpk.ConfigError, match=r"x\[1\]=0.5 must be an integer"):
+        coerce("x", [1, 0.5], list[int])
+
+
+def test_check_fields_resolves_a_frozen_dataclass_in_place():
+    """A frozen Options instance built directly is checked and its values resolved."""
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class Options:
+        steps: int = field(default=3, metadata=bounds(ge=1))
+        rate: float = 0.5
+
+    options = Options(steps=4.0, rate=1)
+    check_fields(options)
+    assert type(options.steps) is int and type(options.rate) is float
+    with pytest.raises(sfpk.ConfigError, match="p.steps=0 must be >= 1"):
+        check_fields(Options(steps=0), prefix="p.")
+    assert resolve_fields(Options, {"steps": 2.0}) == {"steps": 2}
+
+
+def test_non_finite_error_is_an_sfpk_value_error():
+    """Callers can catch NaN problems as SfpkError or as ValueError."""
+    assert issubclass(NonFiniteError, sfpk.SfpkError) and issubclass(NonFiniteError, ValueError)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cli_runs import kill_launcher, read_run, run_env, was_killed_at
-from conftest import TINY_FLAGS
+from conftest import tiny_flags
 
 pytestmark = pytest.mark.slow  # every test runs `python -m sfpk` subprocesses
 
@@ -41,7 +41,7 @@ def _sfpk(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def _args(name: str, out: Path) -> list[str]:
-    return [*CONFIGS[name], *TINY_FLAGS, "--out", str(out)]
+    return [*CONFIGS[name], *tiny_flags(CONFIGS[name][0]), "--out", str(out)]
 
 
 def _run_killed_at(name: str, out: Path, label: str) -> None:

@@ -25,6 +25,9 @@ from .errors import (
     MaskMismatchError as MaskMismatchError,
 )
 from .errors import (
+    NonFiniteError as NonFiniteError,
+)
+from .errors import (
     SfpkError as SfpkError,
 )
 from .errors import (
@@ -57,6 +60,7 @@ __all__ = [
     "DataError",
     "MaskMismatchError",
     "Masks",
+    "NonFiniteError",
     "PruneObserver",
     "PruneResult",
     "SfpkError",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .collapse import GUARDS, Guard
-from .errors import ConfigError, check_choice, check_fraction
+from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
 from .masks import SCOPES, Masks, Scope, prunable_parameters
 from .precision import check_precision
 from .prunable import Structure, check_structure, parse_nm
@@ -18,6 +18,7 @@ from .pruners.base import (
     Batch,
     PruneContext,
     PruneObserver,
+    Pruner,
     PruneResult,
     StartState,
     create_pruner,
@@ -25,7 +26,16 @@ from .pruners.base import (
 from .pruners.particles.batching import BATCHINGS
 from .selection import check_achieved_sparsity
 
-__all__ = ["prune", "run_pruner"]
+__all__ = [
+    "prune",
+    "run_pruner",
+    "check_pruning",
+    "check_model",
+    "check_seed",
+    "check_finite_tensors",
+]
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes 64 bits; the pipelines derive 63-bit seeds
 
 log = logging.getLogger(__name__)
 
@@ -158,22 +168,12 @@ def run_pruner(
         >>> second = sfpk.run_pruner(model, loader, method="sfpk", sparsity=0.75,
         ...     masks=first.masks, start=sfpk.StartState(first.state))  # doctest: +SKIP
     """
-    pruner = create_pruner(method, **options)
-    sparsity = check_fraction("sparsity", sparsity)
-    check_structure(structure or "unstructured")
-    masks = _starting_masks(model, data, masks, sparsity, structure, include, exclude, include_bias)
-    nm = parse_nm(masks.structure)
-    if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
-        raise ConfigError(
-            f"structure={masks.structure!r} removes {1.0 - nm[0] / nm[1]:g} of the masked "
-            f"weights; sparsity={sparsity!r} differs (pass sparsity={1.0 - nm[0] / nm[1]:g})"
-        )
-    if scope is None:  # a row is one filter in a structured mask: rank those globally
-        scope = pruner.default_scope if masks.structure == "unstructured" else "global"
-    check_choice("scope", scope, SCOPES)
-    device = next(model.parameters()).device
-    check_choice("collapse_guard", collapse_guard, GUARDS)
+    pruner, masks, sparsity, scope = _checked_call(
+        model, data, method, sparsity, scope, structure, seed, masks, include, exclude,
+        include_bias, collapse_guard, options,
+    )  # fmt: skip
     check_choice("particle_batching", particle_batching, BATCHINGS)
+    device = next(model.parameters()).device
     ctx = PruneContext(
         device=device,
         seed=seed,
@@ -212,8 +212,129 @@ def run_pruner(
             "every output row/layer connected",
             guard["requested"], guard["mode"], final.kept_weights(),
         )  # fmt: skip
+    empty = [r["name"] for r in final.layer_report() if r["kept"] == 0 and len(r["shape"]) > 1]
+    if empty:  # the guard is off, structured, or could not apply: say what the cut did
+        log.warning(
+            "%d masked tensor(s) keep no weight, so their layers are disconnected "
+            "(collapse_guard=%r): %s",
+            len(empty), collapse_guard, ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""),
+        )  # fmt: skip
     log.info("%s: %.4f of %d weights removed", pruner.name, final.sparsity(), final.total_weights())
     return result
+
+
+def check_pruning(
+    model: nn.Module,
+    *,
+    method: str,
+    sparsity: float,
+    scope: Scope | None = None,
+    structure: Structure | None = None,
+    seed: int = 0,
+    masks: Masks | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    include_bias: bool = False,
+    collapse_guard: Guard = "row",
+    data: Iterable[Batch] | None = None,
+    **options: Any,
+) -> Masks:
+    """Check the arguments of :func:`prune` against ``model`` without pruning.
+
+    The same checks :func:`run_pruner` makes before any work (the pipelines call this
+    before a run's folder exists). Returns the starting masks. ``data`` (one batch is
+    enough) is needed only by ``structure="coupled"``, which traces the model.
+
+    Raises:
+        ConfigError: as :func:`prune`; NonFiniteError: NaN or inf in the model's weights.
+    """
+    return _checked_call(
+        model, data, method, sparsity, scope, structure, seed, masks, include, exclude,
+        include_bias, collapse_guard, options,
+    )[1]  # fmt: skip
+
+
+def _checked_call(
+    model: nn.Module,
+    data: Iterable[Batch] | None,
+    method: str,
+    sparsity: Any,
+    scope: Scope | None,
+    structure: Structure | None,
+    seed: Any,
+    masks: Masks | None,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    include_bias: bool,
+    collapse_guard: Guard,
+    options: dict[str, Any],
+) -> tuple[Pruner, Masks, float, Scope]:
+    """Every argument check of a pruning call: the pruner, the starting masks, the resolved
+    sparsity and scope."""
+    pruner = create_pruner(method, **options)
+    sparsity = check_fraction("sparsity", sparsity)
+    check_seed(seed)
+    check_model(model)
+    check_structure(structure or "unstructured")
+    masks = _starting_masks(model, data, masks, sparsity, structure, include, exclude, include_bias)
+    nm = parse_nm(masks.structure)
+    if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
+        raise ConfigError(
+            f"structure={masks.structure!r} removes {1.0 - nm[0] / nm[1]:g} of the masked "
+            f"weights; sparsity={sparsity!r} differs (pass sparsity={1.0 - nm[0] / nm[1]:g})"
+        )
+    if scope is None:  # a row is one filter in a structured mask: rank those globally
+        scope = pruner.default_scope if masks.structure == "unstructured" else "global"
+    check_choice("scope", scope, SCOPES)
+    check_choice("collapse_guard", collapse_guard, GUARDS)
+    return pruner, masks, sparsity, scope
+
+
+def check_seed(seed: Any) -> int:
+    """Return ``seed`` if it is an int that every generator accepts, else ConfigError."""
+    seed = check_number("seed", seed, integer=True)
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed={seed!r} must be in [0, 2**63 - 1]")
+    return seed
+
+
+def check_model(model: nn.Module) -> None:
+    """Raise unless ``model`` is an ``nn.Module`` with real, floating, finite parameters.
+
+    Raises:
+        ConfigError: not a module, no parameters, parameters on the ``meta`` device (not
+            materialised: load weights first, e.g. ``load_state_dict(..., assign=True)``)
+            or of a non-floating dtype (integer or quantised weights cannot be pruned here).
+        NonFiniteError: a parameter holds NaN or infinity (named, with the count).
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    params = list(model.named_parameters())
+    if not params:
+        raise ConfigError(f"{type(model).__name__} has no parameters to prune")
+    for name, param in params:
+        if param.is_meta:
+            raise ConfigError(
+                f"parameter {name!r} is on the 'meta' device (no values): materialise the "
+                "model (load its weights) before pruning"
+            )
+        if not param.is_floating_point():
+            raise ConfigError(
+                f"parameter {name!r} has dtype {param.dtype}; pruning needs floating-point "
+                "weights (float32, float16, bfloat16 or float64)"
+            )
+    check_finite_tensors(dict(params), where="model weights")
+
+
+def check_finite_tensors(tensors: Mapping[str, Tensor], *, where: str) -> None:
+    """Raise NonFiniteError naming the first tensor of ``tensors`` that holds NaN or inf."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteError(
+                f"{where}: {name!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                f"{tensor.numel()}; fix or re-load the weights before pruning"
+            )
 
 
 def _example_input(data: Iterable[Batch] | None) -> Tensor:

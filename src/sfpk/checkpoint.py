@@ -6,16 +6,20 @@ model's full state dict: weights and buffers such as BatchNorm statistics),
 RNG states, phase / round / epoch, pruner engine state, partial results). It is written into
 a temporary folder that is renamed into place, and ``checkpoints/LATEST`` (replaced
 atomically) names the newest complete one, so a process killed at any instant leaves either
-the old or the new checkpoint, never a torn one.
+the old or the new checkpoint, never a torn one. The last two are kept, each with the SHA-256
+of its files (``checksums.json``): a newest one damaged on disk after the fact is detected
+on reading, and the previous one is used instead, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +40,14 @@ __all__ = [
     "load_state_dict_file",
     "write_checkpoint",
     "read_latest_checkpoint",
+    "checkpoint_names",
+    "discard_skipped",
 ]
 
+log = logging.getLogger(__name__)
+
 _LATEST = "LATEST"
+_CHECKSUMS = "checksums.json"
 
 
 def derive_seed(seed: int, *keys: int | str) -> int:
@@ -97,26 +106,38 @@ def save_state_dict(module_or_state: nn.Module | dict[str, Tensor], path: str | 
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a safetensors state dict written by :func:`save_state_dict`."""
+    """Read a safetensors state dict written by :func:`save_state_dict`; every floating
+    tensor must be finite (CheckpointError names the first that is not)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {str(path)!r} does not exist")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises several unrelated types
         raise CheckpointError(f"cannot read weights file {str(path)!r}: {exc}") from exc
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"weights file {str(path)!r} holds NaN or inf in {name!r}; it cannot be used"
+            )
+    return tensors
 
 
 @dataclass
 class Checkpoint:
-    """A checkpoint read back: the model state dict, the masks (or None) and ``state.pt``."""
+    """A checkpoint read back: the model state dict, the masks (or None) and ``state.pt``.
+
+    ``skipped`` names the newer checkpoints that failed their check and were passed over
+    (see :func:`read_latest_checkpoint`); :func:`discard_skipped` sets them aside.
+    """
 
     model_state: dict[str, Tensor]
     masks: Masks | None
     state: dict[str, Any]
     path: Path
+    skipped: list[str] = field(default_factory=list)
 
 
 def write_checkpoint(
@@ -126,7 +147,9 @@ def write_checkpoint(
     masks: Masks | None,
     state: dict[str, Any],
 ) -> Path:
-    """Write a new checkpoint under ``directory`` atomically and drop the older ones.
+    """Write a new checkpoint under ``directory`` atomically; keep it and the previous one.
+
+    Every file's SHA-256 goes to ``checksums.json`` in the folder, checked when it is read.
 
     Args:
         directory: the run's ``checkpoints/`` folder.
@@ -150,14 +173,24 @@ def write_checkpoint(
     if masks is not None:
         masks.save(tmp / "masks.safetensors")
     torch.save(state, tmp / "state.pt")
+    sums = {file.name: _sha256(file) for file in sorted(tmp.iterdir())}
+    (tmp / _CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n")
     os.replace(tmp, final)
     pointer = directory / (_LATEST + ".tmp")
     pointer.write_text(final.name + "\n")
     os.replace(pointer, directory / _LATEST)
     for old in directory.glob("ckpt-*"):
-        if old.name != final.name:
+        if old.name not in (final.name, previous):  # the last two stay
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _latest_name(directory: Path) -> str | None:
@@ -167,20 +200,89 @@ def _latest_name(directory: Path) -> str | None:
     return pointer.read_text().strip() or None
 
 
-def read_latest_checkpoint(directory: str | Path) -> Checkpoint | None:
-    """The newest complete checkpoint under ``directory``, or None if there is none.
+def checkpoint_names(directory: str | Path) -> list[str]:
+    """The checkpoint folders under ``directory``, oldest first."""
+    directory = Path(directory)
+    return sorted(p.name for p in directory.glob("ckpt-*") if p.is_dir())
 
-    ``state.pt`` is loaded with ``weights_only=False`` (it holds NumPy and Python RNG
-    states): only resume run folders you created.
+
+def read_latest_checkpoint(directory: str | Path) -> Checkpoint | None:
+    """The newest sound checkpoint under ``directory``, or None if there is none.
+
+    The checkpoint ``LATEST`` names is checked (checksums, readable files, finite weights);
+    if it fails, the one before it is read instead, with a warning, and the failed one is
+    listed in ``Checkpoint.skipped``. ``state.pt`` is loaded with ``weights_only=False`` (it
+    holds NumPy and Python RNG states): only resume run folders you created.
 
     Raises:
-        CheckpointError: the checkpoint named by ``LATEST`` is missing or unreadable.
+        CheckpointError: ``LATEST`` is empty or names a missing folder (the message lists
+            the checkpoints that exist), or no checkpoint passes its check.
     """
     directory = Path(directory)
-    name = _latest_name(directory)
-    if name is None:
+    pointer = directory / _LATEST
+    if not pointer.is_file():
         return None
-    folder = directory / name
+    existing = checkpoint_names(directory)
+    listing = ", ".join(existing) or "none"
+    name = pointer.read_text().strip()
+    if not name:
+        raise CheckpointError(
+            f"{str(pointer)!r} is empty; checkpoints in that folder: {listing} (write the "
+            "name of one into LATEST to resume from it, or start over with --overwrite)"
+        )
+    if name not in existing:
+        raise CheckpointError(
+            f"cannot read checkpoint {str(directory / name)!r}: {str(pointer)!r} names it but "
+            f"it does not exist; checkpoints in that folder: {listing}"
+        )
+    candidates = [n for n in reversed(existing) if n <= name][:2]  # LATEST, then the one before
+    failures: list[str] = []
+    for candidate in candidates:
+        try:
+            checkpoint = _read_folder(directory / candidate)
+        except CheckpointError as exc:
+            failures.append(str(exc))
+            continue
+        if failures:
+            log.warning(
+                "checkpoint %s failed its check (%s); falling back to the previous one, %s",
+                name, failures[0], candidate,
+            )  # fmt: skip
+        checkpoint.skipped = candidates[: len(failures)]
+        return checkpoint
+    raise CheckpointError(
+        "; ".join(failures) + (" (no earlier checkpoint)" if len(failures) < 2 else "")
+    )
+
+
+def discard_skipped(directory: str | Path, checkpoint: Checkpoint) -> None:
+    """Point ``LATEST`` at ``checkpoint`` and rename the corrupt ones it skipped to
+    ``corrupt-<name>`` (kept for inspection, never read again)."""
+    directory = Path(directory)
+    for name in checkpoint.skipped:
+        target = directory / f"corrupt-{name}"
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(directory / name, target)
+    pointer = directory / (_LATEST + ".tmp")
+    pointer.write_text(checkpoint.path.name + "\n")
+    os.replace(pointer, directory / _LATEST)
+
+
+def _read_folder(folder: Path) -> Checkpoint:
+    """Read and check one checkpoint folder (checksums, then each file, then finiteness)."""
+    sums_file = folder / _CHECKSUMS
+    if sums_file.is_file():  # checkpoints of sfpk <= 0.2 have none
+        try:
+            sums = json.loads(sums_file.read_text())
+        except ValueError as exc:
+            raise CheckpointError(f"cannot read checkpoint {str(folder)!r}: {exc}") from exc
+        for file, want in sums.items():
+            path = folder / file
+            if not path.is_file() or _sha256(path) != want:
+                raise CheckpointError(
+                    f"cannot read checkpoint {str(folder)!r}: {file} is missing or does not "
+                    "match its checksum (truncated or corrupted)"
+                )
     try:
         state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
     except Exception as exc:

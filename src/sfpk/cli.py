@@ -20,19 +20,22 @@ progress bars, writes the run directory and prints the summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import shlex
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import distributed, pipelines
 from .config import build_config, demo_preset, load_config
-from .config_flags import add_config_flags, overrides_from_args
+from .config_flags import add_config_flags, check_flags_apply, overrides_from_args
 from .data import dataset_prefixes, list_datasets
 from .errors import ConfigError, SfpkError
 from .export import export_run
@@ -40,6 +43,7 @@ from .models import list_models
 from .pruners import methods, pruner_class
 from .reference import native_command, translate
 from .report import write_report
+from .run import read_status
 
 __all__ = [
     "COMMANDS",
@@ -104,6 +108,7 @@ def _pipeline_flags(parser: argparse.ArgumentParser) -> None:
 
 def _run_pipeline(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
+    check_flags_apply(args.command, overrides)
     config = build_config(args.command, yaml_path=args.config, overrides=overrides, demo=args.demo)
     if args.demo:
         options = json.dumps(config.prune.options) if config.prune.options else "defaults"
@@ -136,9 +141,41 @@ def _in_process_group(device: str, body: Callable[[], dict[str, Any]], *, out: s
         if main:
             _print_summary(out, summary)
         distributed.barrier()  # leave together: rank 0 writes last, the others wait
+    except KeyboardInterrupt as exc:
+        if distributed.is_main():
+            sys.stderr.write(_interrupted_message(exc, out))
+        return 143 if isinstance(exc, Terminated) else 130
     finally:
         distributed.shutdown()
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a run stops as on Ctrl-C (marked, resumable)."""
+
+
+def _interrupted_message(exc: KeyboardInterrupt, out: str) -> str:
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    if read_status(out).get("status") == "interrupted":
+        return f"sfpk: {what}; continue with `sfpk resume {shlex.quote(out)}`\n"
+    return f"sfpk: {what} before the run directory {out} was created; nothing to resume\n"
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 for _name, _help in (
@@ -150,7 +187,18 @@ for _name, _help in (
 
 
 def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f} %"
+    """``value`` (a fraction) in percent, with as many digits as it takes not to round to
+    0 % or 100 % when it is neither (0.99999999 removed is not "100.00 %")."""
+    if value is None:
+        return "-"
+    digits = 2
+    while digits < 12 and 0 < value < 1 and f"{100 * value:.{digits}f}" in _rounded_ends(digits):
+        digits += 1
+    return f"{100 * value:.{digits}f} %"
+
+
+def _rounded_ends(digits: int) -> tuple[str, str]:
+    return f"{0:.{digits}f}", f"{100:.{digits}f}"
 
 
 def _number(value: float | None) -> str:
@@ -354,9 +402,16 @@ def _export(args: argparse.Namespace) -> int:
 # -- entry point --------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (status 2), like sfpk's own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"sfpk: error: {self.prog}: {' '.join(message.split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sfpk`` argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sfpk", description="Probabilistic neural-network pruning (SFPK, SpODE, baselines)."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -376,20 +431,26 @@ def main(argv: list[str] | None = None) -> int:
         own = {"-h", "--help", *_PASSTHROUGH_OWN_FLAGS}
         extra = [a for a in argv[1:] if a not in own]
         argv = [argv[0], *(a for a in argv[1:] if a in own)]
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, one line): a status, in-process too
+        return exc.code if isinstance(exc.code, int) else 2
     args.extra = extra
     quiet = getattr(args, "run.quiet", False) or getattr(args, "quiet", False)
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True
     )
     try:
-        return COMMANDS[args.command].run(args)
+        with _sigterm_interrupts():
+            return COMMANDS[args.command].run(args)
     except (SfpkError, OSError) as exc:  # OSError: e.g. --out or -o naming a file
-        sys.stderr.write(f"sfpk: error: {exc}\n")  # one write: ranks' lines never interleave
+        message = " ".join(str(exc).split())  # exactly one line
+        sys.stderr.write(f"sfpk: error: {message}\n")  # one write: ranks' lines never interleave
         return 2
-    except KeyboardInterrupt:
-        print("sfpk: interrupted; continue with `sfpk resume DIR`", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # outside a run (the pipelines report their own)
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        sys.stderr.write(f"sfpk: {what}\n")
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,9 +7,10 @@ recipes in ``configs/`` hold only their differences. Every run writes its fully 
 ``config.yaml``, which is also what ``sfpk resume`` reads back.
 
 Validation happens in three places, each next to what it knows: every section checks its
-own values when it is built (``__post_init__``, as every options dataclass of sfpk does),
-:class:`Config` checks the rules that span sections, and :mod:`sfpk.config_checks` checks
-names, the device and paths against the registries and the host.
+own values when it is built (``__post_init__``: :func:`sfpk.errors.check_fields` checks each
+field's type, finiteness and ``_knob`` range, docs/reliability.md), :class:`Config` checks
+the rules that span sections, and :mod:`sfpk.config_checks` checks names, the device and
+paths against the registries and the host.
 
 Conventions: ``prune.sparsity`` is the fraction of prunable weights REMOVED, in (0, 1).
 Method options (``prune.options``) are checked by ``sfpk.create_pruner(method, **options)``.
@@ -27,6 +28,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from .api import SEED_MAX
 from .collapse import Guard
 from .config_checks import (
     check_dataset,
@@ -34,11 +36,19 @@ from .config_checks import (
     check_input_paths,
     check_method,
     check_model,
+    resolve_data_paths,
 )
 from .config_layers import from_dict, merge, nest, read_yaml
-from .data import dataset_argument, dataset_spec
-from .errors import ConfigError, check_choice, check_fraction, check_positive
-from .masks import SCOPES, Scope
+from .data import dataset_argument
+from .errors import (
+    ConfigError,
+    bounds,
+    check_choice,
+    check_fields,
+    check_fraction,
+    check_positive,
+)
+from .masks import Scope
 from .precision import Precision
 from .prunable import Structure, check_structure
 from .schedules import PRETRAIN_LR_MIN
@@ -62,7 +72,9 @@ __all__ = [
     "config_to_dict",
     "demo_preset",
     "validate",
+    "SEED_MAX",
 ]
+
 
 Pipeline = Literal["pretrain", "oneshot", "iterative"]
 PIPELINES: tuple[str, ...] = typing.get_args(Pipeline)
@@ -70,9 +82,17 @@ PIPELINES: tuple[str, ...] = typing.get_args(Pipeline)
 _OPTION_DICTS = {("data", "options"), ("model", "options"), ("prune", "options")}
 
 
-def _knob(default: Any = None, help: str = "", *, flag: str | None = None, factory: Any = None):
-    """A config field with its help text and (optionally) its CLI flag name."""
-    metadata = {"help": help, "flag": flag}
+def _knob(
+    default: Any = None,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    factory: Any = None,
+    **limits: float,
+):
+    """A config field with its help text, (optionally) its CLI flag name and its range
+    (:func:`sfpk.errors.bounds` keywords ``ge``, ``gt``, ``le``, ``lt``)."""
+    metadata = {"help": help, "flag": flag, **bounds(**limits)}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -90,12 +110,13 @@ class DataConfig:
         None,
         "DataLoader worker processes (default: 0 for in-memory data, else one per spare core "
         "up to 8)",
+        ge=0,
     )
     val_fraction: float = _knob(
         0.1, "fraction of the training split held out for validation (text: see splits)"
     )
     augment: bool = _knob(True, "training augmentation (image data sets)")
-    eval_batch_size: int = _knob(256, "batch size of validation / test evaluation")
+    eval_batch_size: int = _knob(256, "batch size of validation / test evaluation", ge=1)
     options: dict[str, Any] = _knob(
         help="data set option, e.g. block_size=256, tokenizer=PATH, splits=[0.9,0.05,0.05] "
         "(repeatable; text data sets, docs/data.md)",
@@ -104,14 +125,12 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, prefix="data.")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(
                 f"data.val_fraction={self.val_fraction!r} must be in (0, 1): model "
                 "selection uses the validation split, never the test split"
             )
-        if self.num_workers is not None:
-            check_positive("data.num_workers", self.num_workers, allow_zero=True)
-        check_positive("data.eval_batch_size", self.eval_batch_size)
 
 
 @dataclass
@@ -125,6 +144,9 @@ class ModelConfig:
     options: dict[str, Any] = _knob(
         help="model builder option (repeatable)", flag="model-option", factory=dict
     )
+
+    def __post_init__(self) -> None:
+        check_fields(self, prefix="model.")
 
 
 # Pretraining's defaults where they differ from fine-tuning's (reference CIFAR recipe, §5.7).
@@ -152,6 +174,7 @@ class PretrainConfig(OptimizerConfig):
     key_prefix: ClassVar[str] = "pretrain."
 
     def __post_init__(self) -> None:
+        check_fields(self, prefix="pretrain.")
         super().__post_init__()
         check_positive("pretrain.epochs", self.epochs)
 
@@ -166,24 +189,23 @@ class TrainConfig(OptimizerConfig):
 
     key_prefix: ClassVar[str] = "train."
 
-    warmup_epochs: int = _knob(5, "one-shot linear warm-up epochs (iterative: none)")
-    cold_start_lr: float = _knob(1e-4, "LR at the start of the warm-up")
-    fixed_lr_epochs: int = _knob(0, "final epochs held at the cosine floor")
-    report_last_k: int = _knob(5, "report the mean test accuracy of the last k epochs")
+    warmup_epochs: int = _knob(5, "one-shot linear warm-up epochs (iterative: none)", ge=0)
+    cold_start_lr: float = _knob(1e-4, "LR at the start of the warm-up", gt=0)
+    fixed_lr_epochs: int = _knob(0, "final epochs held at the cosine floor", ge=0)
+    report_last_k: int = _knob(5, "report the mean test accuracy of the last k epochs", ge=1)
     round_epochs: list[int] = _knob(
         help="iterative: fine-tuning epochs after each round but the last (K-1 or 1 values)",
         factory=lambda: [3, 4, 5, 10, 15, 15, 20, 20, 30],
+        ge=0,
     )
-    round_lr: list[float] | None = _knob(None, "iterative: start LR per round (default: lr)")
+    round_lr: list[float] | None = _knob(None, "iterative: start LR per round (default: lr)", gt=0)
     round_lr_end: list[float] = _knob(
-        help="iterative: end LR per round", factory=lambda: [5e-4, 2e-4] + [1e-4] * 7
+        help="iterative: end LR per round", factory=lambda: [5e-4, 2e-4] + [1e-4] * 7, gt=0
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, prefix="train.")
         super().__post_init__()
-        check_positive("train.warmup_epochs", self.warmup_epochs, allow_zero=True)
-        check_positive("train.fixed_lr_epochs", self.fixed_lr_epochs, allow_zero=True)
-        check_positive("train.report_last_k", self.report_last_k)
 
 
 @dataclass
@@ -200,17 +222,20 @@ class PruneConfig:
         "unstructured, filter, channel, head, neuron, head+neuron (transformer attention heads"
         " and MLP neurons) or N:M (e.g. 2:4) masks",
     )
-    rounds: int | None = _knob(None, "pruning rounds K (default: oneshot 1, iterative 10)")
-    batch_size: int = _knob(512, "pruning batch size", flag="prune-batch-size")
+    rounds: int | None = _knob(None, "pruning rounds K (default: oneshot 1, iterative 10)", ge=1)
+    batch_size: int = _knob(512, "pruning batch size", flag="prune-batch-size", ge=1)
     num_samples: int | None = _knob(
-        None, "pruning-data budget: training samples used (default all)", flag="prune-samples"
+        None,
+        "pruning-data budget: training samples used (default all)",
+        flag="prune-samples",
+        ge=1,
     )
     include_bias: bool = _knob(False, "also prune linear biases (as the reference)")
     collapse_guard: Guard = _knob(
         "row", "keep >= 1 weight per output row (row), per layer (layer) or none (off)"
     )
     exclude: list[str] = _knob(help="parameter names (globs) never pruned", factory=list)
-    bn_batches: int = _knob(2, "batches for BatchNorm recalibration after pruning")
+    bn_batches: int = _knob(2, "batches for BatchNorm recalibration after pruning", ge=0)
     options: dict[str, Any] = _knob(
         help="method option, e.g. num_steps=40 (repeatable; see `sfpk methods`)",
         flag="option",
@@ -218,16 +243,9 @@ class PruneConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, prefix="prune.")
         check_fraction("prune.sparsity", self.sparsity)
-        if self.scope is not None:
-            check_choice("prune.scope", self.scope, SCOPES)
         check_structure(self.structure)
-        if self.rounds is not None and self.rounds < 1:
-            raise ConfigError(f"prune.rounds={self.rounds!r} must be >= 1")
-        check_positive("prune.batch_size", self.batch_size)
-        if self.num_samples is not None:
-            check_positive("prune.num_samples", self.num_samples)
-        check_positive("prune.bn_batches", self.bn_batches, allow_zero=True)
 
 
 @dataclass
@@ -235,12 +253,12 @@ class RunConfig:
     """Where results go, seeds, device, logging and checkpoints."""
 
     out: str | None = _knob(None, "run directory")
-    seed: int = _knob(0, "seed of every random number generator")
+    seed: int = _knob(0, "seed of every random number generator", ge=0, le=SEED_MAX)
     device: str = _knob("auto", "auto (CUDA if available), cpu, cuda, cuda:N")
     quiet: bool = _knob(False, "no progress bars")
     tensorboard: bool = _knob(False, "also log to TensorBoard (extra sfpk[tensorboard])")
     plots: bool = _knob(True, "draw figures into plots/ at the end")
-    checkpoint_every_steps: int = _knob(10, "checkpoint SFPK/SpODE every k steps (0: off)")
+    checkpoint_every_steps: int = _knob(10, "checkpoint SFPK/SpODE every k steps (0: off)", ge=0)
     precision: Precision = _knob(
         "fp32", "fp32, bf16 or fp16 (GPU) autocast for training and the pruning passes"
     )
@@ -248,7 +266,7 @@ class RunConfig:
     compile: bool = _knob(False, "train through torch.compile (falls back with a warning)")
 
     def __post_init__(self) -> None:
-        check_positive("run.checkpoint_every_steps", self.checkpoint_every_steps, allow_zero=True)
+        check_fields(self, prefix="run.")
 
 
 @dataclass
@@ -278,7 +296,9 @@ class Config:
         if warmup + t.fixed_lr_epochs > t.epochs:
             raise ConfigError(
                 f"train.warmup_epochs + train.fixed_lr_epochs = {warmup} + "
-                f"{t.fixed_lr_epochs} must not exceed train.epochs = {t.epochs}"
+                f"{t.fixed_lr_epochs} must not exceed train.epochs = {t.epochs} (the warm-up "
+                f"is 5 epochs by default: pass --warmup-epochs "
+                f"{max(0, t.epochs - t.fixed_lr_epochs)} or fewer, or more --epochs)"
             )
 
     def _check_round_lists(self) -> None:
@@ -377,43 +397,9 @@ def build_config(
     # reads) names the same files whatever the working directory of the resume.
     if config.model.checkpoint is not None:
         config.model.checkpoint = os.path.abspath(os.path.expanduser(config.model.checkpoint))
-    _resolve_data(config)
+    resolve_data_paths(config)
     validate(config, check_paths=check_paths)
     return config
-
-
-def _absolute(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def _resolve_data(config: Config) -> None:
-    """Freeze the data paths of ``config`` and default a language model's tokenizer.
-
-    A resume in another working directory or environment must read the data the run
-    started with: ``text:<path>``, a tokenizer path and ``$SFPK_DATA`` (on-disk data sets)
-    become absolute. A language-model data set without a ``tokenizer`` option uses the
-    model's own for ``hf:<folder or id>`` models (else the data set's default, bytes).
-    """
-    data = config.data
-    spec = dataset_spec(data.dataset)
-    argument = dataset_argument(data.dataset)
-    if argument is not None:
-        data.dataset = f"{spec.name}:{_absolute(argument)}"
-    data_dir = data.data_dir or os.environ.get("SFPK_DATA") or None
-    if data_dir is not None and spec.on_disk:
-        data.data_dir = _absolute(data_dir)
-    # YAML has no tuples; config.yaml must read back as it was written.
-    data.options = {k: list(v) if isinstance(v, tuple) else v for k, v in data.options.items()}
-    if spec.task != "language_model" or "tokenizer" not in spec.options():
-        return
-    tokenizer = data.options.get("tokenizer")
-    model = config.model.name
-    if tokenizer is None and model.lower().startswith("hf:"):
-        tokenizer = model.split(":", 1)[1]
-    if isinstance(tokenizer, str) and os.path.exists(os.path.expanduser(tokenizer)):
-        tokenizer = _absolute(tokenizer)
-    if tokenizer is not None:
-        data.options["tokenizer"] = tokenizer
 
 
 def validate(config: Config, *, check_paths: bool = True) -> None:

@@ -9,11 +9,12 @@ key, the bad value and, for names, the choices.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .data import check_dataset_options
+from .data import check_dataset_options, dataset_argument, dataset_spec
 from .errors import ConfigError
 from .models import is_external, model_builder
 from .pruners import create_pruner
@@ -25,6 +26,7 @@ __all__ = [
     "check_method",
     "check_device",
     "check_input_paths",
+    "resolve_data_paths",
 ]
 
 
@@ -65,3 +67,37 @@ def check_input_paths(
         raise ConfigError(f"data.data_dir={data_dir!r} is not a directory")
     if data_path is not None and not Path(data_path).exists():
         raise ConfigError(f"data.dataset: {data_path!r} does not exist (text file or folder)")
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def resolve_data_paths(config: Any) -> None:
+    """Freeze the data paths of ``config`` (a Config) and default a language model's tokenizer.
+
+    A resume in another working directory or environment must read the data the run
+    started with: ``text:<path>``, a tokenizer path and ``$SFPK_DATA`` (on-disk data sets)
+    become absolute. A language-model data set without a ``tokenizer`` option uses the
+    model's own for ``hf:<folder or id>`` models (else the data set's default, bytes).
+    """
+    data = config.data
+    spec = dataset_spec(data.dataset)
+    argument = dataset_argument(data.dataset)
+    if argument is not None:
+        data.dataset = f"{spec.name}:{_absolute(argument)}"
+    data_dir = data.data_dir or os.environ.get("SFPK_DATA") or None
+    if data_dir is not None and spec.on_disk:
+        data.data_dir = _absolute(data_dir)
+    # YAML has no tuples; config.yaml must read back as it was written.
+    data.options = {k: list(v) if isinstance(v, tuple) else v for k, v in data.options.items()}
+    if spec.task != "language_model" or "tokenizer" not in spec.options():
+        return
+    tokenizer = data.options.get("tokenizer")
+    model = config.model.name
+    if tokenizer is None and model.lower().startswith("hf:"):
+        tokenizer = model.split(":", 1)[1]
+    if isinstance(tokenizer, str) and os.path.exists(os.path.expanduser(tokenizer)):
+        tokenizer = _absolute(tokenizer)
+    if tokenizer is not None:
+        data.options["tokenizer"] = tokenizer

@@ -19,11 +19,39 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
-import yaml
-
 from .config import SECTIONS, Config
+from .config_layers import yaml_value
+from .errors import ConfigError
 
-__all__ = ["add_config_flags", "flag_for", "overrides_from_args", "args_for"]
+__all__ = [
+    "USED_BY",
+    "add_config_flags",
+    "flag_for",
+    "overrides_from_args",
+    "args_for",
+    "used_by",
+    "check_flags_apply",
+]
+
+_ALL = ("pretrain", "oneshot", "iterative")
+_PRUNING = ("oneshot", "iterative")
+
+# Which pipelines read each config key (the longest matching prefix decides). A flag the
+# user types for a pipeline that does not read it would have no effect: that is an error.
+USED_BY: dict[str, tuple[str, ...]] = {
+    "data.": _ALL,
+    "model.": _ALL,
+    "pretrain.": _ALL,  # oneshot / iterative pretrain unless model.checkpoint is given
+    "run.": _ALL,
+    "train.": _PRUNING,
+    "train.report_last_k": _ALL,  # pretrain reports its last k epochs too
+    "train.warmup_epochs": ("oneshot",),  # iterative fine-tuning has no warm-up
+    "train.cold_start_lr": ("oneshot",),
+    "train.round_epochs": ("iterative",),  # between rounds: oneshot has no such phase
+    "train.round_lr": ("iterative",),
+    "train.round_lr_end": ("iterative",),
+    "prune.": _PRUNING,
+}
 
 
 def _flag_name(section: str, field: dataclasses.Field) -> str:
@@ -49,7 +77,10 @@ def _option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r} must look like KEY=VALUE")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml_value(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _flag_kwargs(hint: Any) -> dict[str, Any]:
@@ -139,3 +170,36 @@ def _text(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
+
+
+def used_by(key: str) -> tuple[str, ...]:
+    """The pipelines that read the dotted config key ``key`` (:data:`USED_BY`)."""
+    matches = [prefix for prefix in USED_BY if key == prefix or key.startswith(prefix)]
+    if not matches:
+        raise KeyError(f"no config key {key!r}")
+    return USED_BY[max(matches, key=len)]
+
+
+def check_flags_apply(pipeline: str, overrides: dict[str, Any]) -> None:
+    """Raise ConfigError for a typed flag that has no effect in ``pipeline``.
+
+    The rule is the table :data:`USED_BY`: a key the pipeline does not read is refused.
+
+    Example:
+        >>> check_flags_apply("oneshot", {"train.round_epochs": [3]})  # doctest: +SKIP
+        ConfigError: --round-epochs has no effect in `sfpk oneshot` (read by: iterative)
+    """
+    for key in overrides:
+        users = used_by(key)
+        if pipeline not in users:
+            hint = ""
+            section, _, name = key.partition(".")
+            if section == "train" and pipeline == "pretrain":
+                try:
+                    hint = f"; did you mean {flag_for('pretrain.' + name)}?"
+                except KeyError:
+                    hint = ""
+            raise ConfigError(
+                f"{flag_for(key)} has no effect in `sfpk {pipeline}` "
+                f"(read by: {', '.join(users)}){hint}"
+            )

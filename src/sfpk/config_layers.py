@@ -10,17 +10,42 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, check_bounds
+from .errors import coerce as coerce_value
 
-__all__ = ["read_yaml", "merge", "nest", "from_dict", "coerce"]
+__all__ = ["read_yaml", "yaml_value", "merge", "nest", "from_dict", "coerce"]
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` as a float as YAML 1.2 does (1.1: a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.?[0-9]+[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_value(text: str) -> Any:
+    """The value a YAML scalar or flow collection spells (``--option KEY=VALUE``).
+
+    Raises:
+        ConfigError: not valid YAML.
+    """
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{text!r} is not a valid value: {str(exc).splitlines()[0]}") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -33,7 +58,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - safe loader
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
     if data is None:
@@ -95,44 +120,16 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
 def coerce(name: str, value: Any, hint: Any) -> Any:
     """``value`` converted to the annotated type ``hint``, or ConfigError naming ``name``.
 
-    Handles ``X | None``, ``list[X]``, ``dict[...]``, ``Literal[...]`` (an UnknownNameError
-    lists the choices), bool, int, float (also from the strings PyYAML leaves for ``1e-2``)
-    and str.
+    :func:`sfpk.errors.coerce` (strict types, finite numbers, integral floats become ints),
+    except that a single value where a list is due becomes a one-item list (YAML
+    ``exclude: fc.weight``).
     """
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return coerce(name, value, inner)
-    if origin is list:
-        items = value if isinstance(value, list | tuple) else [value]
-        return [coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(items)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}={value!r} must be a mapping")
-        return dict(value)
-    if origin is Literal:
-        if isinstance(value, str) and value in args:
-            return value
-        raise UnknownNameError(name, value, [str(a) for a in args])
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            try:
-                return float(value)  # YAML 1.1 reads 1e-2 as a string
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{name}={value!r} must be of type {getattr(hint, '__name__', hint)}")
+    inner = hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and value is not None:
+        inner = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    if typing.get_origin(inner) is list and not isinstance(value, list | tuple):
+        value = [value]
+    return coerce_value(name, value, hint)
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -148,5 +145,5 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[f.name] = from_dict(hint, value, prefix=f"{name}.")
         else:
-            values[f.name] = coerce(name, value, hint)
+            values[f.name] = check_bounds(name, coerce(name, value, hint), f.metadata)
     return cls(**values)

@@ -33,8 +33,8 @@ from typing import Any, NoReturn, cast
 import torch
 from torch import nn
 
-from .config import PIPELINES, DataConfig, ModelConfig, Pipeline
-from .config_flags import args_for
+from .config import PIPELINES, DataConfig, ModelConfig, Pipeline, TrainConfig
+from .config_flags import args_for, used_by
 from .data import dataset_spec
 from .errors import ConfigError
 from .models import create_model
@@ -253,6 +253,7 @@ def translate(argv: Sequence[str]) -> Translation:
     if given.get("free_conv1") or given.get("free_lastfc"):
         out.overrides["prune.exclude"] = _freed_parameters(given, out)
     _training(given, out)
+    _fit_warmup(given, out)
     _device_and_weights(given, out)
     return out
 
@@ -354,6 +355,29 @@ def _training(given: dict[str, Any], out: Translation) -> None:
     _label_smoothing(given, out)
 
 
+def _fit_warmup(given: dict[str, Any], out: Translation) -> None:
+    """Shorten sfpk's default warm-up when a one-shot ``--ft_epochs`` budget is too small.
+
+    sfpk warms up for ``train.warmup_epochs`` (5 by default) of the fine-tuning epochs; a
+    pasted ``--ft_epochs 1`` without ``--warmup_epochs`` would not fit. The warm-up is cut
+    to the epochs left after ``--fixed_lr_epochs``, with a note. A warm-up given on the
+    command line is kept (and the config's error explains the budget).
+    """
+    if out.pipeline != "oneshot" or "warmup_epochs" in given:
+        return
+    defaults = TrainConfig()
+    epochs = out.overrides.get("train.epochs", defaults.epochs)
+    fixed = out.overrides.get("train.fixed_lr_epochs", defaults.fixed_lr_epochs)
+    warmup = out.overrides.get("train.warmup_epochs", defaults.warmup_epochs)
+    if isinstance(epochs, int) and isinstance(fixed, int) and warmup + fixed > epochs:
+        fitted = max(0, epochs - fixed)
+        out.overrides["train.warmup_epochs"] = fitted
+        out.notes.append(
+            f"--ft_epochs {epochs}: sfpk's default {warmup}-epoch warm-up does not fit; "
+            f"warm-up shortened to {fitted} epoch(s) (set --warmup_epochs to choose)"
+        )
+
+
 def _iterative_optimizer(given: dict[str, Any], out: Translation) -> None:
     """The reference's iterative uses ``load_optimizer``'s own defaults (spec §5.3, §8.7)."""
     for key in ("momentum", "weight_decay"):
@@ -408,4 +432,7 @@ def _device_and_weights(given: dict[str, Any], out: Translation) -> None:
 
 def native_command(translation: Translation) -> list[str]:
     """The equivalent ``sfpk <pipeline> ...`` argument list."""
-    return ["sfpk", translation.pipeline, *args_for(translation.overrides)]
+    # Keys the pipeline does not read (the iterative warm-up of 0, which keeps config.yaml
+    # explicit) are left out: the native CLI refuses flags that have no effect.
+    used = {k: v for k, v in translation.overrides.items() if translation.pipeline in used_by(k)}
+    return ["sfpk", translation.pipeline, *args_for(used)]

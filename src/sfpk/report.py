@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import statistics
 from collections import defaultdict
@@ -21,6 +22,8 @@ from typing import Any
 
 from .errors import CheckpointError
 from .plots import plot_accuracy_vs_sparsity
+
+log = logging.getLogger(__name__)
 
 __all__ = ["load_summaries", "summarize_runs", "write_report", "ACCURACY_KEYS", "PERPLEXITY_KEYS"]
 
@@ -53,13 +56,20 @@ def _compact(count: float | None) -> str:
 
 
 def load_summaries(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
-    """Read ``summary.json`` of each run directory.
+    """Read ``summary.json`` of each run directory, each distinct folder once (by its
+    resolved path: ``runs/a``, ``./runs/a/`` and a symlink to it are one run).
 
     Raises:
         CheckpointError: a directory without a readable summary.json.
     """
     summaries = []
+    seen: set[Path] = set()
     for run_dir in run_dirs:
+        resolved = Path(run_dir).resolve()
+        if resolved in seen:  # the same run given twice (or by two paths) counts once
+            log.warning("run %s is given more than once; counted once", run_dir)
+            continue
+        seen.add(resolved)
         path = Path(run_dir) / "summary.json"
         if not path.is_file():
             raise CheckpointError(f"{str(run_dir)!r} has no summary.json (is the run finished?)")

@@ -11,6 +11,7 @@ Layout of ``--out DIR`` (design.md, "A Run directory is self-describing")::
     masks.safetensors    the final masks
     sfpk_steps.csv       per-step history of SFPK / SpODE pruning calls
     summary.json         the reported numbers
+    status.json          only after a failure or an interrupt: {"status", "error", ...}
     plots/               figures, made by ``sfpk.plots.make_run_plots(run_dir)`` if available
     events/              TensorBoard logs with ``--tensorboard``
 
@@ -35,12 +36,12 @@ from typing import Any
 from torch import nn
 
 from . import distributed
-from .checkpoint import save_state_dict, write_checkpoint
+from .checkpoint import checkpoint_names, save_state_dict, write_checkpoint
 from .config import Config, load_config, save_config
 from .errors import CheckpointError, ConfigError, SfpkError
 from .masks import Masks
 
-__all__ = ["METRIC_COLUMNS", "Run", "write_rows_csv"]
+__all__ = ["METRIC_COLUMNS", "STATUS_FILE", "Run", "read_status", "write_rows_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ METRIC_COLUMNS = (
     "sparsity",
     "seconds",
 )
+
+STATUS_FILE = "status.json"  # only while a run has failed or was interrupted
 
 _TENSORBOARD_COLUMNS = (
     "lr",
@@ -131,32 +134,52 @@ class Run:
         """
         if config.run.out is None:
             raise ConfigError("run.out is not set: pass --out DIR (where the run is written)")
-        error: Exception | None = None
-        if distributed.is_main():
-            try:
-                cls._make_directory(config, overwrite=overwrite)
-            except (SfpkError, OSError) as exc:
-                error = exc
-        message = distributed.broadcast_object(None if error is None else str(error))
-        if error is not None:
-            raise error
-        if message is not None:
-            raise SfpkError(f"rank 0 could not create the run directory: {message}")
+        _on_rank_0(lambda: cls._make_directory(config, overwrite=overwrite))
         return cls(Path(config.run.out), config)
 
+    @classmethod
+    def check_new(cls, config: Config, *, overwrite: bool = False) -> None:
+        """:meth:`check_out` on rank 0, its refusal shared with every rank (as :meth:`create`)."""
+        _on_rank_0(lambda: cls.check_out(config, overwrite=overwrite))
+
     @staticmethod
-    def _make_directory(config: Config, *, overwrite: bool) -> None:
+    def check_out(config: Config, *, overwrite: bool = False) -> bool:
+        """Check that ``config.run.out`` can become a new run directory; change nothing.
+
+        A folder holding a run that failed before its first checkpoint may be reused (it
+        has nothing to resume), so the corrected command can be rerun as it is.
+
+        Returns:
+            Whether an existing folder will be replaced.
+
+        Raises:
+            ConfigError: no ``run.out``; a non-empty folder that is not a run; an existing
+                run (unless ``overwrite``), with what to do, and its error if it failed.
+        """
         if not config.run.out:
             raise ConfigError("no run directory: pass --out DIR (or run.out in the config)")
         directory = Path(config.run.out)
-        if directory.exists() and any(directory.iterdir()):
-            if not (directory / "config.yaml").is_file():
-                raise ConfigError(f"--out {str(directory)!r} is a non-empty non-run folder")
-            if not overwrite:
-                raise ConfigError(
-                    f"run directory {str(directory)!r} already exists; continue it with "
-                    f"`sfpk resume {directory}` or pass --overwrite to start over"
-                )
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"--out {str(directory)!r} is a file, not a folder")
+        if not directory.exists() or not any(directory.iterdir()):
+            return False
+        if not (directory / "config.yaml").is_file():
+            raise ConfigError(f"--out {str(directory)!r} is a non-empty non-run folder")
+        status = read_status(directory)
+        checkpoints = checkpoint_names(directory / "checkpoints")
+        if overwrite or (status.get("status") == "failed" and not checkpoints):
+            return True
+        failed = f" (it failed: {status.get('error')})" if status.get("status") == "failed" else ""
+        raise ConfigError(
+            f"run directory {str(directory)!r} already exists{failed}; continue it with "
+            f"`sfpk resume {directory}` or pass --overwrite to start over"
+        )
+
+    @classmethod
+    def _make_directory(cls, config: Config, *, overwrite: bool) -> None:
+        directory = Path(config.run.out or "")
+        if cls.check_out(config, overwrite=overwrite):
+            log.info("replacing the run directory %s", directory)
             shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_config(config, directory / "config.yaml")
@@ -176,6 +199,27 @@ class Run:
         config = load_config(directory / "config.yaml")
         config.run.out = str(directory)
         return cls(directory, config)
+
+    def write_status(self, status: str, error: BaseException | None = None) -> None:
+        """Record how the run ended in ``status.json``: ``"failed"`` (with the error and the
+        checkpoint a resume would start from) or ``"interrupted"``."""
+        if not self.writer:
+            return
+        checkpoints = checkpoint_names(self.checkpoints_dir)
+        record = {
+            "status": status,
+            "error": None if error is None else _one_line(error),
+            "error_type": None if error is None else type(error).__name__,
+            "last_checkpoint": checkpoints[-1] if checkpoints else None,
+        }
+        tmp = self.directory / "status.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, self.directory / STATUS_FILE)
+
+    def clear_status(self) -> None:
+        """Remove ``status.json`` (the run finished, or a resume starts)."""
+        if self.writer:
+            (self.directory / STATUS_FILE).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer, if any."""
@@ -287,6 +331,36 @@ class Run:
             hook(self.directory)
         except Exception:  # noqa: BLE001 - see docstring
             log.warning("making plots failed", exc_info=True)
+
+
+def _on_rank_0(body: Any) -> None:
+    """Run ``body`` on rank 0 and share its failure: rank 0 raises it, the others an
+    SfpkError quoting it (so no rank waits for one that has stopped)."""
+    error: Exception | None = None
+    if distributed.is_main():
+        try:
+            body()
+        except (SfpkError, OSError) as exc:
+            error = exc
+    message = distributed.broadcast_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise SfpkError(f"rank 0 could not create the run directory: {message}")
+
+
+def read_status(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``status.json`` of a run directory (``{}`` when there is none or it is unreadable)."""
+    path = Path(directory) / STATUS_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, SfpkError) else f"{type(error).__name__}: {text}"
 
 
 def _format(value: Any) -> Any:

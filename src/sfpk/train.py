@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .distributed import all_reduce_sum_, data_parallel, is_distributed
-from .errors import ConfigError, SfpkError, check_choice, check_positive
+from .errors import ConfigError, NonFiniteError, SfpkError, check_choice, check_positive
 from .losses import TASKS, Task, flatten_for_task, perplexity, task_loss
 from .masks import Masks
 from .precision import Precision, autocast, check_precision, grad_scaler
@@ -321,7 +321,7 @@ class Trainer:
         dropped: it is stepped on, divided by its own size.
 
         Raises:
-            SfpkError: the loss became NaN or infinite.
+            NonFiniteError: the loss became NaN or infinite (checked before its backward).
         """
         self.model.train()
         self.set_lr(lr)
@@ -345,8 +345,12 @@ class Trainer:
                     logits.float(), targets, label_smoothing=self.options.label_smoothing
                 )
                 value = loss.item()  # one device sync per batch, reused below
-                if not math.isfinite(value):
-                    raise SfpkError(f"training loss became {value} at batch {index} ({desc})")
+                if not math.isfinite(value):  # before backward: no step is taken on it
+                    raise NonFiniteError(
+                        f"training loss became {value} at batch {index} ({desc}): NaN or inf "
+                        "in the inputs, the weights or the loss (try a lower learning rate); "
+                        "no optimizer step was taken on it"
+                    )
                 scaled = loss / group_size
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             if stepping:
@@ -396,6 +400,11 @@ class Trainer:
             top1, top5, seen = int(top1), int(top5), int(seen)
         if seen == 0:
             raise SfpkError("the evaluation data yielded no batch")
+        if not math.isfinite(total_loss):
+            raise NonFiniteError(
+                f"evaluation loss is {total_loss}: the model outputs NaN or inf "
+                "(non-finite weights, or NaN/inf in the evaluation inputs)"
+            )
         return EvalResult(loss=total_loss / seen, top1=top1 / seen, top5=top5 / seen)
 
     def state_dict(self) -> dict[str, Any]:

@@ -21,23 +21,27 @@ import inspect
 import logging
 import os
 import time
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from .. import api, distributed, models
 from .. import data as data_module
-from .. import distributed, models
+from ..api import check_finite_tensors
 from ..checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
-from ..errors import CheckpointError, ConfigError
+from ..config import Config
+from ..errors import CheckpointError, ConfigError, SfpkError, coerce
 from ..index_batches import batch_taker
 from ..losses import Task, task_loss
 from ..masks import Masks
+from ..precision import check_precision
 from ..run import Run
 from ..train import EvalResult, OptimizerConfig, Trainer, select_device
 
-__all__ = ["Progress", "Context", "model_options"]
+__all__ = ["Progress", "Context", "Prepared", "prepare", "model_options"]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,9 @@ class Context:
         checkpoint: the checkpoint to resume from, or None for a fresh start.
     """
 
-    def __init__(self, run: Run, checkpoint: Checkpoint | None = None) -> None:
+    def __init__(
+        self, run: Run, checkpoint: Checkpoint | None = None, prepared: Prepared | None = None
+    ) -> None:
         self.run = run
         self.config = cfg = run.config
         self.seed = cfg.run.seed
@@ -100,25 +106,11 @@ class Context:
         if distributed.is_distributed() and self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK's GPU
         self.show_progress = not cfg.run.quiet and distributed.is_main()
-        seed_everything(self.seed)
-        self.splits = data_module.load_dataset(
-            cfg.data.dataset,
-            data_dir=cfg.data.data_dir,
-            seed=self.seed,
-            val_fraction=cfg.data.val_fraction,
-            augment=cfg.data.augment,
-            **cfg.data.options,
-        )
+        prepared = prepared if prepared is not None else prepare(cfg)
+        self.splits = prepared.splits
         self.task: Task = self.splits.task
         self.loss_fn = task_loss(self.task)
-        self.model = models.create(
-            cfg.model.name,
-            num_classes=self.splits.num_classes,
-            input_shape=self.splits.input_shape,
-            **model_options(cfg.model.name, cfg.model.options, self.splits),
-        )
-        if cfg.model.checkpoint is not None:
-            models.load_weights(self.model, cfg.model.checkpoint)
+        self.model = prepared.model
         self.masks: Masks | None = None
         self.progress = Progress()
         if checkpoint is not None:
@@ -261,6 +253,97 @@ class Context:
         """The saved in-progress state of phase ``key``, if the run stopped inside it."""
         current = self.progress.current
         return current if current is not None and current.get("key") == key else None
+
+
+@dataclass
+class Prepared:
+    """The data and the model of a run, built (and checked) before its folder exists."""
+
+    splits: data_module.DataSplits
+    model: torch.nn.Module
+
+
+def prepare(config: Config) -> Prepared:
+    """Seed, load the data and build the model of ``config``; dry-run the pruning setup.
+
+    Everything that can be wrong with a config but only shows once the data and model
+    exist is found here, before :func:`sfpk.pipelines.start` creates the run folder:
+    model options the builder rejects, dense weights that do not fit or hold NaN, ``include``
+    / ``exclude`` patterns that leave nothing to prune, a structure the model cannot take.
+    The random draws are those of a direct start, so a prepared run is bit-identical.
+
+    Raises:
+        ConfigError: with the setting at fault; NonFiniteError: non-finite dense weights.
+    """
+    check_precision(config.run.precision, select_device(config.run.device))
+    seed_everything(config.run.seed)
+    splits = data_module.load_dataset(
+        config.data.dataset,
+        data_dir=config.data.data_dir,
+        seed=config.run.seed,
+        val_fraction=config.data.val_fraction,
+        augment=config.data.augment,
+        **config.data.options,
+    )
+    options = _typed_model_options(
+        config.model.name, model_options(config.model.name, config.model.options, splits)
+    )
+    try:
+        model = models.create(
+            config.model.name,
+            num_classes=splits.num_classes,
+            input_shape=splits.input_shape,
+            **options,
+        )
+    except (RuntimeError, TypeError, ValueError) as exc:
+        if isinstance(exc, SfpkError):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(
+            f"model {config.model.name!r} cannot be built with options {options!r}: {first}"
+        ) from exc
+    if config.model.checkpoint is not None:
+        models.load_weights(model, config.model.checkpoint)
+    where = "model weights"
+    if config.model.checkpoint is not None:
+        where = f"model.checkpoint {config.model.checkpoint}"
+    check_finite_tensors(dict(model.named_parameters()), where=where)
+    if config.pipeline != "pretrain":
+        _dry_run_pruning(config, model, splits.train)
+    return Prepared(splits, model)
+
+
+def _typed_model_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Model options checked against the registered builder's annotations (types, finite
+    numbers, ``hidden: Sequence[int]`` a list of ints); external models check their own."""
+    if models.is_external(name):
+        return options
+    builder = models.model_builder(name)
+    try:
+        hints = typing.get_type_hints(builder)
+    except (NameError, TypeError):
+        return options
+    return {k: coerce(f"model option {k}", v, hints.get(k, Any)) for k, v in options.items()}
+
+
+def _dry_run_pruning(config: Config, model: torch.nn.Module, train: Any) -> None:
+    """Check the pruning arguments against the model, as every round will pass them
+    (one training item, for structures that trace the model)."""
+    cfg = config.prune
+    item = train[0]
+    api.check_pruning(
+        model,
+        method=cfg.method,
+        sparsity=cfg.sparsity,
+        scope=cfg.scope,
+        structure=cfg.structure,
+        seed=config.run.seed,
+        exclude=cfg.exclude or None,
+        include_bias=cfg.include_bias,
+        collapse_guard=cfg.collapse_guard,
+        data=[(item[0].unsqueeze(0), torch.as_tensor(item[1]).unsqueeze(0))],
+        **cfg.options,
+    )
 
 
 def model_options(

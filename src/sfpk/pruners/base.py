@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..collapse import Guard
-from ..errors import ConfigError, SfpkError, UnknownNameError
+from ..errors import ConfigError, SfpkError, UnknownNameError, check_fields, resolve_fields
 from ..index_batches import iterate_fast
 from ..masks import Masks, Scope
 from ..precision import autocast
@@ -53,6 +53,7 @@ __all__ = [
     "StartState",
     "register",
     "create_pruner",
+    "resolve_options",
     "methods",
     "pruner_class",
     "batch_stream",
@@ -172,7 +173,15 @@ class Pruner(abc.ABC):
         """No options."""
 
     def __init__(self, options: Any = None) -> None:
-        self.options = options if options is not None else self.Options()
+        if options is None:
+            options = self.Options()
+        elif not isinstance(options, self.Options):
+            raise ConfigError(
+                f"method {self.name!r} takes a {self.Options.__qualname__}, "
+                f"not {type(options).__name__}"
+            )
+        check_fields(options)  # an Options built directly is checked like create_pruner's
+        self.options = options
 
     @abc.abstractmethod
     def prune(
@@ -278,14 +287,27 @@ def create_pruner(name: str, **options: Any) -> Pruner:
         ConfigError: an option the method does not have, or a bad option value.
     """
     cls = pruner_class(name)
-    allowed = [f.name for f in dataclasses.fields(cls.Options)]
+    return cls(cls.Options(**resolve_options(cls, options)))
+
+
+def resolve_options(cls: type[Pruner], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the fields of ``cls.Options`` and resolved to their types.
+
+    The one place method options from ``--option``, YAML and the API are checked before
+    the ``Options`` dataclass (whose ``__post_init__`` checks the ranges) is built: unknown
+    names, wrong types (``num_steps="abc"``, ``num_steps=2.5``), NaN and infinity.
+
+    Raises:
+        ConfigError: naming the option, its value and what is allowed.
+    """
+    allowed = [f.name for f in dataclasses.fields(cls.Options) if f.init]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ConfigError(
             f"method {cls.name!r} has no option(s) {', '.join(unknown)}; "
             f"its options are: {', '.join(allowed) or '(none)'}"
         )
-    return cls(cls.Options(**options))
+    return resolve_fields(cls.Options, options, prefix=f"{cls.name} option ")
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ...distributed import all_reduce_rows_, is_main, particle_owner, rank, world_size
 from ...distributed import resolve_distributed as _resolve_distributed
-from ...errors import SfpkError
+from ...errors import NonFiniteError, SfpkError
 from ...functional import effective_weight_grads
 from ...precision import autocast
 from ..base import Batch, PruneContext, PruneObserver, batch_stream, to_device
@@ -229,6 +229,11 @@ class ParticleSystem:
                     observer.on_checkpoint(self.state_dict())
         finally:
             bar.close()
+        if not bool(torch.isfinite(self.scores).all()):
+            raise NonFiniteError(
+                f"the particle score S holds NaN or inf after step {self.step_index}: the "
+                "dynamics diverged (check radius_ratio, momentum and the model's weights)"
+            )
         return self.scores
 
     def step(self, draws: Iterator[Batch], trace: Trace | None = None) -> dict[str, Any]:
@@ -242,6 +247,7 @@ class ParticleSystem:
         if trace is not None:
             info = {"mask_before": self.particles.clone()}
         losses, polarized = self._energy_forces(draws, level_list, info is not None)
+        _check_finite_losses(losses, t)
         if info is not None:
             info["force_energy"] = self.forces.clone()
         attraction = float(self.forces.norm(dim=1).mean())
@@ -418,6 +424,18 @@ class ParticleSystem:
     def _loss_fn(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The energy loss in fp32 (the logits may come from a low-precision forward)."""
         return self.ctx.loss_fn(logits.float(), targets)
+
+
+def _check_finite_losses(losses: Tensor, step: int) -> None:
+    """Stop at the first step whose energy is NaN or inf, naming the step and particles."""
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise NonFiniteError(
+            f"step {step}: the energy (loss) of particle(s) {bad[:5]} is "
+            f"{float(losses[bad[0]])}: NaN or inf in the pruning data's inputs or in the "
+            "model's outputs"
+        )
 
 
 def _sqrt_or_none(values: Tensor | None) -> Tensor | None:
