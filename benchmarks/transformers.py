@@ -427,11 +427,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         run_task(budget, methods=args.methods.split(","), sparsities=sparsities, seeds=seeds,
                  out=out, record=rows, done=done)  # fmt: skip
     summary = aggregate(rows.rows)
-    for name in args.tasks.split(","):
+    tasks = list(dict.fromkeys(r["task"] for r in rows.rows))  # with --resume, every task
+    for name in tasks:
         print("\n" + table(summary, name))
     payload = {
         "sfpk": sfpk.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "quick": args.quick, "seeds": seeds, "budgets": used, "summary": summary,
+        "quick": args.quick,
+        "seeds": {t: sorted({r["seed"] for r in rows.rows if r["task"] == t}) for t in tasks},
+        "budgets": used, "summary": summary,
         "wall_seconds": time.perf_counter() - start,
     }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(payload, indent=2, default=_json) + "\n")
