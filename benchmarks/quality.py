@@ -63,7 +63,7 @@ import time
 import traceback
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -319,16 +319,23 @@ def format_tables(table: list[dict[str, Any]], cells: list[Cell]) -> str:
         sparsities = sorted({c.sparsity for c in cells if (c.family, c.data) == (family, data)})
         methods = [m for m in METHODS if any(
             (c.family, c.data, c.method) == (family, data, m) for c in cells)]  # fmt: skip
-        lines.append(f"\n{family}, {data}/{DATASETS[data]}: test % before fine-tuning -> "
-                     "mean of the last k fine-tuning epochs, mean±sd over seeds (n seeds)")  # fmt: skip
+        lines.append(
+            f"\n{family}, {data}/{DATASETS[data]}: test % before fine-tuning -> mean of the "
+            "last k fine-tuning epochs, mean±sd over seeds (n seeds)"
+        )
         lines.append(f"{'method':<8} " + " ".join(f"{s:>27g}" for s in sparsities))
         for method in methods:
             cols = []
             for s in sparsities:
                 r = index.get((family, data, method, s))
-                cols.append(f"{'-':>27}" if r is None else (
+                if r is None:
+                    cols.append(f"{'-':>27}")
+                    continue
+                text = (
                     f"{_fmt(r['pruned_mean'], r['pruned_sd'])} -> "
-                    f"{_fmt(r['last_k_mean'], r['last_k_sd'])} ({len(r['seeds'])})").rjust(27))  # fmt: skip
+                    f"{_fmt(r['last_k_mean'], r['last_k_sd'])} ({len(r['seeds'])})"
+                )
+                cols.append(text.rjust(27))
             lines.append(f"{method:<8} " + " ".join(cols))
     return "\n".join(lines)
 
