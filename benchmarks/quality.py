@@ -356,28 +356,33 @@ def plot(table: list[dict[str, Any]], path: Path) -> Path | None:
               ("filter", "last_k"): "filter (local), after fine-tuning"}  # fmt: skip
     fig, axes = plt.subplots(len(datas), 3, figsize=(15, 4.2 * len(datas)), squeeze=False)
     colors = dict(zip(METHODS, plt.get_cmap("tab10").colors, strict=False))
+    colors["sfpk"] = "black"
     for i, data in enumerate(datas):
         for j, (family, key) in enumerate(panels):
             ax = axes[i][j]
+            # Evenly spaced sparsity levels (90 -> 99 % would crowd the extreme end).
+            levels = UNSTRUCTURED if family == "unstructured" else FILTER
+            position = {s: n for n, s in enumerate(levels)}
             for method in METHODS:
                 rs = sorted((r for r in table if (r["family"], r["data"], r["method"])
                              == (family, data, method)), key=lambda r: r["sparsity"])  # fmt: skip
                 if not rs:
                     continue
-                xs = [100 * r["sparsity"] for r in rs]
+                xs = [position[r["sparsity"]] for r in rs]
                 ys = [r[f"{key}_mean"] for r in rs]
                 es = [0 if math.isnan(r[f"{key}_sd"]) else r[f"{key}_sd"] for r in rs]
                 style = "-" if method in ("sfpk", "spode") else "--"
-                width = 2.4 if method == "sfpk" else 1.3
+                width = 2.6 if method == "sfpk" else 1.3
                 ax.errorbar(xs, ys, yerr=es, label=method, color=colors[method], ls=style,
                             lw=width, marker="o", ms=3, capsize=2)  # fmt: skip
-            for r in table:  # iterative cells: one marker each
+            for r in table:  # iterative cells: one star each, beside the one-shot point
                 if (family, key) == ("unstructured", "last_k") and r["family"] == "iterative" \
                         and r["data"] == data:  # fmt: skip
-                    ax.errorbar([100 * r["sparsity"] + 0.15], [r["last_k_mean"]],
+                    ax.errorbar([position[r["sparsity"]] + 0.08], [r["last_k_mean"]],
                                 yerr=[0 if math.isnan(r["last_k_sd"]) else r["last_k_sd"]],
-                                color=colors[r["method"]], marker="*", ms=9, capsize=2,
-                                label=f"{r['method']} iterative")  # fmt: skip
+                                color=colors[r["method"]], marker="*", ms=10, capsize=2,
+                                ls="none", label=f"{r['method']} iterative")  # fmt: skip
+            ax.set_xticks(range(len(levels)), [f"{100 * s:g}" for s in levels])
             ax.set_title(f"{data}: {titles[(family, key)]}", fontsize=10)
             ax.set_xlabel("weights removed (%)")
             ax.set_ylabel("test accuracy (%)")
@@ -385,6 +390,8 @@ def plot(table: list[dict[str, Any]], path: Path) -> Path | None:
             ax.grid(alpha=0.3)
             if ax.has_data():
                 ax.legend(fontsize=7, loc="lower left")
+            else:
+                ax.text(0.5, 0.5, "not run yet", ha="center", transform=ax.transAxes)
     fig.suptitle("sfpk benchmarks/quality.py: mean ± sd over seeds", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
