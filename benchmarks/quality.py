@@ -42,7 +42,8 @@ seconds) run subsets. The order puts what matters most first: the unstructured c
 
 Output: a table per (family, data set) of mean +- sd over seeds (and how many seeds
 finished), ``RESULTS/cells.csv`` (one row per finished cell), ``RESULTS/table.json``
-(aggregates) and the accuracy-vs-sparsity figure ``RESULTS/quality.png``.
+(aggregates), ``RESULTS/table.md`` (the tables in Markdown) and the accuracy-vs-sparsity
+figure ``RESULTS/quality.png``.
 
 Usage:
     nice -n 19 python benchmarks/quality.py [--jobs 2] [--quick | --tiny]
@@ -340,6 +341,38 @@ def format_tables(table: list[dict[str, Any]], cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
+def markdown_tables(table: list[dict[str, Any]], cells: list[Cell]) -> str:
+    """The tables of :func:`format_tables` in Markdown (``RESULTS/table.md``)."""
+    index = {(r["family"], r["data"], r["method"], r["sparsity"]): r for r in table}
+    out = []
+    families, datas = ["unstructured", "iterative", "filter"], list(DATASETS)
+    wanted = sorted(
+        {(c.family, c.data) for c in cells},
+        key=lambda fd: (families.index(fd[0]), datas.index(fd[1])),
+    )
+    for family, data in wanted:
+        own = [c for c in cells if (c.family, c.data) == (family, data)]
+        sparsities = sorted({c.sparsity for c in own})
+        methods = [m for m in METHODS if any(c.method == m for c in own)]
+        out.append(f"\n**{family}, {data}/{DATASETS[data]}**\n")
+        out.append("| method | " + " | ".join(f"{100 * s:g} % removed" for s in sparsities) + " |")
+        out.append("|---|" + "---|" * len(sparsities))
+        for method in methods:
+            row = []
+            for s in sparsities:
+                r = index.get((family, data, method, s))
+                if r is None:
+                    row.append("not run yet")
+                    continue
+                before = _fmt(r["pruned_mean"], r["pruned_sd"]).strip().replace("±", " ± ")
+                after = _fmt(r["last_k_mean"], r["last_k_sd"]).strip().replace("±", " ± ")
+                n = len(r["seeds"])
+                note = "" if n == len(SEEDS) else f" ({n} seed{'s' if n > 1 else ''})"
+                row.append(f"{before} → {after}{note}")
+            out.append(f"| {method} | " + " | ".join(row) + " |")
+    return "\n".join(out) + "\n"
+
+
 def plot(table: list[dict[str, Any]], path: Path) -> Path | None:
     """Accuracy vs sparsity, one row per data set: before and after fine-tuning, filter."""
     import matplotlib
@@ -416,6 +449,7 @@ def report(cells: list[Cell], runs: Path, results: Path) -> list[dict[str, Any]]
     (results / "table.json").write_text(json.dumps(
         {"cells": len(cells), "finished": len(rows), "missing": missing, "table": table},
         indent=1))  # fmt: skip
+    (results / "table.md").write_text(markdown_tables(table, cells))
     figure = plot(table, results / "quality.png")
     print(f"wrote {results / 'cells.csv'}, {results / 'table.json'}"
           + (f", {figure}" if figure else ""))  # fmt: skip
