@@ -23,7 +23,7 @@ Budgets (the same for every method):
 * **Dense model**: one per data set, pretrained once (seed 0, 15 epochs, the demo's recipe)
   in ``RUNS/dense-<data>`` and loaded by every cell, so all methods and seeds prune the very
   same weights; the seed of a cell drives its pruning batches, the pruner's randomness and
-  fine-tuning. (mnist1d: 97.8 % test; digits: 99.4 %.)
+  fine-tuning. (mnist1d: 97.7 % test; digits: 99.7 %.)
 * **Pruning**: SFPK and SpODE with the paper's defaults (N = 100 steps, n = 10 particles,
   exp kernel, lambda = 0.2, soft vote); SNIP / GraSP read 10 batches; SynFlow 100 rounds. The
   pruning batch is 512 on mnist1d (as the paper and the golden protocol) and 128 on digits
