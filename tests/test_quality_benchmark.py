@@ -1,0 +1,64 @@
+"""benchmarks/quality.py --tiny: one cell runs, a second invocation skips it, the row is whole.
+
+No accuracy threshold is asserted; this checks resumability (a finished cell, i.e. one with a
+``summary.json``, is not run again) and the written results (CSV row, JSON table, figure).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_quality():
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # ~12 s of CPU, ~45 s on the shared machine
+def test_tiny_study_runs_once_then_skips_and_writes_a_well_formed_row(tmp_path, capsys):
+    quality = _load_quality()
+    out = tmp_path / "quality"
+    args = ["--tiny", "--out", str(out), "--jobs", "1"]
+
+    rows = quality.main(args)
+    first = capsys.readouterr().out
+    assert "0 finished before, 1 to run" in first
+    (cell,) = quality.grid("tiny")
+    summary = out / "runs" / cell.name / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+
+    again = quality.main(args)
+    second = capsys.readouterr().out
+    assert "1 finished before, 0 to run" in second
+    assert summary.stat().st_mtime_ns == stamp  # not rerun
+    assert again == rows
+
+    (row,) = rows
+    assert set(row) == set(quality.CSV_FIELDS)
+    assert (row["family"], row["data"], row["method"], row["seed"]) == (
+        "unstructured", "digits", "mag", 0,
+    )  # fmt: skip
+    assert row["sparsity"] == 0.9 and abs(row["achieved_sparsity"] - 0.9) < 1e-3
+    for key in ("dense", "pruned", "last_k", "final"):
+        assert 0.0 <= row[key] <= 100.0
+    assert row["k"] == 1 and row["guard_rescued"] >= 0
+    with open(out / "cells.csv") as handle:
+        written = list(csv.DictReader(handle))
+    assert len(written) == 1 and written[0]["run"] == cell.name
+    table = json.loads((out / "table.json").read_text())
+    assert table["finished"] == 1 and table["missing"] == []
+    (entry,) = table["table"]
+    assert entry["seeds"] == [0] and entry["last_k_mean"] == row["last_k"]
+    assert (out / "quality.png").stat().st_size > 0
