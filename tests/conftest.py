@@ -35,6 +35,21 @@ TINY_DENSE_FLAGS = [
 ]
 
 
+def without_pretrain(flags: list[str]) -> list[str]:
+    """``flags`` without the ``--pretrain-*`` pairs (a run from --checkpoint refuses them)."""
+    out: list[str] = []
+    skip = False
+    for flag in flags:
+        if skip:
+            skip = False
+            continue
+        if flag.startswith("--pretrain-"):
+            skip = True
+            continue
+        out.append(flag)
+    return out
+
+
 def tiny_flags(pipeline: str) -> list[str]:
     """The tiny flags ``sfpk <pipeline>`` accepts: it refuses those it would ignore
     (pretrain: fine-tuning and pruning; iterative: the one-shot warm-up)."""

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import sfpk
-from conftest import TINY_DENSE_FLAGS, TINY_FLAGS
+from conftest import TINY_DENSE_FLAGS, TINY_FLAGS, without_pretrain
 from sfpk.cli import COMMANDS, build_parser, main
 
 BAD_INPUTS = [
@@ -144,7 +144,13 @@ def test_resume_from_another_directory_finds_relative_checkpoint(tmp_path, monke
     """A relative --checkpoint is stored absolute, so `sfpk resume` works from any directory."""
     monkeypatch.chdir(tmp_path)
     assert main(["pretrain", *TINY_DENSE_FLAGS, "--pretrain-epochs", "1", "--out", "dense"]) == 0
-    flags = [*TINY_FLAGS, "--method", "mag", "--checkpoint", "dense/model.safetensors"]
+    flags = [
+        *without_pretrain(TINY_FLAGS),
+        "--method",
+        "mag",
+        "--checkpoint",
+        "dense/model.safetensors",
+    ]
     assert main(["oneshot", *flags, "--out", "run"]) == 0
     first = json.loads((tmp_path / "run" / "summary.json").read_text())
     elsewhere = tmp_path / "elsewhere"
@@ -160,7 +166,8 @@ def test_report_mixes_dense_and_pruned_runs(tmp_path, capsys):
     """`sfpk report` on a pretrain run plus pruned runs lists the dense one as its own row."""
     dense, pruned = tmp_path / "dense", tmp_path / "pruned"
     assert main(["pretrain", *TINY_DENSE_FLAGS, "--pretrain-epochs", "1", "--out", str(dense)]) == 0
-    flags = [*TINY_FLAGS, "--method", "mag", "--checkpoint", str(dense / "model.safetensors")]
+    dense_weights = str(dense / "model.safetensors")
+    flags = [*without_pretrain(TINY_FLAGS), "--method", "mag", "--checkpoint", dense_weights]
     assert main(["oneshot", *flags, "--out", str(pruned)]) == 0
     capsys.readouterr()
     assert main(["report", str(dense), str(pruned), "-o", str(tmp_path / "rep")]) == 0

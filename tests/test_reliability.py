@@ -25,7 +25,7 @@ from torch import nn
 
 import sfpk
 from cli_runs import run_env
-from conftest import TINY_DENSE_FLAGS, tiny_flags
+from conftest import TINY_DENSE_FLAGS, tiny_flags, without_pretrain
 from helpers import model_and_batches
 from sfpk.cli import main
 from sfpk.errors import ConfigError, NonFiniteError, SfpkError, UnknownNameError
@@ -65,6 +65,13 @@ def _nan_weights(tmp: Path) -> None:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["0.weight" if "0.weight" in state else next(iter(state))].view(-1)[0] = float("nan")
     save_file(state, str(tmp / "dense.safetensors"))
+
+
+def _dense_weights(tmp: Path) -> None:
+    model = sfpk.models.create("mlp", num_classes=10, input_shape=(64,), hidden=[32])
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "dense.safetensors")
+    )
 
 
 def _yaml(text: str) -> Callable[[Path], None]:
@@ -200,6 +207,9 @@ CLI_ROWS = [
            r"--epochs has no effect in `sfpk pretrain`.*did you mean --pretrain-epochs"),
     CliRow("warmup-in-iterative", "iterative", ["--warmup-epochs", "2"],
            r"--warmup-epochs has no effect in `sfpk iterative` \(read by: oneshot\)"),
+    CliRow("pretrain-flag-with-checkpoint", "oneshot",
+           ["--checkpoint", "{tmp}/dense.safetensors", "--pretrain-epochs", "3"],
+           r"--pretrain-epochs has no effect with --checkpoint", setup=_dense_weights),
     # -- files and folders -----------------------------------------------------------------
     CliRow("checkpoint-missing", "oneshot", ["--checkpoint", "{tmp}/nope.safetensors"],
            r"model.checkpoint=.*nope.safetensors' does not exist"),
@@ -230,7 +240,10 @@ def _argv(row: CliRow, tmp: Path) -> list[str]:
     args = [a.replace("{tmp}", str(tmp)).replace("{out}", str(out)) for a in row.args]
     if not row.base:
         return [row.command, *args]
-    return [row.command, *_base_flags(row.command), *args, "--out", str(out)]
+    base = _base_flags(row.command)
+    if "--checkpoint" in args:  # a run from weights refuses the pretraining flags
+        base = without_pretrain(base)
+    return [row.command, *base, *args, "--out", str(out)]
 
 
 def _base_flags(command: str) -> list[str]:

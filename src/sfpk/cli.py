@@ -35,7 +35,12 @@ from typing import Any, NoReturn
 
 from . import distributed, pipelines
 from .config import build_config, demo_preset, load_config
-from .config_flags import add_config_flags, check_flags_apply, overrides_from_args
+from .config_flags import (
+    add_config_flags,
+    check_flags_apply,
+    check_pretrain_flags_apply,
+    overrides_from_args,
+)
 from .data import dataset_prefixes, list_datasets
 from .errors import ConfigError, SfpkError
 from .export import export_run
@@ -110,6 +115,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     check_flags_apply(args.command, overrides)
     config = build_config(args.command, yaml_path=args.config, overrides=overrides, demo=args.demo)
+    check_pretrain_flags_apply(args.command, overrides, config.model.checkpoint)
     if args.demo:
         options = json.dumps(config.prune.options) if config.prune.options else "defaults"
         print(

@@ -25,6 +25,7 @@ from .errors import ConfigError
 
 __all__ = [
     "USED_BY",
+    "check_pretrain_flags_apply",
     "add_config_flags",
     "flag_for",
     "overrides_from_args",
@@ -178,6 +179,21 @@ def used_by(key: str) -> tuple[str, ...]:
     if not matches:
         raise KeyError(f"no config key {key!r}")
     return USED_BY[max(matches, key=len)]
+
+
+def check_pretrain_flags_apply(
+    pipeline: str, overrides: dict[str, Any], checkpoint: str | None
+) -> None:
+    """Raise ConfigError for a typed ``--pretrain-*`` flag that a run starting from
+    ``checkpoint`` ignores: `sfpk oneshot|iterative --checkpoint` skips pretraining."""
+    if checkpoint is None or pipeline not in _PRUNING:
+        return
+    stray = [key for key in overrides if key.startswith("pretrain.")]
+    if stray:
+        raise ConfigError(
+            f"{flag_for(stray[0])} has no effect with --checkpoint: `sfpk {pipeline}` starts "
+            "from those weights and skips pretraining"
+        )
 
 
 def check_flags_apply(pipeline: str, overrides: dict[str, Any]) -> None:
