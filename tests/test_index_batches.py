@@ -109,3 +109,17 @@ def test_worker_count_defaults_to_none_for_memory_data_and_spare_cores_for_files
     assert _worker_count(3, ArrayDataset(x, y)) == 3
     monkeypatch.setattr("os.cpu_count", lambda: 64)
     assert _worker_count(None, decoded) == 8
+
+
+def test_creating_an_iterator_draws_what_a_dataloader_iterator_draws():
+    """`iter(loader)` alone (as batch_stream's re-iterability probe does) consumes the same
+    random numbers from the loader's generator as a plain DataLoader, so later epochs match."""
+    dataset = _datasets()["array"]
+    states = []
+    for kind in (DataLoader, SlicingLoader):
+        loader = kind(
+            dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3)
+        )
+        iter(loader)
+        states.append(loader.generator.get_state())
+    assert torch.equal(states[0], states[1])

@@ -57,13 +57,21 @@ def _sliceable(loader: DataLoader) -> Taker | None:
 
 
 def iterate_fast(loader: DataLoader) -> Iterator[Any]:
-    """Iterate ``loader``: by slicing when it can (same batches), else as it is."""
+    """Iterate ``loader``: by slicing when it can (same batches), else as it is.
+
+    Like a DataLoader's own iterator, this draws the workers' base seed from the loader's
+    generator when the iterator is created (not at its first batch), so code that only
+    creates an iterator (``iter(loader) is not loader``) consumes the same random numbers.
+    """
     take = _sliceable(loader)
     if take is None:
-        yield from DataLoader.__iter__(loader)
-        return
+        return DataLoader.__iter__(loader)
     # What a single-process DataLoader iterator draws first: its workers' base seed.
     torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+    return _sliced(loader, take)
+
+
+def _sliced(loader: DataLoader, take: Taker) -> Iterator[Any]:
     pin = loader.pin_memory and torch.cuda.is_available()
     for indices in loader.batch_sampler:
         batch = take(torch.as_tensor(indices, dtype=torch.long))
