@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 # Small enough for seconds-long runs; sklearn digits load in ~0.4 s, MNIST-1D in ~2 s.
 TINY = {
@@ -59,6 +60,16 @@ def tiny_flags(pipeline: str) -> list[str]:
         at = TINY_FLAGS.index("--warmup-epochs")
         return TINY_FLAGS[:at] + TINY_FLAGS[at + 2 :]
     return list(TINY_FLAGS)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (``pytest.mark.usefixtures("one_thread")``):
+    on shared cores two spinning OpenMP threads run small kernels up to ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

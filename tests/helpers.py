@@ -7,6 +7,8 @@ are small enough that any pruning method finishes in milliseconds on a CPU.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -189,3 +191,41 @@ def tiny_options(method: str) -> dict[str, object]:
     fields = {f.name for f in dataclasses.fields(sfpk.pruner_class(method).Options)}
     cheap = {"rounds": 3, "num_steps": 3, "num_particles": 2, "batches": 2}
     return {k: v for k, v in cheap.items() if k in fields}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gloo_rank(rank: int, world: int, port: int, out_dir: str, work: Callable[[int], Any]) -> None:
+    """One spawned rank: join the gloo group on 127.0.0.1 as torchrun would, save work(rank)."""
+    import datetime
+    import os
+
+    from sfpk import distributed
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    if not distributed.init_from_env("cpu", timeout=datetime.timedelta(seconds=60)):
+        raise RuntimeError("init_from_env ignored the torchrun environment")
+    try:
+        torch.save(work(rank), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        distributed.shutdown()
+
+
+def run_gloo_ranks(work: Callable[[int], Any], world: int, out: Path) -> list[Any]:
+    """``work(rank)`` on each of ``world`` spawned gloo processes (one thread each), the
+    results in rank order. ``work`` must be picklable (a module-level function or a
+    ``functools.partial`` of one)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_rank, args=(world, _free_port(), str(out), work), nprocs=world, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]

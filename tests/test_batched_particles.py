@@ -11,13 +11,7 @@ from sfpk.errors import ConfigError
 from sfpk.models import create
 from sfpk.pruners.particles.batching import particle_grads, resolve_batching
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
 def _cnn1d() -> nn.Module:

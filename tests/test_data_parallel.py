@@ -3,19 +3,16 @@ batch; masks stay exact on every rank; sharded evaluation gives the single-proce
 
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DistributedSampler, Subset, TensorDataset
 
 import sfpk
+from helpers import run_gloo_ranks
 from sfpk import distributed
 from sfpk.data import make_loader
 from sfpk.train import OptimizerConfig, Trainer
@@ -54,30 +51,9 @@ def _train(world: int, rank: int) -> dict[str, Any]:
     }
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    distributed.init_from_env("cpu", timeout=datetime.timedelta(seconds=60))
-    try:
-        torch.save(_train(WORLD, rank), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        distributed.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict[str, Any]]:
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_gloo_ranks(partial(_train, WORLD), WORLD, tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.fixture(scope="module")

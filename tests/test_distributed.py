@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import sfpk
-from helpers import model_and_batches
+from helpers import model_and_batches, run_gloo_ranks
 from sfpk import distributed
 from sfpk.errors import ConfigError
 
@@ -69,37 +64,19 @@ def _run_all() -> dict[str, dict[str, Any]]:
     return {name: _run_case(name, trace=name == "uneven") for name in CASES}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    """One rank: join the gloo group on 127.0.0.1 as torchrun would, run the cases, save."""
-    torch.set_num_threads(1)
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    if not distributed.init_from_env("cpu", timeout=datetime.timedelta(seconds=60)):
-        raise RuntimeError("init_from_env ignored the torchrun environment")
-    try:
-        results: dict[str, Any] = _run_all()
-        replica = torch.full((3,), float(rank + 1))
-        distributed.broadcast_([replica])
-        results["broadcast"] = replica
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        distributed.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _rank_results(rank: int) -> dict[str, Any]:
+    """One rank's cases, plus a broadcast of a per-rank tensor from rank 0."""
+    results: dict[str, Any] = _run_all()
+    replica = torch.full((3,), float(rank + 1))
+    distributed.broadcast_([replica])
+    results["broadcast"] = replica
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict[str, dict[str, Any]]]:
     """Results of every case on each of 2 spawned gloo ranks (one spawn for all tests)."""
-    out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_gloo_ranks(_rank_results, WORLD, tmp_path_factory.mktemp("ranks"))
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ from sfpk.selection import SparsityCheckError, check_achieved_sparsity
 VOCAB, TOKENS, CLASSES = 30, 8, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
 def _gpt() -> nn.Module:

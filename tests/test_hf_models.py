@@ -54,13 +54,7 @@ LANGUAGE_MODELS = {"gpt2", "llama"}
 PRUNED = ["vit", "swin", "gpt2"]  # every method runs on these
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on shared cores two spinning OpenMP threads run ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,7 @@ ZOO: dict[str, tuple[str, tuple[int, ...]]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on shared cores two spinning OpenMP threads run ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
 def next_token_loss(logits: Tensor, targets: Tensor) -> Tensor:

@@ -35,13 +35,7 @@ CLASSES = 10
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on shared cores two spinning OpenMP threads run ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
 def _build(family: str, seed: int = 0) -> tuple[nn.Module, list[tuple[Tensor, Tensor]]]:

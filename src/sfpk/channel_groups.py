@@ -23,11 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .groups import Block, Coupling, Member, group_mask_shape
+from .groups import Block, Coupling, Member
 from .masks import Masks
 from .slim import coupled_channel_groups
 
@@ -74,18 +73,4 @@ def coupled_channel_masks(
             f"structure='coupled' found no prunable channel group in {type(model).__name__}: "
             "it needs conv/linear layers whose outputs feed other layers"
         )
-    coupling = Coupling(tuple(blocks))
-    names = coupling.names()
-    tensors = {
-        n: torch.ones(
-            group_mask_shape(params[n].shape, 0), device=params[n].device, dtype=params[n].dtype
-        )
-        for n in names
-    }
-    return Masks(
-        tensors,
-        shapes={n: params[n].shape for n in names},
-        structure="coupled",
-        tied_biases=tied,
-        coupling=coupling,
-    )
+    return Masks.coupled_ones(model, Coupling(tuple(blocks)), "coupled", tied)

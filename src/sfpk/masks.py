@@ -200,6 +200,21 @@ class Masks(Mapping[str, Tensor]):
         """All-ones head/neuron masks over the groups whose every member is prunable."""
         coupling = find_groups(model, kinds, keep=lambda name: name in prunable)
         params = dict(model.named_parameters())
+        rows = {n: params[n] for n in coupling.names() if coupling.dim_of(n) == 0}
+        return cls.coupled_ones(model, coupling, structure, tied_biases(model, rows))
+
+    @classmethod
+    def coupled_ones(
+        cls,
+        model: nn.Module,
+        coupling: Coupling,
+        structure: Structure,
+        tied: Mapping[str, str],
+    ) -> Masks:
+        """All-ones masks of a coupled ``structure`` over the members of ``coupling``:
+        row masks for dim-0 members, column masks for dim-1 ones; ``tied`` parameters
+        (bias name -> weight name) follow their weight's mask."""
+        params = dict(model.named_parameters())
         names = coupling.names()
         tensors = {
             n: torch.ones(
@@ -209,12 +224,11 @@ class Masks(Mapping[str, Tensor]):
             )
             for n in names
         }
-        rows = {n: params[n] for n in names if coupling.dim_of(n) == 0}
         return cls(
             tensors,
             shapes={n: params[n].shape for n in names},
             structure=structure,
-            tied_biases=tied_biases(model, rows),
+            tied_biases=tied,
             coupling=coupling,
         )
 

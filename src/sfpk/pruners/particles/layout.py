@@ -50,20 +50,19 @@ class FlatLayout:
         self.names: list[str] = list(masks)
         self.shapes = [tuple(masks[n].shape) for n in self.names]
         sizes = [masks[n].numel() for n in self.names]
-        first_param = params[self.names[0]]
         # Coupled heads/neurons: mask name -> the group index of each of its entries.
         self.groups: dict[str, Tensor] | None = None
         if masks.coupling is not None:
             owners = masks.coupling.entry_groups(masks.shapes)
-            self.groups = {n: owners[n].to(first_param.device) for n in self.names}
+            self.groups = {n: owners[n].to(params[n].device) for n in self.names}
             sizes = masks.coupling.block_sizes()
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         self.segments = tuple((s, s + k) for s, k in zip(starts, sizes, strict=True))
         self.num_entries = sum(sizes)
         self.total_weights = masks.total_weights()
-        # Entries gate several weights (filter, channel, head, neuron; not N:M).
-        self.structured = masks.structure != "unstructured" and parse_nm(masks.structure) is None
         self.nm = parse_nm(masks.structure)  # (N, M) of an N:M mask set, else None
+        # Entries gate several weights (filter, channel, head, neuron; not N:M).
+        self.structured = masks.structure != "unstructured" and self.nm is None
         self.tied = {b: w for b, w in masks.tied_biases.items() if b not in masks}
         self.theta: dict[str, Tensor] = {n: params[n].detach() for n in [*self.names, *self.tied]}
         if mask_weights:
@@ -73,8 +72,11 @@ class FlatLayout:
                     self.theta[name] = theta * (mask != 0).to(theta.device, theta.dtype)
         first = self.theta[self.names[0]]
         self.dtype, self.device = first.dtype, first.device
+        self.layer_ids = torch.cat(
+            [torch.full((k,), i, dtype=torch.long) for i, k in enumerate(sizes)]
+        ).to(self.device)
         if self.groups is not None:
-            self._init_groups(masks, sizes)
+            self._init_groups(masks, len(sizes))
             return
         counts = [masks.weights_per_entry(n) for n in self.names]
 
@@ -89,9 +91,6 @@ class FlatLayout:
                     for k, c in zip(sizes, counts, strict=True)
                 ]
             )
-        self.layer_ids = torch.cat(
-            [torch.full((k,), i, dtype=torch.long) for i, k in enumerate(sizes)]
-        ).to(self.device)
         self.layer_totals = torch.tensor(
             [float(self.theta[n].numel()) for n in self.names], dtype=torch.float64
         ).to(self.device)
@@ -110,16 +109,12 @@ class FlatLayout:
             self.sq_theta_root = self.abs_theta
         self.alive = (self.abs_theta > 0).to(self.dtype)
 
-    def _init_groups(self, masks: Masks, sizes: list[int]) -> None:
+    def _init_groups(self, masks: Masks, blocks: int) -> None:
         """The per-group constants of coupled head/neuron masks (one coordinate per group)."""
         assert self.groups is not None and masks.coupling is not None
         buffer = dict(dtype=self.dtype, device=self.device)
-        self.num_entries = masks.coupling.num_groups
         self.entry_weight = masks.coupling.group_weights(masks.shapes).to(**buffer)
-        self.layer_ids = torch.cat(
-            [torch.full((k,), i, dtype=torch.long) for i, k in enumerate(sizes)]
-        ).to(self.device)
-        self.layer_totals = torch.zeros(len(sizes), dtype=torch.float64, device=self.device)
+        self.layer_totals = torch.zeros(blocks, dtype=torch.float64, device=self.device)
         self.layer_totals.index_add_(0, self.layer_ids, self.entry_weight.to(torch.float64))
         abs_sum = torch.zeros(self.num_entries, **buffer)
         sq_sum = torch.zeros(self.num_entries, **buffer)
