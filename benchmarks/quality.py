@@ -49,7 +49,11 @@ figure ``RESULTS/quality.png``.
 
 Usage:
     nice -n 19 python benchmarks/quality.py [--jobs 2] [--quick | --tiny]
-        [--out benchmarks/results/quality] [--report-only]
+        [--out benchmarks/results/quality] [--report-only] [--families filter [--rerun]]
+
+A cell whose run folder is absent keeps its row of an earlier ``cells.csv``, so one family
+can be rerun alone (``--families filter --rerun`` after a fix to filter masks) without
+losing the others' results.
 """
 
 from __future__ import annotations
@@ -85,6 +89,10 @@ CSV_FIELDS = (
     "family", "data", "model", "method", "sparsity", "seed", "dense", "pruned", "last_k",
     "final", "k", "achieved_sparsity", "guard_rescued", "prune_seconds", "seconds", "run",
 )  # fmt: skip
+_CSV_TYPES = {"sparsity": float, "seed": int, "dense": float, "pruned": float, "last_k": float,
+              "final": float, "k": int, "achieved_sparsity": float, "guard_rescued": int,
+              "prune_seconds": float, "seconds": float}  # fmt: skip
+FAMILIES = ("unstructured", "iterative", "filter")
 
 
 @dataclass(frozen=True)
@@ -435,12 +443,44 @@ def plot(table: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def report(cells: list[Cell], runs: Path, results: Path) -> list[dict[str, Any]]:
-    """Collect finished cells, print the tables, write cells.csv, table.json and the figure."""
-    rows = [row for cell in cells if (row := read_row(cell, runs)) is not None]
+def recorded_rows(results: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier ``RESULTS/cells.csv`` by run name (typed), or none.
+
+    A cell whose run folder is gone (a study rerun elsewhere, or a family rerun with
+    ``--families``) keeps its recorded result instead of vanishing from the report.
+    """
+    path = results / "cells.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        row["run"]: {k: _CSV_TYPES.get(k, str)(v) if v != "" else None for k, v in row.items()}
+        for row in rows
+    }
+
+
+def report(
+    cells: list[Cell], runs: Path, results: Path, *, rerun: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """Collect finished cells, print the tables, write cells.csv, table.json and the figure.
+
+    A cell without a run folder takes its row from the earlier ``cells.csv``, unless its
+    family is in ``rerun`` (those results are superseded, e.g. after a fix).
+    """
+    recorded = recorded_rows(results)
+    rerun = set(rerun)
+    rows = []
+    for cell in cells:
+        row = read_row(cell, runs)
+        if row is None and cell.family not in rerun:
+            row = recorded.get(cell.name)
+        if row is not None:
+            rows.append(row)
     table = aggregate(rows)
     print(format_tables(table, cells))
-    missing = [c.name for c in cells if read_row(c, runs) is None]
+    finished = {row["run"] for row in rows}
+    missing = [c.name for c in cells if c.name not in finished]
     print(f"\n{len(rows)} of {len(cells)} cells finished" +
           (f"; missing: {len(missing)}" if missing else ""))  # fmt: skip
     results.mkdir(parents=True, exist_ok=True)
@@ -467,7 +507,19 @@ def main(argv: Iterable[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--out", default=None, help="results folder (runs/ inside it)")
     parser.add_argument("--jobs", type=int, default=2, help="cells run at once")
     parser.add_argument("--report-only", action="store_true", help="only collect and report")
+    parser.add_argument(
+        "--families", default=",".join(FAMILIES),
+        help="comma-separated families to run (the others keep their rows of cells.csv)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rerun", action="store_true",
+        help="discard the recorded rows of --families (results made before a fix)",
+    )  # fmt: skip
     args = parser.parse_args(None if argv is None else list(argv))
+    families = [f for f in args.families.split(",") if f]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        parser.error(f"--families: unknown {unknown}; choose from {', '.join(FAMILIES)}")
     kind = "tiny" if args.tiny else "quick" if args.quick else "full"
     budget = Budget(pretrain_epochs=1, epochs=1, warmup_epochs=0, last_k=1) if args.tiny \
         else Budget()  # fmt: skip
@@ -475,10 +527,11 @@ def main(argv: Iterable[str] | None = None) -> list[dict[str, Any]]:
     runs = results / "runs"
     cells = grid(kind)
     if not args.report_only:
-        for data in sorted({c.data for c in cells}):
+        chosen = [c for c in cells if c.family in families]
+        for data in sorted({c.data for c in chosen}):
             dense_weights(runs, data, budget)
-        run_cells(cells, runs, budget, args.jobs)
-    return report(cells, runs, results)
+        run_cells(chosen, runs, budget, args.jobs)
+    return report(cells, runs, results, rerun=families if args.rerun else ())
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def _run(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], sfpk.Masks, l
         structure=STRUCTURE.get(name),
         observer=sfpk.PruneObserver(trace=steps.append),
         collapse_guard="off",  # the reference has no guard
+        protect_output=False,  # and its filter masks cut the classifier's class rows
         **_SFPK_COMMON,
         **options,
     ).masks

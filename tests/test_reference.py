@@ -45,6 +45,7 @@ def test_oneshot_readme_command_maps_every_flag():
     assert o["data.dataset"] == "cifar100" and o["model.name"] == "resnet20"
     assert o["run.seed"] == 0 and o["data.num_workers"] == 8
     assert o["prune.include_bias"] is True
+    assert o["prune.protect_output"] is False  # its filter masks cut the class rows
     assert o["prune.options"] == {
         "num_steps": 100,
         "radius_ratio": 1.4,

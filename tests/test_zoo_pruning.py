@@ -96,8 +96,16 @@ def _groups(module: nn.Module, structure: str) -> int:
 
 
 def _assert_local_exact(model: nn.Module, masks: Masks, structure: str, sparsity: float) -> None:
+    """Exact per-layer counts; filter masks leave the classifier (rows = classes) alone."""
     layers = _layers(model)
-    expected = [n for n, m in layers.items() if structure == "filter" or _groups(m, structure) > 1]
+    classifier = list(layers)[-1]
+    assert layers[classifier].weight.shape[0] == CLASSES
+    expected = [
+        n
+        for n, m in layers.items()
+        if (structure == "filter" and n != classifier)
+        or (structure == "channel" and _groups(m, structure) > 1)
+    ]
     assert list(masks) == expected
     for name in masks:
         groups = _groups(layers[name], structure)
@@ -155,14 +163,15 @@ def _conv_outputs(model: nn.Module, inputs: Tensor) -> dict[str, Tensor]:
 
 
 def test_pruned_filters_emit_exactly_zero_on_a_resnet():
-    """Filter masks silence a conv's output channel exactly, the biased conv classifier too."""
+    """Filter masks silence a conv's output channel exactly, the biased conv classifier too
+    (pruned as the reference does, with protect_output=False)."""
     torch.manual_seed(0)
     model = create("resnet32", num_classes=CLASSES)  # the reference's 1x1-conv classifier
     nn.init.constant_(model.fc.bias, 1.0)  # a live bias must not leak through a pruned filter
     inputs = torch.randn(2, 3, 32, 32)
     masks = sfpk.prune(
         model, [(inputs, torch.zeros(2, dtype=torch.long))], method="mag", sparsity=0.5,
-        scope="local", structure="filter",
+        scope="local", structure="filter", protect_output=False,
     )  # fmt: skip
     assert masks.tied_biases == {"fc.bias": "fc.weight"}
     masks.apply(model)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .collapse import GUARDS, Guard
 from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
 from .masks import SCOPES, Masks, Scope, prunable_parameters
+from .output_layers import declared_output_layers, find_output_layers, output_parameter_names
 from .precision import check_precision
 from .prunable import Structure, check_structure, parse_nm
 from .pruners.base import (
@@ -56,6 +57,7 @@ def prune(
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     progress: bool = False,
     collapse_guard: Guard = "row",
+    protect_output: bool = True,
     particle_batching: str = "auto",
     precision: str = "fp32",
     **options: Any,
@@ -92,6 +94,11 @@ def prune(
             layer (``"layer"``) or none (``"off"``) in unstructured global/local cuts, so
             extreme sparsity never disconnects a layer; counts stay exact, and what it did
             is in the masks' ``collapse_guard`` (:mod:`sfpk.collapse`).
+        protect_output: with ``structure="filter"``, leave the layers that produce the
+            model's output unpruned: their filters are the outputs themselves (a
+            classifier's classes). Found from one input of ``data``, or declared by the model
+            as ``sfpk_output_layers`` (:mod:`sfpk.output_layers`). False prunes them as the
+            reference implementation does.
         particle_batching: SFPK/SpODE's n forward+backward passes one per particle
             (``"loop"``), in one vmapped pass (``"vmap"``), or ``"auto"`` (vmap on GPUs, the
             loop on CPU); the results agree to fp32 tolerance.
@@ -126,6 +133,7 @@ def prune(
         loss_fn=loss_fn,
         observer=PruneObserver(progress=progress),
         collapse_guard=collapse_guard,
+        protect_output=protect_output,
         particle_batching=particle_batching,
         precision=precision,
         **options,
@@ -150,6 +158,7 @@ def run_pruner(
     observer: PruneObserver | None = None,
     distributed: bool | None = None,
     collapse_guard: Guard = "row",
+    protect_output: bool = True,
     particle_batching: str = "auto",
     precision: str = "fp32",
     **options: Any,
@@ -170,7 +179,7 @@ def run_pruner(
     """
     pruner, masks, sparsity, scope = _checked_call(
         model, data, method, sparsity, scope, structure, seed, masks, include, exclude,
-        include_bias, collapse_guard, options,
+        include_bias, collapse_guard, protect_output, options,
     )  # fmt: skip
     check_choice("particle_batching", particle_batching, BATCHINGS)
     device = next(model.parameters()).device
@@ -236,6 +245,7 @@ def check_pruning(
     exclude: Sequence[str] | None = None,
     include_bias: bool = False,
     collapse_guard: Guard = "row",
+    protect_output: bool = True,
     data: Iterable[Batch] | None = None,
     **options: Any,
 ) -> Masks:
@@ -243,14 +253,15 @@ def check_pruning(
 
     The same checks :func:`run_pruner` makes before any work (the pipelines call this
     before a run's folder exists). Returns the starting masks. ``data`` (one batch is
-    enough) is needed only by ``structure="coupled"``, which traces the model.
+    enough) is needed only by ``structure="coupled"`` and by ``"filter"`` with
+    ``protect_output``, which trace the model.
 
     Raises:
         ConfigError: as :func:`prune`; NonFiniteError: NaN or inf in the model's weights.
     """
     return _checked_call(
         model, data, method, sparsity, scope, structure, seed, masks, include, exclude,
-        include_bias, collapse_guard, options,
+        include_bias, collapse_guard, protect_output, options,
     )[1]  # fmt: skip
 
 
@@ -267,6 +278,7 @@ def _checked_call(
     exclude: Sequence[str] | None,
     include_bias: bool,
     collapse_guard: Guard,
+    protect_output: bool,
     options: dict[str, Any],
 ) -> tuple[Pruner, Masks, float, Scope]:
     """Every argument check of a pruning call: the pruner, the starting masks, the resolved
@@ -276,6 +288,10 @@ def _checked_call(
     check_seed(seed)
     check_model(model)
     check_structure(structure or "unstructured")
+    if not isinstance(protect_output, bool):
+        raise ConfigError(f"protect_output={protect_output!r} must be True or False")
+    if masks is None and structure == "filter" and protect_output:
+        exclude = _exclude_output_layers(model, data, include, exclude, include_bias)
     masks = _starting_masks(model, data, masks, sparsity, structure, include, exclude, include_bias)
     nm = parse_nm(masks.structure)
     if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
@@ -337,14 +353,55 @@ def check_finite_tensors(tensors: Mapping[str, Tensor], *, where: str) -> None:
             )
 
 
-def _example_input(data: Iterable[Batch] | None) -> Tensor:
+def _example_input(data: Iterable[Batch] | None, why: str, hint: str = "") -> Tensor:
     """One input of ``data`` without drawing from a DataLoader's random stream."""
     dataset = getattr(data, "dataset", None)
     if dataset is not None:
         return dataset[0][0].unsqueeze(0)
     for inputs, _ in data or ():
         return inputs[:1]
-    raise ConfigError("structure='coupled' traces the model on one input: the data has none")
+    raise ConfigError(
+        f"{why} traces the model on one input: the data has none" + (f"; {hint}" if hint else "")
+    )
+
+
+def _exclude_output_layers(
+    model: nn.Module,
+    data: Iterable[Batch] | None,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    include_bias: bool,
+) -> list[str] | None:
+    """``exclude`` plus the prunable parameters of the layers producing the model's output.
+
+    Filter masks on those layers would remove outputs (classes), not computation
+    (:mod:`sfpk.output_layers`).
+    """
+    layers = declared_output_layers(model)
+    if layers is None:
+        why = (
+            "structure='filter' with protect_output=True (the default) keeps the filters of "
+            "the layer producing the model's output: it"
+        )
+        hint = "pass a batch, declare model.sfpk_output_layers or pass protect_output=False"
+        layers = find_output_layers(model, _example_input(data, why, hint))
+    prunable = prunable_parameters(
+        model, include=include, exclude=exclude, include_bias=include_bias
+    )
+    protected = [n for n in output_parameter_names(model, layers) if n in prunable]
+    if not protected:
+        return list(exclude) if exclude else None
+    if len(protected) == len(prunable):
+        raise ConfigError(
+            f"structure='filter': every prunable parameter ({', '.join(protected)}) belongs "
+            f"to the layer(s) producing the model's output ({', '.join(layers)}), whose "
+            "filters are the outputs; prune another structure, or pass protect_output=False"
+        )
+    log.info(
+        "structure='filter': %s produce(s) the model's output and stay unpruned "
+        "(protect_output=False prunes them)", ", ".join(layers),
+    )  # fmt: skip
+    return [*(exclude or []), *protected]
 
 
 def _starting_masks(
@@ -364,7 +421,7 @@ def _starting_masks(
         prunable = prunable_parameters(
             model, include=include, exclude=exclude, include_bias=include_bias
         )
-        return coupled_channel_masks(model, _example_input(data), prunable)
+        return coupled_channel_masks(model, _example_input(data, "structure='coupled'"), prunable)
     if masks is None:
         return Masks.ones(
             model,

@@ -234,6 +234,10 @@ class PruneConfig:
     collapse_guard: Guard = _knob(
         "row", "keep >= 1 weight per output row (row), per layer (layer) or none (off)"
     )
+    protect_output: bool = _knob(
+        True,
+        "filter masks leave the layer producing the model's output (its classes) unpruned",
+    )
     exclude: list[str] = _knob(help="parameter names (globs) never pruned", factory=list)
     bn_batches: int = _knob(2, "batches for BatchNorm recalibration after pruning", ge=0)
     options: dict[str, Any] = _knob(

@@ -9,7 +9,8 @@ meaning of every flag, and converts them once, here, at the edge:
 * ``--structural`` forces per-layer scope and the channel density ``sqrt(density)``
   (method spec §1.4); sfpk then removes ``1 - sqrt(density)`` of every layer's channels
   (``--mask_dim 1``, the default) or filters (``--mask_dim 0``).
-* The reference prunes linear biases, so ``prune.include_bias`` is turned on.
+* The reference prunes linear biases, so ``prune.include_bias`` is turned on, and its
+  filter masks include the classifier's class rows, so ``prune.protect_output`` is off.
 * The reference's SynFlow schedule is pipeline rounds (``--prn_epochs``) of one scoring each.
 * ``--exp iterative`` trains with the reference's ``load_optimizer`` defaults (momentum 0 for
   ``sgd``, weight decay 5e-5, or 0.05 for ``adamw``): it ignores ``--momentum`` and
@@ -281,6 +282,7 @@ def _pruning(given: dict[str, Any], out: Translation) -> None:
     if options:
         out.overrides["prune.options"] = options
     out.overrides["prune.include_bias"] = True
+    out.overrides["prune.protect_output"] = False  # its filter masks cut the class rows too
     for key, expected in (
         ("energy_option", "CE"),
         ("mask_option", "one"),

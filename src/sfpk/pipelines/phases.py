@@ -217,6 +217,7 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         exclude=cfg.exclude or None,
         include_bias=cfg.include_bias,
         collapse_guard=cfg.collapse_guard,
+        protect_output=cfg.protect_output,
         precision=ctx.config.run.precision,
         start=_start_state(ctx, key),
         observer=_observer(ctx, key),

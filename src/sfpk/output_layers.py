@@ -1,0 +1,165 @@
+"""Which layers produce a model's output, for any ``nn.Module``.
+
+A filter mask removes whole output rows of a layer. In the layer that produces the model's
+output those rows *are* the outputs: the classes of a classifier, the vocabulary of a
+language model head. Removing them does not make the network smaller, it makes it unable to
+answer (a classifier with half its class rows removed can reach at most 50 % accuracy), so
+filter pruning leaves these layers unpruned by default (``protect_output`` of
+:func:`sfpk.prune`). The reference implementation prunes them; ``sfpk reference`` does too.
+
+How the layers are found, for a model we know nothing about:
+
+1. A model may declare them: ``model.sfpk_output_layers = ("head",)`` (module names).
+2. Otherwise the model runs once on an example input, in eval mode and with gradients
+   recorded, while forward hooks note the autograd node that produced each layer's output.
+   A walk back from the model's output tensors through the autograd graph stops at the
+   first layer outputs it meets; those layers are the output layers. Ops after the layer
+   (``log_softmax``, a temperature, a residual sum of two heads) are walked through, and a
+   layer met only *behind* another layer is never an output layer.
+
+A "layer" is any module that owns a weight of two or more dimensions (conv, linear, an
+embedding, a custom projection): the walk must stop at a layer even when it is not
+prunable, or the layer before an excluded LM head would be taken for the output layer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+__all__ = ["declared_output_layers", "find_output_layers", "output_parameter_names"]
+
+
+def declared_output_layers(model: nn.Module) -> list[str] | None:
+    """The model's ``sfpk_output_layers`` (module names), checked; None if it declares none.
+
+    Raises:
+        ConfigError: the attribute is not a sequence of names of the model's modules.
+    """
+    declared = getattr(model, "sfpk_output_layers", None)
+    if declared is None:
+        return None
+    if isinstance(declared, str) or not isinstance(declared, Sequence):
+        raise ConfigError(
+            f"{type(model).__name__}.sfpk_output_layers={declared!r} must be a sequence of "
+            "module names, e.g. ('fc',)"
+        )
+    modules = dict(model.named_modules())
+    unknown = [name for name in declared if name not in modules]
+    if unknown:
+        raise ConfigError(
+            f"{type(model).__name__}.sfpk_output_layers names no module {unknown}; "
+            f"modules with weights: {_layer_names(model)[:20]}"
+        )
+    return list(declared)
+
+
+def find_output_layers(model: nn.Module, example_input: Any) -> list[str]:
+    """Names of the modules whose outputs become ``model(example_input)``'s outputs.
+
+    Uses the model's declaration when it has one, else traces one forward pass (see the
+    module docstring). The model's modes, buffers and ``requires_grad`` flags are restored.
+
+    Raises:
+        ConfigError: the output depends on no layer (nothing to protect is then an error of
+            the model, not a reason to prune its outputs silently).
+    """
+    declared = declared_output_layers(model)
+    if declared is not None:
+        return declared
+    layers = {name: module for name, module in model.named_modules() if _is_layer(module)}
+    produced: dict[Any, str] = {}
+
+    def recorder(name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            for tensor in _tensors(output):
+                if tensor.grad_fn is not None:
+                    produced.setdefault(tensor.grad_fn, name)
+
+        return hook
+
+    modes = {name: m.training for name, m in model.named_modules()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    handles = [m.register_forward_hook(recorder(n)) for n, m in layers.items()]
+    try:
+        model.eval()
+        for param in model.parameters():
+            if param.is_floating_point():
+                param.requires_grad_(True)
+        with torch.enable_grad():
+            output = model(example_input)
+        found = _nearest_layers(list(_tensors(output)), produced)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, module in model.named_modules():
+            module.train(modes[name])
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags[name])
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+    if not found:
+        raise ConfigError(
+            f"{type(model).__name__}'s output depends on none of its layers "
+            f"({len(layers)} modules with weights); declare model.sfpk_output_layers or "
+            "pass protect_output=False"
+        )
+    order = list(layers)
+    return sorted(found, key=order.index)
+
+
+def output_parameter_names(model: nn.Module, layers: Sequence[str]) -> list[str]:
+    """The qualified names of the parameters the output ``layers`` own (weight and bias)."""
+    names = []
+    for layer in layers:
+        module = model.get_submodule(layer)
+        prefix = f"{layer}." if layer else ""
+        names += [prefix + name for name, _ in module.named_parameters(recurse=False)]
+    return names
+
+
+def _nearest_layers(outputs: list[Tensor], produced: dict[Any, str]) -> set[str]:
+    """Walk back from ``outputs``' autograd nodes; collect the first recorded layers met."""
+    found: set[str] = set()
+    queue = deque(t.grad_fn for t in outputs if t.grad_fn is not None)
+    seen = set(queue)
+    while queue:
+        node = queue.popleft()
+        if node in produced:
+            found.add(produced[node])
+            continue  # layers behind an output layer are not output layers
+        for parent, _ in node.next_functions:
+            if parent is not None and parent not in seen:
+                seen.add(parent)
+                queue.append(parent)
+    return found
+
+
+def _is_layer(module: nn.Module) -> bool:
+    """A module that owns a weight of >= 2 dims: conv, linear, embedding or the like."""
+    weight = module._parameters.get("weight")
+    return weight is not None and weight.dim() >= 2
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if _is_layer(module)]
+
+
+def _tensors(value: Any) -> Iterator[Tensor]:
+    """The tensors in a model output: a tensor, a tuple/list, a dict or a ModelOutput."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, dict):  # includes transformers' ModelOutput
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
