@@ -384,7 +384,8 @@ def _exclude_output_layers(
             "the layer producing the model's output: it"
         )
         hint = "pass a batch, declare model.sfpk_output_layers or pass protect_output=False"
-        layers = find_output_layers(model, _example_input(data, why, hint))
+        example = _example_input(data, why, hint).to(next(model.parameters()).device)
+        layers = find_output_layers(model, example)
     prunable = prunable_parameters(
         model, include=include, exclude=exclude, include_bias=include_bias
     )
