@@ -90,6 +90,29 @@ def test_rounds_default_depends_on_pipeline():
     assert build_config("iterative", overrides={"prune.method": "mag"}).prune.rounds == 10
 
 
+def test_iterative_round_lists_default_to_the_reference_schedule_resampled(tmp_path, tiny):
+    """Unset per-round lists follow the reference's 10-round schedule, resampled to K-1
+    (first and last kept), so any --rounds works without spelling out lists; given lists
+    are kept, and the resolved lists are what config.yaml records."""
+    ten = build_config("iterative", overrides=tiny).train
+    assert ten.round_epochs == [3, 4, 5, 10, 15, 15, 20, 20, 30]
+    assert ten.round_lr_end == [5e-4, 2e-4] + [1e-4] * 7
+    three = build_config("iterative", overrides={**tiny, "prune.rounds": 3})
+    assert (three.train.round_epochs, three.train.round_lr_end) == ([3, 30], [5e-4, 1e-4])
+    assert build_config("iterative", overrides={**tiny, "prune.rounds": 2}).train.round_epochs == [
+        3
+    ]
+    twelve = build_config("iterative", overrides={**tiny, "prune.rounds": 12}).train
+    assert len(twelve.round_epochs) == 11 and twelve.round_epochs[::10] == [3, 30]
+    given = build_config(
+        "iterative", overrides={**tiny, "prune.rounds": 3, "train.round_epochs": [7]}
+    ).train
+    assert given.round_epochs == [7] and given.round_lr_end == [5e-4, 1e-4]
+    assert build_config("oneshot", overrides=tiny).train.round_epochs is None
+    path = save_config(three, tmp_path / "config.yaml")
+    assert load_config(path).train.round_epochs == [3, 30]
+
+
 def test_saved_config_round_trips(tmp_path, tiny):
     """config.yaml written by a run reloads to the same resolved config (sfpk resume)."""
     overrides = {**tiny, "prune.rounds": 2, "train.round_epochs": [1], "train.round_lr_end": [1e-3]}

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import os
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -179,6 +180,21 @@ class PretrainConfig(OptimizerConfig):
         check_positive("pretrain.epochs", self.epochs)
 
 
+# The reference's fine-tuning schedule between its 10 iterative rounds (tune_per_prn and
+# itr_lr_end of its README recipes): epochs and the cosine's end LR after rounds 1..9.
+REFERENCE_ROUND_EPOCHS: tuple[int, ...] = (3, 4, 5, 10, 15, 15, 20, 20, 30)
+REFERENCE_ROUND_LR_END: tuple[float, ...] = (5e-4, 2e-4) + (1e-4,) * 7
+
+
+def resample(values: Sequence[Any], count: int) -> list[Any]:
+    """``count`` entries of ``values`` at evenly spaced positions, first and last included
+    (a single entry: the first); the values themselves when ``count == len(values)``."""
+    if count == 1:
+        return [values[0]]
+    last = len(values) - 1
+    return [values[round(i * last / (count - 1))] for i in range(count)]
+
+
 @dataclass(frozen=True)
 class TrainConfig(OptimizerConfig):
     """Fine-tuning of the pruned network (final phase and iterative rounds).
@@ -193,14 +209,17 @@ class TrainConfig(OptimizerConfig):
     cold_start_lr: float = _knob(1e-4, "LR at the start of the warm-up", gt=0)
     fixed_lr_epochs: int = _knob(0, "final epochs held at the cosine floor", ge=0)
     report_last_k: int = _knob(5, "report the mean test accuracy of the last k epochs", ge=1)
-    round_epochs: list[int] = _knob(
-        help="iterative: fine-tuning epochs after each round but the last (K-1 or 1 values)",
-        factory=lambda: [3, 4, 5, 10, 15, 15, 20, 20, 30],
+    round_epochs: list[int] | None = _knob(
+        None,
+        "iterative: fine-tuning epochs after each round but the last (K-1 or 1 values; "
+        "default: the reference's 10-round schedule resampled to K-1)",
         ge=0,
     )
     round_lr: list[float] | None = _knob(None, "iterative: start LR per round (default: lr)", gt=0)
-    round_lr_end: list[float] = _knob(
-        help="iterative: end LR per round", factory=lambda: [5e-4, 2e-4] + [1e-4] * 7, gt=0
+    round_lr_end: list[float] | None = _knob(
+        None,
+        "iterative: end LR per round (default: the reference's, resampled to K-1)",
+        gt=0,
     )
 
     def __post_init__(self) -> None:
@@ -292,7 +311,25 @@ class Config:
     def __post_init__(self) -> None:
         check_choice("pipeline", self.pipeline, PIPELINES)
         self._check_epoch_budget()
+        self._default_round_lists()
         self._check_round_lists()
+
+    def _default_round_lists(self) -> None:
+        """Unset per-round lists of an iterative run: the reference's 10-round schedule
+        (:data:`REFERENCE_ROUND_EPOCHS`, :data:`REFERENCE_ROUND_LR_END`) resampled to the
+        run's K-1 fine-tunings, so ``--rounds 3`` works without spelling out lists."""
+        t = self.train
+        rounds = self.prune.rounds  # None until build_config resolves it
+        if self.pipeline != "iterative" or rounds is None:
+            return
+        if None not in (t.round_epochs, t.round_lr_end):
+            return
+        fine_tunings = max(1, rounds - 1)
+        self.train = dataclasses.replace(
+            t,
+            round_epochs=t.round_epochs or resample(REFERENCE_ROUND_EPOCHS, fine_tunings),
+            round_lr_end=t.round_lr_end or resample(REFERENCE_ROUND_LR_END, fine_tunings),
+        )
 
     def _check_epoch_budget(self) -> None:
         t = self.train
