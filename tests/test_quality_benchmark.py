@@ -62,3 +62,48 @@ def test_tiny_study_runs_once_then_skips_and_writes_a_well_formed_row(tmp_path, 
     (entry,) = table["table"]
     assert entry["seeds"] == [0] and entry["last_k_mean"] == row["last_k"]
     assert (out / "quality.png").stat().st_size > 0
+
+
+def test_cells_without_run_folders_keep_their_recorded_rows_unless_rerun(tmp_path, capsys):
+    """A family rerun alone (--families F --rerun) must not lose the other cells' results,
+    and must not mix the superseded rows of F into the report."""
+    quality = _load_quality()
+    kept = quality.Cell("unstructured", "digits", "mag", 0.9, 0)
+    redone = quality.Cell("filter", "digits", "mag", 0.5, 0)
+    results = tmp_path / "quality"
+    results.mkdir()
+    rows = [
+        {
+            **dict.fromkeys(quality.CSV_FIELDS, ""),
+            "family": cell.family,
+            "data": cell.data,
+            "model": "cnn_digits",
+            "method": cell.method,
+            "sparsity": cell.sparsity,
+            "seed": 0,
+            "dense": 99.7,
+            "pruned": pruned,
+            "last_k": 99.0,
+            "final": 99.0,
+            "k": 3,
+            "achieved_sparsity": cell.sparsity,
+            "guard_rescued": 0,
+            "prune_seconds": 1.0,
+            "seconds": 2.0,
+            "run": cell.name,
+        }  # fmt: skip
+        for cell, pruned in ((kept, 98.1), (redone, 60.0))
+    ]
+    with (results / "cells.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=quality.CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    recorded = quality.recorded_rows(results)
+    assert recorded[kept.name]["pruned"] == 98.1 and recorded[kept.name]["seed"] == 0
+    both = quality.report([kept, redone], results / "runs", results)
+    assert [r["run"] for r in both] == [kept.name, redone.name]
+    only = quality.report([kept, redone], results / "runs", results, rerun=["filter"])
+    assert [r["run"] for r in only] == [kept.name]
+    assert "1 of 2 cells finished; missing: 1" in capsys.readouterr().out
+    with (results / "cells.csv").open() as handle:
+        assert [r["run"] for r in csv.DictReader(handle)] == [kept.name]
