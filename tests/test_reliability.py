@@ -333,6 +333,13 @@ def _prune(make=_mlp, **kwargs):
 
 _SFPK = {"method": "sfpk", "num_steps": 2, "num_particles": 2}
 
+
+def _mlp_head() -> str:
+    """The module name of the last Linear of :func:`_mlp`'s model (its classifier)."""
+    model, _ = _mlp()
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
 API_ROWS = [
     ApiRow("api-sparsity-string", _prune(sparsity="0.5"), ConfigError,
            r"sparsity='0.5' must be a finite number in \(0, 1\)"),
@@ -361,7 +368,16 @@ API_ROWS = [
     ApiRow("api-meta-model", _prune(_meta_model), ConfigError, r"is on the 'meta' device"),
     ApiRow("api-integer-weights", _prune(_int_model), ConfigError,
            r"has dtype torch.int32; pruning needs floating-point weights"),
+    ApiRow("api-filter-no-data", lambda: sfpk.prune(_mlp()[0], None, method="mag",
+           sparsity=0.5, structure="filter"), ConfigError,
+           r"structure='filter' with protect_output=True .* the data has none; pass a batch"),
+    ApiRow("api-filter-only-output-layer",
+           _prune(structure="filter", include=[f"{_mlp_head()}.weight"]), ConfigError,
+           r"every prunable parameter .* belongs to the layer\(s\) producing the model's"),
+    ApiRow("api-protect-output-text", _prune(protect_output="no"), ConfigError,
+           r"protect_output='no' must be True or False"),
 ]  # fmt: skip
+
 
 
 @pytest.mark.parametrize("row", API_ROWS, ids=[r.id for r in API_ROWS])
