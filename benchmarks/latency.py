@@ -38,12 +38,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch._dynamo
+import torch._inductor.config
 from torch import nn
 
 import sfpk
 from sfpk.export import Architecture
+from sfpk.inference import fold_batchnorm
 from sfpk.masks import Masks
-from sfpk.onnx_export import export_onnx, onnx_session
+from sfpk.onnx_export import export_onnx, onnx_session, require_onnx
 from sfpk.slim import ChannelGroup, coupled_channel_groups, slim_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -170,14 +173,108 @@ def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     return run
 
 
+def _folded_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """Eager torch on :func:`sfpk.inference.fold_batchnorm`'s copy (no BatchNorm passes)."""
+    return _torch_runner(fold_batchnorm(model, x[:2]), x)
+
+
+def _torchscript_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """Traced, frozen (BatchNorm folded) and ``optimize_for_inference``-d TorchScript.
+
+    On CPU, ``optimize_for_inference`` also moves the convs to oneDNN's blocked layout and
+    fuses conv + ReLU.
+    """
+    with torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(model, x))
+        frozen = torch.jit.optimize_for_inference(frozen)
+
+    def run() -> object:
+        with torch.no_grad():
+            return frozen(x)
+
+    return run
+
+
+def _inductor_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """``torch.compile`` (inductor, static shapes) with freezing: weights become constants,
+    BatchNorm is folded, convs use prepacked oneDNN weights with ReLU / add fused in, and the
+    remaining elementwise work is generated C++ (needs a C++ compiler)."""
+    torch._inductor.config.freezing = True
+    compiled = torch.compile(model, dynamic=False, fullgraph=True)
+
+    def run() -> object:
+        with torch.no_grad():
+            return compiled(x)
+
+    return run
+
+
 def _onnx_runner(path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
     session = onnx_session(path, threads=threads)
+    level = session.get_session_options().graph_optimization_level
+    if level.name != "ORT_ENABLE_ALL":  # Conv+BN(+ReLU, +Add) fusion and NCHWc layouts
+        raise RuntimeError(f"onnxruntime session at {level.name}, expected ORT_ENABLE_ALL")
     feed = {"input": x.numpy()}
-    return lambda: session.run(None, feed)
+    return lambda: session.run(None, feed)[0]
+
+
+def ort_layout(path: Path) -> dict[str, int]:
+    """Node counts of onnxruntime's optimised graph of ``path`` (ORT_ENABLE_ALL, this CPU).
+
+    ``reorders``: layout conversions between NCHW and the blocked NCHWc layout (ORT's
+    ``ReorderInput`` / ``ReorderOutput``, a pass over the tensor each); ``plain_convs``: convs
+    left in NCHW (not converted to NCHWc, whose kernels need channel counts that are
+    multiples of the SIMD block, 16 floats with AVX-512, 8 with AVX2).
+    """
+    onnx, ort = require_onnx()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3  # ORT warns that the saved graph is CPU-specific
+    with tempfile.TemporaryDirectory() as tmp:
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(options.optimized_model_filepath).graph.node
+    return {
+        "reorders": sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in nodes),
+        "plain_convs": sum(
+            n.op_type in ("Conv", "FusedConv") and n.domain != "com.microsoft.nchwc" for n in nodes
+        ),
+    }
+
+
+TORCH_RUNTIMES: dict[str, Callable[[nn.Module, torch.Tensor], Callable[[], object]]] = {
+    "torch": _torch_runner,
+    "torch-folded": _folded_runner,
+    "torchscript": _torchscript_runner,
+    "inductor": _inductor_runner,
+}
+RUNTIMES = [*TORCH_RUNTIMES, "onnxruntime"]
+
+
+def _runners(
+    runtime: str,
+    models: dict[str, nn.Module],
+    files: dict[str, Path],
+    x: torch.Tensor,
+    threads: int,
+) -> tuple[Callable[[], object], Callable[[], object]]:
+    """Dense and slim runners of ``runtime``, each checked against eager torch on ``x``."""
+    if runtime == "onnxruntime":
+        pair = tuple(_onnx_runner(files[k], x, threads) for k in ("dense", "slim"))
+    else:
+        if runtime == "inductor":
+            torch._dynamo.reset()  # one compiled dense/slim pair alive at a time
+        pair = tuple(TORCH_RUNTIMES[runtime](models[k], x) for k in ("dense", "slim"))
+    for label, runner in zip(("dense", "slim"), pair, strict=True):
+        with torch.no_grad():
+            expected = models[label](x)
+        got = torch.as_tensor(runner())
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3, msg=f"{runtime} {label}")
+    return pair
 
 
 def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) -> list[dict]:
-    """Rows (torch and onnxruntime, batch 1 and 64) for one model and sparsity."""
+    """Rows (every runtime of ``args.runtimes``, every batch size) for one model and sparsity."""
     arch = Architecture(name, num_classes=10, input_shape=INPUT_SHAPE)
     torch.manual_seed(0)
     dense = arch.build().eval()
@@ -190,21 +287,21 @@ def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) 
     dense_costs = sfpk.count(dense, INPUT_SHAPE)
     slim_costs = sfpk.count(slim, INPUT_SHAPE)
     torch.testing.assert_close(slim(sample), masked(sample), atol=1e-4, rtol=1e-3)
-    files = {}
-    for label, module in (("dense", dense), ("slim", slim)):
-        files[label] = export_onnx(module, folder / f"{name}-{sparsity}-{label}.onnx", sample)
+    files, layout = {}, {}
+    if "onnxruntime" in args.runtimes:
+        for label, module in (("dense", dense), ("slim", slim)):
+            path = folder / f"{name}-{sparsity}-{label}.onnx"
+            files[label] = export_onnx(module, path, sample)
+            for key, count in ort_layout(files[label]).items():
+                layout[f"{label}_ort_{key}"] = count
+    widths = sorted({(g.size, g.size - _cut(g.size, fraction, args.round_to)) for g in groups})
     rows = []
     for batch in args.batches:
         x = torch.randn(batch, *INPUT_SHAPE, generator=torch.Generator().manual_seed(batch))
         inner = max(1, args.inner // batch)
-        runners = {
-            "torch": (_torch_runner(dense, x), _torch_runner(slim, x)),
-            "onnxruntime": (
-                _onnx_runner(files["dense"], x, args.threads),
-                _onnx_runner(files["slim"], x, args.threads),
-            ),
-        }
-        for runtime, (run_dense, run_slim) in runners.items():
+        for runtime in args.runtimes:
+            models = {"dense": dense, "slim": slim}
+            run_dense, run_slim = _runners(runtime, models, files, x, args.threads)
             times = _time_pair(run_dense, run_slim, args.repeats, inner)
             reduction = dense_costs.macs / slim_costs.macs
             rows.append(
@@ -214,6 +311,7 @@ def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) 
                     "achieved_weight_sparsity": 1 - _weights(slim) / _weights(dense),
                     "mask_sparsity": masks.sparsity(),
                     "channel_fraction": fraction,
+                    "kept_channels": " ".join(f"{a}->{b}" for a, b in widths),
                     "runtime": runtime,
                     "batch": batch,
                     **times,
@@ -222,11 +320,19 @@ def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) 
                     "mac_reduction": reduction,
                     "speedup_over_mac_reduction": times["speedup"] / reduction,
                     "target_met": times["speedup"] >= 0.7 * reduction if batch == 64 else None,
+                    **{
+                        key: layout.get(key) if runtime == "onnxruntime" else None
+                        for key in _LAYOUT_KEYS
+                    },
                 }
             )
             print(_line(rows[-1]), flush=True)
     return rows
 
+
+_LAYOUT_KEYS = [
+    f"{label}_ort_{key}" for label in ("dense", "slim") for key in ("reorders", "plain_convs")
+]
 
 HEADER = (
     "| model | removed (slim weights) | runtime | batch | dense ms | slim ms | speed-up "
@@ -254,6 +360,14 @@ def main() -> None:
     parser.add_argument(
         "--round-to", type=int, default=1, help="keep a multiple of this many channels per group"
     )
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=RUNTIMES,
+        default=["torch", "onnxruntime"],
+        help="eager torch, torch with BatchNorm folded, frozen TorchScript, torch.compile "
+        "(inductor, freezing) and onnxruntime (ORT_ENABLE_ALL); dense and slim alike",
+    )
     parser.add_argument("--tag", default="", help="results go to latency-TAG.csv / .json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -277,13 +391,16 @@ def main() -> None:
         "repeats": args.repeats,
         "inner_samples": args.inner,
         "round_to": args.round_to,
+        "runtimes": args.runtimes,
+        "onnxruntime_graph_optimization": "ORT_ENABLE_ALL",
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
     }
     (RESULTS / f"{stem}.json").write_text(json.dumps({"setup": info, "rows": rows}, indent=1))
-    met = [r["target_met"] for r in rows if r["target_met"] is not None]
-    print(f"target (batch 64: speed-up >= 0.7 x MAC reduction) met in {sum(met)}/{len(met)}")
+    for runtime in args.runtimes:
+        met = [r["target_met"] for r in rows if r["runtime"] == runtime and r["batch"] == 64]
+        print(f"{runtime}: batch-64 speed-up >= 0.7 x MAC reduction in {sum(met)}/{len(met)}")
 
 
 if __name__ == "__main__":
