@@ -1,4 +1,4 @@
-"""CPU latency of dense vs slim models, in torch (eval mode) and onnxruntime.
+"""CPU latency of dense vs slim models, in five CPU runtimes (``--runtimes``).
 
 ResNet-20 and ResNet-56 from the zoo (CIFAR-10 head, random init: latency does not depend on
 the values) get filter masks that prune **coupled channel groups together**: for every group
@@ -15,7 +15,15 @@ median of the paired ratios (robust to load that changes during the run; the loa
 is recorded). Beside it: the MAC reduction of the slim model (``sfpk.count``,
 conv/linear MACs), and ``speed-up / MAC reduction``; the target is >= 0.7 at batch 64.
 
-    nice -n 19 python benchmarks/latency.py                 # a few minutes on 2 threads
+Runtimes, each applied to the dense and the slim model alike (``docs/performance.md``):
+``torch`` (eager, eval mode), ``torch-folded`` (eager after
+:func:`sfpk.inference.fold_batchnorm`), ``torchscript`` (traced, frozen,
+``optimize_for_inference``), ``inductor`` (``torch.compile`` with freezing; needs a C++
+compiler) and ``onnxruntime`` (``ORT_ENABLE_ALL``). Every runner's output is checked against
+eager torch before it is timed.
+
+    nice -n 5 python benchmarks/latency.py --threads 1 --runtimes torch torch-folded \
+        torchscript inductor onnxruntime --tag 1thread      # ~6 minutes with 1 thread
     python benchmarks/latency.py --models resnet20 --sparsities 0.5 --repeats 3   # quick
 
 Prints a Markdown table; writes ``benchmarks/results/latency.csv`` and ``latency.json``
@@ -32,22 +40,24 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch._dynamo
-import torch._inductor.config
 from torch import nn
 
 import sfpk
 from sfpk.export import Architecture
-from sfpk.inference import fold_batchnorm
 from sfpk.masks import Masks
-from sfpk.onnx_export import export_onnx, onnx_session, require_onnx
+from sfpk.onnx_export import export_onnx
 from sfpk.slim import ChannelGroup, coupled_channel_groups, slim_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency_runtimes import RUNTIMES, ort_layout, runners  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INPUT_SHAPE = (3, 32, 32)
@@ -165,128 +175,46 @@ def _time_pair(
     }
 
 
-def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    def run() -> object:
-        with torch.inference_mode():
-            return model(x)
+@dataclass(frozen=True)
+class SlimPair:
+    """A dense zoo model, its coupled filter masks and the slim model they give."""
 
-    return run
+    dense: nn.Module
+    slim: nn.Module
+    masks: Masks
+    fraction: float
+    kept_channels: str  # "16->11 32->22 64->44": each group's width, dense -> slim
 
-
-def _folded_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """Eager torch on :func:`sfpk.inference.fold_batchnorm`'s copy (no BatchNorm passes)."""
-    return _torch_runner(fold_batchnorm(model, x[:2]), x)
-
-
-def _torchscript_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """Traced, frozen (BatchNorm folded) and ``optimize_for_inference``-d TorchScript.
-
-    On CPU, ``optimize_for_inference`` also moves the convs to oneDNN's blocked layout and
-    fuses conv + ReLU.
-    """
-    with torch.no_grad():
-        frozen = torch.jit.freeze(torch.jit.trace(model, x))
-        frozen = torch.jit.optimize_for_inference(frozen)
-
-    def run() -> object:
-        with torch.no_grad():
-            return frozen(x)
-
-    return run
+    @property
+    def achieved_sparsity(self) -> float:
+        """Fraction of the dense conv/linear weights that the slim model no longer has."""
+        return 1 - _weights(self.slim) / _weights(self.dense)
 
 
-def _inductor_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """``torch.compile`` (inductor, static shapes) with freezing: weights become constants,
-    BatchNorm is folded, convs use prepacked oneDNN weights with ReLU / add fused in, and the
-    remaining elementwise work is generated C++ (needs a C++ compiler)."""
-    torch._inductor.config.freezing = True
-    compiled = torch.compile(model, dynamic=False, fullgraph=True)
-
-    def run() -> object:
-        with torch.no_grad():
-            return compiled(x)
-
-    return run
-
-
-def _onnx_runner(path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
-    session = onnx_session(path, threads=threads)
-    level = session.get_session_options().graph_optimization_level
-    if level.name != "ORT_ENABLE_ALL":  # Conv+BN(+ReLU, +Add) fusion and NCHWc layouts
-        raise RuntimeError(f"onnxruntime session at {level.name}, expected ORT_ENABLE_ALL")
-    feed = {"input": x.numpy()}
-    return lambda: session.run(None, feed)[0]
-
-
-def ort_layout(path: Path) -> dict[str, int]:
-    """Node counts of onnxruntime's optimised graph of ``path`` (ORT_ENABLE_ALL, this CPU).
-
-    ``reorders``: layout conversions between NCHW and the blocked NCHWc layout (ORT's
-    ``ReorderInput`` / ``ReorderOutput``, a pass over the tensor each); ``plain_convs``: convs
-    left in NCHW (not converted to NCHWc, whose kernels need channel counts that are
-    multiples of the SIMD block, 16 floats with AVX-512, 8 with AVX2).
-    """
-    onnx, ort = require_onnx()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3  # ORT warns that the saved graph is CPU-specific
-    with tempfile.TemporaryDirectory() as tmp:
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        nodes = onnx.load(options.optimized_model_filepath).graph.node
-    return {
-        "reorders": sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in nodes),
-        "plain_convs": sum(
-            n.op_type in ("Conv", "FusedConv") and n.domain != "com.microsoft.nchwc" for n in nodes
-        ),
-    }
-
-
-TORCH_RUNTIMES: dict[str, Callable[[nn.Module, torch.Tensor], Callable[[], object]]] = {
-    "torch": _torch_runner,
-    "torch-folded": _folded_runner,
-    "torchscript": _torchscript_runner,
-    "inductor": _inductor_runner,
-}
-RUNTIMES = [*TORCH_RUNTIMES, "onnxruntime"]
-
-
-def _runners(
-    runtime: str,
-    models: dict[str, nn.Module],
-    files: dict[str, Path],
-    x: torch.Tensor,
-    threads: int,
-) -> tuple[Callable[[], object], Callable[[], object]]:
-    """Dense and slim runners of ``runtime``, each checked against eager torch on ``x``."""
-    if runtime == "onnxruntime":
-        pair = tuple(_onnx_runner(files[k], x, threads) for k in ("dense", "slim"))
-    else:
-        if runtime == "inductor":
-            torch._dynamo.reset()  # one compiled dense/slim pair alive at a time
-        pair = tuple(TORCH_RUNTIMES[runtime](models[k], x) for k in ("dense", "slim"))
-    for label, runner in zip(("dense", "slim"), pair, strict=True):
-        with torch.no_grad():
-            expected = models[label](x)
-        got = torch.as_tensor(runner())
-        torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3, msg=f"{runtime} {label}")
-    return pair
+def build_pair(name: str, sparsity: float, round_to: int = 1) -> SlimPair:
+    """``name`` (random init, eval mode) and its slim model with ~``sparsity`` of the
+    conv/linear weights removed; the slim outputs are checked against the masked model's."""
+    torch.manual_seed(0)
+    dense = Architecture(name, num_classes=10, input_shape=INPUT_SHAPE).build().eval()
+    groups = _prunable_groups(dense)
+    fraction = _fraction_for(dense, groups, sparsity, round_to)
+    masks = coupled_filter_masks(dense, groups, fraction, round_to)
+    sample = torch.randn(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
+    slim = slim_model(dense, masks, sample)
+    masked = masks.apply(copy.deepcopy(dense))
+    torch.testing.assert_close(slim(sample), masked(sample), atol=1e-4, rtol=1e-3)
+    widths = sorted({(g.size, g.size - _cut(g.size, fraction, round_to)) for g in groups})
+    kept = " ".join(f"{a}->{b}" for a, b in widths)
+    return SlimPair(dense, slim, masks, fraction, kept)
 
 
 def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) -> list[dict]:
     """Rows (every runtime of ``args.runtimes``, every batch size) for one model and sparsity."""
-    arch = Architecture(name, num_classes=10, input_shape=INPUT_SHAPE)
-    torch.manual_seed(0)
-    dense = arch.build().eval()
-    groups = _prunable_groups(dense)
-    fraction = _fraction_for(dense, groups, sparsity, args.round_to)
-    masks = coupled_filter_masks(dense, groups, fraction, args.round_to)
+    pair = build_pair(name, sparsity, args.round_to)
+    dense, slim, masks, fraction = pair.dense, pair.slim, pair.masks, pair.fraction
     sample = torch.randn(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
-    slim = slim_model(dense, masks, sample)
-    masked = masks.apply(copy.deepcopy(dense))
     dense_costs = sfpk.count(dense, INPUT_SHAPE)
     slim_costs = sfpk.count(slim, INPUT_SHAPE)
-    torch.testing.assert_close(slim(sample), masked(sample), atol=1e-4, rtol=1e-3)
     files, layout = {}, {}
     if "onnxruntime" in args.runtimes:
         for label, module in (("dense", dense), ("slim", slim)):
@@ -294,24 +222,23 @@ def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) 
             files[label] = export_onnx(module, path, sample)
             for key, count in ort_layout(files[label]).items():
                 layout[f"{label}_ort_{key}"] = count
-    widths = sorted({(g.size, g.size - _cut(g.size, fraction, args.round_to)) for g in groups})
     rows = []
     for batch in args.batches:
         x = torch.randn(batch, *INPUT_SHAPE, generator=torch.Generator().manual_seed(batch))
         inner = max(1, args.inner // batch)
         for runtime in args.runtimes:
             models = {"dense": dense, "slim": slim}
-            run_dense, run_slim = _runners(runtime, models, files, x, args.threads)
+            run_dense, run_slim = runners(runtime, models, files, x, args.threads)
             times = _time_pair(run_dense, run_slim, args.repeats, inner)
             reduction = dense_costs.macs / slim_costs.macs
             rows.append(
                 {
                     "model": name,
                     "sparsity": sparsity,
-                    "achieved_weight_sparsity": 1 - _weights(slim) / _weights(dense),
+                    "achieved_weight_sparsity": pair.achieved_sparsity,
                     "mask_sparsity": masks.sparsity(),
                     "channel_fraction": fraction,
-                    "kept_channels": " ".join(f"{a}->{b}" for a, b in widths),
+                    "kept_channels": pair.kept_channels,
                     "runtime": runtime,
                     "batch": batch,
                     **times,
