@@ -7,6 +7,7 @@ is checked against eager torch (:func:`runners`) before it is timed.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +39,10 @@ def _torchscript_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], objec
     On CPU, ``optimize_for_inference`` also moves the convs to oneDNN's blocked layout and
     fuses conv + ReLU.
     """
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.compile (the `inductor` runtime); it is
+        # measured on purpose, as the older deployment path, so the warning is not news.
+        warnings.simplefilter("ignore", DeprecationWarning)
         frozen = torch.jit.freeze(torch.jit.trace(model, x))
         frozen = torch.jit.optimize_for_inference(frozen)
 
