@@ -46,7 +46,7 @@ def test_folded_resnet_has_no_batchnorm_and_the_same_outputs():
     model = _resnet20()
     x = torch.randn(8, 3, 32, 32)
     folded = fold_batchnorm(model, x[:2])
-    assert _batchnorms(model) == 21 and _batchnorms(folded) == 0
+    assert _batchnorms(model) == 21 and _batchnorms(folded) == 0  # stem, 18 in blocks, 2 shortcuts
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-4, rtol=1e-4)
 
@@ -100,6 +100,29 @@ def test_a_batchnorm_whose_input_is_read_elsewhere_is_kept():
     folded = fold_batchnorm(model, x)
     names = {n for n, m in folded.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     assert names == {"bn"}
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-5, rtol=1e-4)
+
+
+class _SharedConv(nn.Module):
+    """One conv called twice, each call followed by its own BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn_a = nn.BatchNorm2d(3)
+        self.bn_b = nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn_b(self.conv(self.bn_a(self.conv(x))))
+
+
+def test_a_conv_called_twice_is_not_folded():
+    """Folding one call's BatchNorm into a shared conv would change its other call."""
+    model = _random_statistics_(_SharedConv())
+    x = torch.randn(2, 3, 6, 6)
+    folded = fold_batchnorm(model, x)
+    assert _batchnorms(folded) == 2
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-5, rtol=1e-4)
 

@@ -10,6 +10,7 @@ a large share of a small CNN's CPU time (``docs/performance.md``, "CPU latency")
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from typing import Any
 
 import torch
@@ -34,8 +35,12 @@ def _trace(model: nn.Module) -> fx.GraphModule:
         ) from error
 
 
-def _foldable(graph_module: fx.GraphModule, node: fx.Node) -> fx.Node | None:
-    """The producer node whose output only ``node`` (a BatchNorm call) reads, if foldable."""
+def _foldable(graph_module: fx.GraphModule, node: fx.Node, calls: Counter[str]) -> fx.Node | None:
+    """The producer node whose output only ``node`` (a BatchNorm call) reads, if foldable.
+
+    ``calls`` counts the call sites of each module: a producer called more than once (a
+    shared conv) is not foldable, since its other calls would get the BatchNorm too.
+    """
     if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
         return None
     norm = graph_module.get_submodule(str(node.target))
@@ -45,7 +50,7 @@ def _foldable(graph_module: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     if not isinstance(source, fx.Node) or source.op != "call_module" or len(source.users) != 1:
         return None  # the un-normalised output is read elsewhere too (or is not a module's)
     producer = graph_module.get_submodule(str(source.target))
-    if not isinstance(producer, _PRODUCERS):
+    if not isinstance(producer, _PRODUCERS) or calls[str(source.target)] != 1:
         return None
     channels = producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
     return source if channels == norm.num_features else None
@@ -66,11 +71,12 @@ def fold_batchnorm(
     """An eval-mode copy of ``model`` with each BatchNorm folded into the layer before it.
 
     A BatchNorm is folded when its only input is the output of a ``Conv1d/2d/3d`` or
-    ``Linear`` module that nothing else reads, and it tracks running statistics; any other
-    BatchNorm is kept as it is. The copy is a ``torch.fx.GraphModule`` that keeps the
-    producers' names (``layer1.0.conv1``) and computes the same function as ``model.eval()``
-    up to float rounding. ``model`` is not changed. The copy is for inference only:
-    training it would no longer normalise by batch statistics.
+    ``Linear`` module that nothing else reads and that is called only there, and it tracks
+    running statistics; any other BatchNorm is kept as it is. The copy is a
+    ``torch.fx.GraphModule`` that keeps the producers' names (``layer1.0.conv1``) and
+    computes the same function as ``model.eval()`` up to float rounding. ``model`` is not
+    changed. The copy is for inference only: training it would no longer normalise by batch
+    statistics.
 
     Args:
         model: a module that ``torch.fx.symbolic_trace`` can trace (no data-dependent
@@ -95,8 +101,10 @@ def fold_batchnorm(
     """
     work = copy.deepcopy(model).eval()
     graph_module = _trace(work)
-    for node in list(graph_module.graph.nodes):
-        source = _foldable(graph_module, node)
+    nodes = list(graph_module.graph.nodes)
+    calls = Counter(str(n.target) for n in nodes if n.op == "call_module")
+    for node in nodes:
+        source = _foldable(graph_module, node, calls)
         if source is None:
             continue
         producer = graph_module.get_submodule(str(source.target))
