@@ -1,4 +1,4 @@
-"""CPU latency of dense vs slim models, in torch (eval mode) and onnxruntime.
+"""CPU latency of dense vs slim models, in five CPU runtimes (``--runtimes``).
 
 ResNet-20 and ResNet-56 from the zoo (CIFAR-10 head, random init: latency does not depend on
 the values) get filter masks that prune **coupled channel groups together**: for every group
@@ -15,7 +15,15 @@ median of the paired ratios (robust to load that changes during the run; the loa
 is recorded). Beside it: the MAC reduction of the slim model (``sfpk.count``,
 conv/linear MACs), and ``speed-up / MAC reduction``; the target is >= 0.7 at batch 64.
 
-    nice -n 19 python benchmarks/latency.py                 # a few minutes on 2 threads
+Runtimes, each applied to the dense and the slim model alike (``docs/performance.md``):
+``torch`` (eager, eval mode), ``torch-folded`` (eager after
+:func:`sfpk.inference.fold_batchnorm`), ``torchscript`` (traced, frozen,
+``optimize_for_inference``), ``inductor`` (``torch.compile`` with freezing; needs a C++
+compiler) and ``onnxruntime`` (``ORT_ENABLE_ALL``). Every runner's output is checked against
+eager torch before it is timed.
+
+    nice -n 5 python benchmarks/latency.py --threads 1 --runtimes torch torch-folded \
+        torchscript inductor onnxruntime --tag 1thread      # ~6 minutes with 1 thread
     python benchmarks/latency.py --models resnet20 --sparsities 0.5 --repeats 3   # quick
 
 Prints a Markdown table; writes ``benchmarks/results/latency.csv`` and ``latency.json``
@@ -32,9 +40,11 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,8 +53,11 @@ from torch import nn
 import sfpk
 from sfpk.export import Architecture
 from sfpk.masks import Masks
-from sfpk.onnx_export import export_onnx, onnx_session
+from sfpk.onnx_export import export_onnx
 from sfpk.slim import ChannelGroup, coupled_channel_groups, slim_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency_runtimes import RUNTIMES, ort_layout, runners  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INPUT_SHAPE = (3, 32, 32)
@@ -162,58 +175,70 @@ def _time_pair(
     }
 
 
-def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    def run() -> object:
-        with torch.inference_mode():
-            return model(x)
+@dataclass(frozen=True)
+class SlimPair:
+    """A dense zoo model, its coupled filter masks and the slim model they give."""
 
-    return run
+    dense: nn.Module
+    slim: nn.Module
+    masks: Masks
+    fraction: float
+    kept_channels: str  # "16->11 32->22 64->44": each group's width, dense -> slim
+
+    @property
+    def achieved_sparsity(self) -> float:
+        """Fraction of the dense conv/linear weights that the slim model no longer has."""
+        return 1 - _weights(self.slim) / _weights(self.dense)
 
 
-def _onnx_runner(path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
-    session = onnx_session(path, threads=threads)
-    feed = {"input": x.numpy()}
-    return lambda: session.run(None, feed)
-
-
-def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) -> list[dict]:
-    """Rows (torch and onnxruntime, batch 1 and 64) for one model and sparsity."""
-    arch = Architecture(name, num_classes=10, input_shape=INPUT_SHAPE)
+def build_pair(name: str, sparsity: float, round_to: int = 1) -> SlimPair:
+    """``name`` (random init, eval mode) and its slim model with ~``sparsity`` of the
+    conv/linear weights removed; the slim outputs are checked against the masked model's."""
     torch.manual_seed(0)
-    dense = arch.build().eval()
+    dense = Architecture(name, num_classes=10, input_shape=INPUT_SHAPE).build().eval()
     groups = _prunable_groups(dense)
-    fraction = _fraction_for(dense, groups, sparsity, args.round_to)
-    masks = coupled_filter_masks(dense, groups, fraction, args.round_to)
+    fraction = _fraction_for(dense, groups, sparsity, round_to)
+    masks = coupled_filter_masks(dense, groups, fraction, round_to)
     sample = torch.randn(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     slim = slim_model(dense, masks, sample)
     masked = masks.apply(copy.deepcopy(dense))
+    torch.testing.assert_close(slim(sample), masked(sample), atol=1e-4, rtol=1e-3)
+    widths = sorted({(g.size, g.size - _cut(g.size, fraction, round_to)) for g in groups})
+    kept = " ".join(f"{a}->{b}" for a, b in widths)
+    return SlimPair(dense, slim, masks, fraction, kept)
+
+
+def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) -> list[dict]:
+    """Rows (every runtime of ``args.runtimes``, every batch size) for one model and sparsity."""
+    pair = build_pair(name, sparsity, args.round_to)
+    dense, slim, masks, fraction = pair.dense, pair.slim, pair.masks, pair.fraction
+    sample = torch.randn(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     dense_costs = sfpk.count(dense, INPUT_SHAPE)
     slim_costs = sfpk.count(slim, INPUT_SHAPE)
-    torch.testing.assert_close(slim(sample), masked(sample), atol=1e-4, rtol=1e-3)
-    files = {}
-    for label, module in (("dense", dense), ("slim", slim)):
-        files[label] = export_onnx(module, folder / f"{name}-{sparsity}-{label}.onnx", sample)
+    files, layout = {}, {}
+    if "onnxruntime" in args.runtimes:
+        for label, module in (("dense", dense), ("slim", slim)):
+            path = folder / f"{name}-{sparsity}-{label}.onnx"
+            files[label] = export_onnx(module, path, sample)
+            for key, count in ort_layout(files[label]).items():
+                layout[f"{label}_ort_{key}"] = count
     rows = []
     for batch in args.batches:
         x = torch.randn(batch, *INPUT_SHAPE, generator=torch.Generator().manual_seed(batch))
         inner = max(1, args.inner // batch)
-        runners = {
-            "torch": (_torch_runner(dense, x), _torch_runner(slim, x)),
-            "onnxruntime": (
-                _onnx_runner(files["dense"], x, args.threads),
-                _onnx_runner(files["slim"], x, args.threads),
-            ),
-        }
-        for runtime, (run_dense, run_slim) in runners.items():
+        for runtime in args.runtimes:
+            models = {"dense": dense, "slim": slim}
+            run_dense, run_slim = runners(runtime, models, files, x, args.threads)
             times = _time_pair(run_dense, run_slim, args.repeats, inner)
             reduction = dense_costs.macs / slim_costs.macs
             rows.append(
                 {
                     "model": name,
                     "sparsity": sparsity,
-                    "achieved_weight_sparsity": 1 - _weights(slim) / _weights(dense),
+                    "achieved_weight_sparsity": pair.achieved_sparsity,
                     "mask_sparsity": masks.sparsity(),
                     "channel_fraction": fraction,
+                    "kept_channels": pair.kept_channels,
                     "runtime": runtime,
                     "batch": batch,
                     **times,
@@ -222,11 +247,19 @@ def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) 
                     "mac_reduction": reduction,
                     "speedup_over_mac_reduction": times["speedup"] / reduction,
                     "target_met": times["speedup"] >= 0.7 * reduction if batch == 64 else None,
+                    **{
+                        key: layout.get(key) if runtime == "onnxruntime" else None
+                        for key in _LAYOUT_KEYS
+                    },
                 }
             )
             print(_line(rows[-1]), flush=True)
     return rows
 
+
+_LAYOUT_KEYS = [
+    f"{label}_ort_{key}" for label in ("dense", "slim") for key in ("reorders", "plain_convs")
+]
 
 HEADER = (
     "| model | removed (slim weights) | runtime | batch | dense ms | slim ms | speed-up "
@@ -254,6 +287,14 @@ def main() -> None:
     parser.add_argument(
         "--round-to", type=int, default=1, help="keep a multiple of this many channels per group"
     )
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=RUNTIMES,
+        default=["torch", "onnxruntime"],
+        help="eager torch, torch with BatchNorm folded, frozen TorchScript, torch.compile "
+        "(inductor, freezing) and onnxruntime (ORT_ENABLE_ALL); dense and slim alike",
+    )
     parser.add_argument("--tag", default="", help="results go to latency-TAG.csv / .json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -277,13 +318,16 @@ def main() -> None:
         "repeats": args.repeats,
         "inner_samples": args.inner,
         "round_to": args.round_to,
+        "runtimes": args.runtimes,
+        "onnxruntime_graph_optimization": "ORT_ENABLE_ALL",
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
     }
     (RESULTS / f"{stem}.json").write_text(json.dumps({"setup": info, "rows": rows}, indent=1))
-    met = [r["target_met"] for r in rows if r["target_met"] is not None]
-    print(f"target (batch 64: speed-up >= 0.7 x MAC reduction) met in {sum(met)}/{len(met)}")
+    for runtime in args.runtimes:
+        met = [r["target_met"] for r in rows if r["runtime"] == runtime and r["batch"] == 64]
+        print(f"{runtime}: batch-64 speed-up >= 0.7 x MAC reduction in {sum(met)}/{len(met)}")
 
 
 if __name__ == "__main__":
