@@ -29,7 +29,6 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from .api import SEED_MAX
 from .collapse import Guard
 from .config_checks import (
     check_dataset,
@@ -52,6 +51,7 @@ from .errors import (
 from .masks import Scope
 from .precision import Precision
 from .prunable import Structure, check_structure
+from .prune_args import SEED_MAX
 from .schedules import PRETRAIN_LR_MIN
 from .train import OptimizerConfig
 

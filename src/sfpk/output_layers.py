@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .model_state import ModelState
 
 __all__ = ["declared_output_layers", "find_output_layers", "output_parameter_names"]
 
@@ -84,9 +85,7 @@ def find_output_layers(model: nn.Module, example_input: Any) -> list[str]:
 
         return hook
 
-    modes = {name: m.training for name, m in model.named_modules()}
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    saved = ModelState(model)
     handles = [m.register_forward_hook(recorder(n)) for n, m in layers.items()]
     try:
         model.eval()
@@ -99,13 +98,7 @@ def find_output_layers(model: nn.Module, example_input: Any) -> list[str]:
     finally:
         for handle in handles:
             handle.remove()
-        for name, module in model.named_modules():
-            module.train(modes[name])
-        for name, param in model.named_parameters():
-            param.requires_grad_(flags[name])
-        with torch.no_grad():
-            for name, buffer in model.named_buffers():
-                buffer.copy_(buffers[name])
+        saved.restore(model)
     if not found:
         raise ConfigError(
             f"{type(model).__name__}'s output depends on none of its layers "

@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from .. import api, distributed, models
 from .. import data as data_module
-from ..api import check_finite_tensors
 from ..checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, SfpkError, coerce
@@ -38,6 +37,7 @@ from ..index_batches import batch_taker
 from ..losses import Task, task_loss
 from ..masks import Masks
 from ..precision import check_precision
+from ..prune_args import check_finite_tensors
 from ..run import Run
 from ..train import EvalResult, OptimizerConfig, Trainer, select_device
 

@@ -1,0 +1,215 @@
+"""The argument checks of a pruning call, made before any work.
+
+:func:`sfpk.prune`, :func:`sfpk.run_pruner` and :func:`sfpk.api.check_pruning` (which the
+pipelines call before a run's folder exists) share them: the method and its options, the
+sparsity, seed and model, the structure and scope, and the starting masks, including the
+layers that filter masks leave alone (:mod:`sfpk.output_layers`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .collapse import GUARDS, Guard
+from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
+from .masks import SCOPES, Masks, Scope, prunable_parameters
+from .output_layers import declared_output_layers, find_output_layers, output_parameter_names
+from .prunable import Structure, check_structure, parse_nm
+from .pruners.base import Batch, Pruner, create_pruner
+
+__all__ = [
+    "SEED_MAX",
+    "checked_call",
+    "check_seed",
+    "check_model",
+    "check_finite_tensors",
+]
+
+log = logging.getLogger(__name__)
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes 64 bits; the pipelines derive 63-bit seeds
+
+
+def checked_call(
+    model: nn.Module,
+    data: Iterable[Batch] | None,
+    method: str,
+    sparsity: Any,
+    scope: Scope | None,
+    structure: Structure | None,
+    seed: Any,
+    masks: Masks | None,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    include_bias: bool,
+    collapse_guard: Guard,
+    protect_output: bool,
+    options: dict[str, Any],
+) -> tuple[Pruner, Masks, float, Scope]:
+    """Every argument check of a pruning call: the pruner, the starting masks, the resolved
+    sparsity and scope."""
+    pruner = create_pruner(method, **options)
+    sparsity = check_fraction("sparsity", sparsity)
+    check_seed(seed)
+    check_model(model)
+    check_structure(structure or "unstructured")
+    if not isinstance(protect_output, bool):
+        raise ConfigError(f"protect_output={protect_output!r} must be True or False")
+    if masks is None and structure == "filter" and protect_output:
+        exclude = _exclude_output_layers(model, data, include, exclude, include_bias)
+    masks = _starting_masks(model, data, masks, sparsity, structure, include, exclude, include_bias)
+    nm = parse_nm(masks.structure)
+    if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
+        raise ConfigError(
+            f"structure={masks.structure!r} removes {1.0 - nm[0] / nm[1]:g} of the masked "
+            f"weights; sparsity={sparsity!r} differs (pass sparsity={1.0 - nm[0] / nm[1]:g})"
+        )
+    if scope is None:  # a row is one filter in a structured mask: rank those globally
+        scope = pruner.default_scope if masks.structure == "unstructured" else "global"
+    check_choice("scope", scope, SCOPES)
+    check_choice("collapse_guard", collapse_guard, GUARDS)
+    return pruner, masks, sparsity, scope
+
+
+def check_seed(seed: Any) -> int:
+    """Return ``seed`` if it is an int that every generator accepts, else ConfigError."""
+    seed = check_number("seed", seed, integer=True)
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed={seed!r} must be in [0, 2**63 - 1]")
+    return seed
+
+
+def check_model(model: nn.Module) -> None:
+    """Raise unless ``model`` is an ``nn.Module`` with real, floating, finite parameters.
+
+    Raises:
+        ConfigError: not a module, no parameters, parameters on the ``meta`` device (not
+            materialised: load weights first, e.g. ``load_state_dict(..., assign=True)``)
+            or of a non-floating dtype (integer or quantised weights cannot be pruned here).
+        NonFiniteError: a parameter holds NaN or infinity (named, with the count).
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    params = list(model.named_parameters())
+    if not params:
+        raise ConfigError(f"{type(model).__name__} has no parameters to prune")
+    for name, param in params:
+        if param.is_meta:
+            raise ConfigError(
+                f"parameter {name!r} is on the 'meta' device (no values): materialise the "
+                "model (load its weights) before pruning"
+            )
+        if not param.is_floating_point():
+            raise ConfigError(
+                f"parameter {name!r} has dtype {param.dtype}; pruning needs floating-point "
+                "weights (float32, float16, bfloat16 or float64)"
+            )
+    check_finite_tensors(dict(params), where="model weights")
+
+
+def check_finite_tensors(tensors: Mapping[str, Tensor], *, where: str) -> None:
+    """Raise NonFiniteError naming the first tensor of ``tensors`` that holds NaN or inf."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteError(
+                f"{where}: {name!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                f"{tensor.numel()}; fix or re-load the weights before pruning"
+            )
+
+
+def _example_input(data: Iterable[Batch] | None, why: str, hint: str = "") -> Tensor:
+    """One input of ``data`` without drawing from a DataLoader's random stream."""
+    dataset = getattr(data, "dataset", None)
+    if dataset is not None:
+        return dataset[0][0].unsqueeze(0)
+    for inputs, _ in data or ():
+        return inputs[:1]
+    raise ConfigError(
+        f"{why} traces the model on one input: the data has none" + (f"; {hint}" if hint else "")
+    )
+
+
+def _exclude_output_layers(
+    model: nn.Module,
+    data: Iterable[Batch] | None,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    include_bias: bool,
+) -> list[str] | None:
+    """``exclude`` plus the prunable parameters of the layers producing the model's output.
+
+    Filter masks on those layers would remove outputs (classes), not computation
+    (:mod:`sfpk.output_layers`).
+    """
+    layers = declared_output_layers(model)
+    if layers is None:
+        why = (
+            "structure='filter' with protect_output=True (the default) keeps the filters of "
+            "the layer producing the model's output: it"
+        )
+        hint = "pass a batch, declare model.sfpk_output_layers or pass protect_output=False"
+        example = _example_input(data, why, hint).to(next(model.parameters()).device)
+        layers = find_output_layers(model, example)
+    prunable = prunable_parameters(
+        model, include=include, exclude=exclude, include_bias=include_bias
+    )
+    protected = [n for n in output_parameter_names(model, layers) if n in prunable]
+    if not protected:
+        return list(exclude) if exclude else None
+    if len(protected) == len(prunable):
+        raise ConfigError(
+            f"structure='filter': every prunable parameter ({', '.join(protected)}) belongs "
+            f"to the layer(s) producing the model's output ({', '.join(layers)}), whose "
+            "filters are the outputs; prune another structure, or pass protect_output=False"
+        )
+    log.info(
+        "structure='filter': %s produce(s) the model's output and stay unpruned "
+        "(protect_output=False prunes them)", ", ".join(layers),
+    )  # fmt: skip
+    return [*(exclude or []), *protected]
+
+
+def _starting_masks(
+    model: nn.Module,
+    data: Iterable[Batch] | None,
+    masks: Masks | None,
+    sparsity: float,
+    structure: Structure | None,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    include_bias: bool,
+) -> Masks:
+    """All-ones masks of the prunable parameters, or the checked starting ``masks``."""
+    if masks is None and structure == "coupled":
+        from .channel_groups import coupled_channel_masks  # torch-pruning: the slim extra
+
+        prunable = prunable_parameters(
+            model, include=include, exclude=exclude, include_bias=include_bias
+        )
+        return coupled_channel_masks(model, _example_input(data, "structure='coupled'"), prunable)
+    if masks is None:
+        return Masks.ones(
+            model,
+            structure=structure or "unstructured",
+            include=include,
+            exclude=exclude,
+            include_bias=include_bias,
+        )
+    masks.check_fits(model)
+    if structure and structure != masks.structure:
+        raise ConfigError(
+            f"structure={structure!r} differs from the starting masks' "
+            f"structure={masks.structure!r}; the result keeps the masks' structure"
+        )
+    if masks.sparsity() > sparsity + 1e-9:
+        raise ConfigError(
+            f"the starting masks already remove {masks.sparsity():.4f} of the weights, "
+            f"more than the requested sparsity={sparsity}; pruned entries never revive"
+        )
+    return masks
