@@ -22,7 +22,6 @@ import copy
 import dataclasses
 import os
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -52,7 +51,12 @@ from .masks import Scope
 from .precision import Precision
 from .prunable import Structure, check_structure
 from .prune_args import SEED_MAX
-from .schedules import PRETRAIN_LR_MIN
+from .schedules import (
+    PRETRAIN_LR_MIN,
+    REFERENCE_ROUND_EPOCHS,
+    REFERENCE_ROUND_LR_END,
+    resample,
+)
 from .train import OptimizerConfig
 
 __all__ = [
@@ -178,21 +182,6 @@ class PretrainConfig(OptimizerConfig):
         check_fields(self, prefix="pretrain.")
         super().__post_init__()
         check_positive("pretrain.epochs", self.epochs)
-
-
-# The reference's fine-tuning schedule between its 10 iterative rounds (tune_per_prn and
-# itr_lr_end of its README recipes): epochs and the cosine's end LR after rounds 1..9.
-REFERENCE_ROUND_EPOCHS: tuple[int, ...] = (3, 4, 5, 10, 15, 15, 20, 20, 30)
-REFERENCE_ROUND_LR_END: tuple[float, ...] = (5e-4, 2e-4) + (1e-4,) * 7
-
-
-def resample(values: Sequence[Any], count: int) -> list[Any]:
-    """``count`` entries of ``values`` at evenly spaced positions, first and last included
-    (a single entry: the first); the values themselves when ``count == len(values)``."""
-    if count == 1:
-        return [values[0]]
-    last = len(values) - 1
-    return [values[round(i * last / (count - 1))] for i in range(count)]
 
 
 @dataclass(frozen=True)

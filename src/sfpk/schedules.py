@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "ONESHOT_LR_MIN",
@@ -28,6 +28,9 @@ __all__ = [
     "round_lr",
     "pretrain_lr",
     "per_round",
+    "REFERENCE_ROUND_EPOCHS",
+    "REFERENCE_ROUND_LR_END",
+    "resample",
 ]
 
 ONESHOT_LR_MIN = 1e-8  # the reference's one-shot cosine floor (§5.4)
@@ -116,3 +119,18 @@ def pretrain_lr(epoch: int, *, lr: float, epochs: int, lr_min: float = PRETRAIN_
 def per_round(values: Sequence[float], round_index: int) -> float:
     """Entry ``round_index`` of a per-round list, or its single entry for every round."""
     return values[0] if len(values) == 1 else values[round_index]
+
+
+# The reference's fine-tuning schedule between its 10 iterative rounds (tune_per_prn and
+# itr_lr_end of its README recipes): epochs and the cosine's end LR after rounds 1..9.
+REFERENCE_ROUND_EPOCHS: tuple[int, ...] = (3, 4, 5, 10, 15, 15, 20, 20, 30)
+REFERENCE_ROUND_LR_END: tuple[float, ...] = (5e-4, 2e-4) + (1e-4,) * 7
+
+
+def resample(values: Sequence[Any], count: int) -> list[Any]:
+    """``count`` entries of ``values`` at evenly spaced positions, first and last included
+    (a single entry: the first); the values themselves when ``count == len(values)``."""
+    if count == 1:
+        return [values[0]]
+    last = len(values) - 1
+    return [values[round(i * last / (count - 1))] for i in range(count)]
