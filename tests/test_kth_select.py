@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sfpk.kth_select import _bracketed, kth_smallest, select_kth
+from sfpk.kth_select import _bracketed, _sample_stride, kth_smallest, select_kth
 
 
 def _sorted_kth(array: np.ndarray, k: int) -> float:
@@ -48,8 +48,7 @@ def test_a_missed_bracket_falls_back_to_the_whole_array():
     exact value, through the full partition."""
     size = 40_000
     array = np.linspace(0.0, 1.0, size)
-    stride = size // math.ceil((3.0 * size) ** (2.0 / 3.0))
-    array[::stride] = 1e9  # the sample sees only these
+    array[:: _sample_stride(size)] = 1e9  # the sample sees only these
     k = size // 2
     assert _bracketed(array, k) is None
     assert float(select_kth(array, k)) == _sorted_kth(array, k)
