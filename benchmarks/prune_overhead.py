@@ -20,15 +20,23 @@ passes, the data batches, the per-particle thresholds, effective weights and gra
 scatter, the step's vector work (G, repulsion, drift, votes, the distance diagnostic) and
 the one-time setup around the simulation.
 
+``--baseline-src DIR`` (another checkout's ``src``) also runs that version's ``sfpk.prune``
+in the same process, interleaved with raw passes and this checkout's call (raw, baseline,
+raw, this), so both meet the same load; it reports both ratios and whether the masks agree.
+
     OMP_NUM_THREADS=1 python benchmarks/prune_overhead.py --steps 10 100 --breakdown \\
-        --out benchmarks/results/prune_overhead_1thread.json
+        --baseline-src ../main/src --out benchmarks/results/prune_overhead_1thread.json
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import shutil
 import statistics
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -37,6 +45,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 import sfpk
@@ -64,31 +73,39 @@ def _raw(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
     return {name: clock() - start[name] for name, clock in CLOCKS.items()}
 
 
-def _prune(model: torch.nn.Module, dataset: TensorDataset, args: Any, steps: int) -> dict:
+def _prune(
+    model: torch.nn.Module, dataset: TensorDataset, args: Any, steps: int, library: Any = sfpk
+) -> dict:
+    """Seconds per clock of one ``library.prune`` call (its masks under ``"masks"``)."""
     loader = DataLoader(
         dataset, batch_size=args.batch_size, shuffle=True,
         generator=torch.Generator().manual_seed(1),
     )  # fmt: skip
     start = {name: clock() for name, clock in CLOCKS.items()}
-    sfpk.prune(
+    masks = library.prune(
         model, loader, method="sfpk", sparsity=0.9, num_steps=steps,
         num_particles=args.particles, particle_batching="loop",
     )  # fmt: skip
-    return {name: clock() - start[name] for name, clock in CLOCKS.items()}
+    return {**{name: clock() - start[name] for name, clock in CLOCKS.items()}, "masks": masks}
 
 
-def _ratios(model: torch.nn.Module, dataset: TensorDataset, args: Any, steps: int) -> dict:
-    """Seconds of raw / slicing / per-sample per repeat and clock, their medians and
-    minima, and the ratios of each to raw."""
+def _batches(dataset: TensorDataset, args: Any, steps: int) -> list[tuple[Tensor, Tensor]]:
+    """The raw passes' batches: ``N·n`` random batches, built before the clock starts."""
     x, y = dataset.tensors
     gen = torch.Generator().manual_seed(0)
-    batches = [
+    return [
         (x[idx], y[idx])
         for idx in (
             torch.randperm(len(x), generator=gen)[: args.batch_size]
             for _ in range(steps * args.particles)
         )
     ]
+
+
+def _ratios(model: torch.nn.Module, dataset: TensorDataset, args: Any, steps: int) -> dict:
+    """Seconds of raw / slicing / per-sample per repeat and clock, their medians and
+    minima, and the ratios of each to raw."""
+    batches = _batches(dataset, args, steps)
     times: dict[str, dict[str, list[float]]] = {
         clock: {"raw": [], "slicing": [], "per_sample": []} for clock in CLOCKS
     }
@@ -101,8 +118,8 @@ def _ratios(model: torch.nn.Module, dataset: TensorDataset, args: Any, steps: in
         pruner_base.iterate_fast = iterate_fast
         if repeat:
             for key, by_clock in results.items():
-                for clock, value in by_clock.items():
-                    times[clock][key].append(value)
+                for clock in CLOCKS:
+                    times[clock][key].append(by_clock[clock])
     row: dict[str, Any] = {}
     for clock, by_key in times.items():
         row[clock] = {f"{key}_s": values for key, values in by_key.items()}
@@ -113,6 +130,47 @@ def _ratios(model: torch.nn.Module, dataset: TensorDataset, args: Any, steps: in
                 "slicing_over_raw": value["slicing"] / value["raw"],
                 "per_sample_over_raw": value["per_sample"] / value["raw"],
             }
+    return row
+
+
+# -- against another version of sfpk, in the same process ---------------------------------
+def _load_baseline(src: Path) -> Any:
+    """Import the ``sfpk`` package of another checkout's ``src`` as ``sfpk_baseline``.
+
+    A copy under that name lets both versions run in one process, call after call, so
+    they meet the same machine load (the package imports itself relatively).
+    """
+    root = Path(tempfile.mkdtemp(prefix="sfpk_baseline_"))
+    shutil.copytree(src / "sfpk", root / "sfpk_baseline")
+    sys.path.insert(0, str(root))
+    return importlib.import_module("sfpk_baseline")
+
+
+def _against(
+    model: torch.nn.Module, dataset: TensorDataset, args: Any, steps: int, baseline: Any
+) -> dict:
+    """CPU seconds of raw / baseline call / raw / current call, interleaved per repeat."""
+    batches = _batches(dataset, args, steps)
+    times: dict[str, list[float]] = {"raw": [], "baseline": [], "current": []}
+    same = True
+    for repeat in range(args.repeats + 1):  # round 0 warms up
+        first = _raw(model, batches)["cpu"]
+        old = _prune(model, dataset, args, steps, baseline)
+        second = _raw(model, batches)["cpu"]
+        new = _prune(model, dataset, args, steps)
+        same = same and all(torch.equal(old["masks"][n], new["masks"][n]) for n in new["masks"])
+        if repeat:
+            times["raw"] += [first, second]
+            times["baseline"].append(old["cpu"])
+            times["current"].append(new["cpu"])
+    row: dict[str, Any] = {"cpu_s": times, "same_masks": same}
+    for name, stat in STATS.items():
+        value = {key: stat(values) for key, values in times.items()}
+        row[name] = {
+            **{f"{key}_s": v for key, v in value.items()},
+            "baseline_over_raw": value["baseline"] / value["raw"],
+            "current_over_raw": value["current"] / value["raw"],
+        }
     return row
 
 
@@ -188,6 +246,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument(
+        "--baseline-src", type=Path, default=None,
+        help="another checkout's src/ directory: time its sfpk.prune against this one",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     splits = load_dataset("mnist1d")
@@ -196,6 +258,7 @@ def main() -> None:
     dataset = TensorDataset(x, y)
     torch.manual_seed(0)
     model = create(args.model, num_classes=10, input_shape=(40,))
+    baseline = _load_baseline(args.baseline_src) if args.baseline_src else None
     rows = []
     print(f"{'model':<6} {'passes':>6} {'clock':>5} {'stat':>6} {'raw s':>8} {'slicing s':>10} "
           f"{'per-sample s':>13} {'slicing/raw':>12} {'per-sample/raw':>15}")  # fmt: skip
@@ -218,6 +281,15 @@ def main() -> None:
             row["breakdown_cpu_s"] = parts
             for label, seconds in sorted(parts.items(), key=lambda item: -item[1]):
                 print(f"    {label:<48} {seconds * 1e3:8.1f} ms  {seconds / raw:6.3f} x min raw")
+        if baseline is not None:
+            row["against_baseline"] = _against(model, dataset, args, steps, baseline)
+            for stat in STATS:
+                cell = row["against_baseline"][stat]
+                print(f"    cpu {stat:>6}: raw {cell['raw_s']:.3f} s, baseline "
+                      f"{cell['baseline_s']:.3f} s ({cell['baseline_over_raw']:.2f}x), "
+                      f"this checkout {cell['current_s']:.3f} s "
+                      f"({cell['current_over_raw']:.2f}x)")  # fmt: skip
+            print(f"    same masks: {row['against_baseline']['same_masks']}")
         rows.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")

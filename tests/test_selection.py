@@ -242,11 +242,11 @@ def test_cut_tie_rules():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("ties", ["drop", "keep"])
+@pytest.mark.parametrize("ties", ["drop", "keep", "stable"])
 def test_cut_thresholds_match_a_sorted_reference(dtype, ties):
-    """The engine's thresholds (numpy on CPU floats, torch otherwise) keep exactly the
-    entries above (drop) or at least (keep) the k-th smallest, ties included, in the
-    values' dtype, also on a strided row."""
+    """Every tie rule (numpy on CPU floats, torch otherwise) keeps exactly the entries
+    above (drop) or at least (keep) the k-th smallest, or all but the k lowest in a stable
+    sort (stable), ties included, in the values' dtype, also on a strided row."""
     from sfpk.selection import cut
 
     gen = torch.Generator().manual_seed(5)
@@ -256,6 +256,9 @@ def test_cut_thresholds_match_a_sorted_reference(dtype, ties):
         for k in (1, 4000, 8999):
             tau = row.float().sort().values[k - 1]
             expected = row.float() > tau if ties == "drop" else row.float() >= tau
+            if ties == "stable":
+                expected = torch.ones(row.numel(), dtype=torch.bool)
+                expected[row.float().sort(stable=True).indices[:k]] = False
             keep = cut(row, k, ties=ties)
             assert keep.dtype == dtype
             assert torch.equal(keep.bool(), expected)

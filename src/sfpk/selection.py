@@ -31,6 +31,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -93,25 +94,36 @@ def cut(values: Tensor, remove: int, *, ties: Ties = "stable") -> Tensor:
         return torch.ones_like(values)
     if ties == "stable" and remove >= values.numel():
         return torch.zeros_like(values)
-    if ties in ("drop", "keep") and _on_numpy(values):
-        # The engine's per-particle thresholds: numpy's comparison and cast are several
-        # times faster than torch's on one CPU thread (the 0/1 result is the same).
-        array = values.detach().numpy()
-        tau_value = select_kth(array, remove)
-        above = array > tau_value if ties == "drop" else array >= tau_value
-        return torch.from_numpy(above.astype(array.dtype))
+    if ties not in ("stable", "drop", "keep"):
+        raise ConfigError(f"ties={ties!r}; choose one of stable, drop, keep")
+    if _on_numpy(values):
+        # numpy's comparisons, counts and casts are several times faster than torch's on
+        # one CPU thread (the engine thresholds every particle at every step); same result.
+        return torch.from_numpy(_cut_numpy(values.detach().numpy(), remove, ties))
     tau = kth_smallest(values, remove)
     if ties == "drop":
         return (values > tau).to(values.dtype)
     if ties == "keep":
         return (values >= tau).to(values.dtype)
-    if ties != "stable":
-        raise ConfigError(f"ties={ties!r}; choose one of stable, drop, keep")
     keep = torch.ones_like(values)
     below = values < tau
     keep[below] = 0.0
     at = torch.nonzero(values == tau).reshape(-1)
     keep[at[: remove - int(below.sum())]] = 0.0
+    return keep
+
+
+def _cut_numpy(array: np.ndarray, remove: int, ties: Ties) -> np.ndarray:
+    """:func:`cut` of a flat float array (``1 <= remove``, and ``< size`` when stable)."""
+    tau = select_kth(array, remove)
+    if ties == "drop":
+        return (array > tau).astype(array.dtype)
+    if ties == "keep":
+        return (array >= tau).astype(array.dtype)
+    below = array < tau
+    keep = np.logical_not(below).astype(array.dtype)
+    at = np.flatnonzero(array == tau)  # ascending: the lowest indices go first
+    keep[at[: remove - int(np.count_nonzero(below))]] = 0.0
     return keep
 
 
