@@ -71,6 +71,29 @@ def test_per_layer_size_values_and_gradient():
     assert torch.allclose(g[0, 2:], -m[0, 2:] / (math.sqrt(3) * math.sqrt(3)))
 
 
+@pytest.mark.parametrize("name", ["l1", "l2", "l1.5"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_size_gradient_written_into_a_buffer_is_bitwise_the_fresh_one(name, weighted):
+    """The engine passes its -∇G buffer as ``out``, which also holds w|m|^p for a moment:
+    the result must be exactly the one computed into a new tensor, globally and per layer."""
+    gen = torch.Generator().manual_seed(4)
+    m = torch.rand(3, 40, generator=gen) * 2 - 0.5
+    weights = torch.rand(40, generator=gen) * 3 if weighted else None
+    functional = parse_size_functional(name)
+    fresh = size_and_gradient(m, functional, total=55, weights=weights)
+    buffer = torch.full_like(m, math.nan)
+    into = size_and_gradient(m, functional, total=55, weights=weights, out=buffer)
+    assert into[1] is buffer
+    assert torch.equal(fresh[0], into[0]) and torch.equal(fresh[1], into[1])
+    ids = torch.arange(40) // 15
+    totals = torch.tensor([20.0, 20.0, 15.0], dtype=F64)
+    fresh = layer_size_and_gradient(m, functional, layer_ids=ids, layer_totals=totals)
+    into = layer_size_and_gradient(
+        m, functional, layer_ids=ids, layer_totals=totals, out=torch.full_like(m, math.nan)
+    )
+    assert torch.equal(fresh[0], into[0]) and torch.equal(fresh[1], into[1])
+
+
 @pytest.mark.parametrize("bad", ["l0.5", "lx", "l1p", "max"])
 def test_bad_size_functional_is_rejected(bad):
     """The reference's help text advertises 'l1p', which crashes; we reject it clearly."""
@@ -154,6 +177,17 @@ def test_drift_equals_the_stable_form():
     perp = e - (e * g).sum() / (g * g).sum() * g
     stable = g / (g * g).sum() + math.sqrt(1.4**2 - 1) * perp / (g.norm() * perp.norm())
     assert torch.allclose(delta, stable, rtol=1e-8)
+
+
+def test_drift_with_a_scratch_buffer_is_bitwise_the_same():
+    """The engine lends its work buffer to the drift: same δ, x and y to the last bit."""
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(4, 64, generator=gen)
+    e = torch.randn(4, 64, generator=gen)
+    radius = torch.tensor([1.1, 1.4, 2.0, 3.0], dtype=F64)
+    plain = drift(e.clone(), g, radius)
+    lent = drift(e.clone(), g, radius, scratch=torch.full_like(g, math.nan))
+    assert all(torch.equal(a, b) for a, b in zip(plain, lent, strict=True))
 
 
 def test_layer_drift_identities_per_layer():

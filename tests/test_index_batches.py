@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+)
 
 import sfpk
 from sfpk.data import load_dataset, make_loader
 from sfpk.data.base import ArrayDataset
 from sfpk.data.text import TokenBlocks
-from sfpk.index_batches import SlicingLoader, batch_taker, iterate_fast
+from sfpk.index_batches import SlicingLoader, batch_taker, index_batches, iterate_fast
 
 
 def _datasets():
@@ -123,3 +130,59 @@ def test_creating_an_iterator_draws_what_a_dataloader_iterator_draws():
         iter(loader)
         states.append(loader.generator.get_state())
     assert torch.equal(states[0], states[1])
+
+
+def _sampler_cases():
+    data = range(37)
+
+    def gen(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    return {
+        "random": lambda: RandomSampler(data, generator=gen(5)),
+        "random_fewer": lambda: RandomSampler(data, num_samples=20, generator=gen(5)),
+        "random_more": lambda: RandomSampler(data, num_samples=90, generator=gen(5)),
+        "random_exact_multiple": lambda: RandomSampler(data, num_samples=74, generator=gen(5)),
+        "random_global_rng": lambda: RandomSampler(data),
+        "sequential": lambda: SequentialSampler(data),
+        "with_replacement": lambda: RandomSampler(data, replacement=True, generator=gen(5)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_sampler_cases()))
+@pytest.mark.parametrize("batch_size", [4, 37, 8])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_index_batches_are_the_batch_samplers_lists(case, batch_size, drop_last):
+    """The tensor batches equal the BatchSampler's index lists, and leave every random
+    generator (the sampler's own and torch's global one) in the same state."""
+    make = _sampler_cases()[case]
+    expected_sampler = BatchSampler(make(), batch_size, drop_last)
+    got_sampler = BatchSampler(make(), batch_size, drop_last)
+    torch.manual_seed(11)
+    expected = [list(b) for b in expected_sampler]
+    expected_state = torch.get_rng_state()
+    torch.manual_seed(11)
+    got = list(index_batches(got_sampler))
+    assert torch.equal(torch.get_rng_state(), expected_state)
+    assert [b.tolist() for b in got] == expected
+    assert all(b.dtype == torch.long for b in got)
+    own = getattr(expected_sampler.sampler, "generator", None)
+    if own is not None:
+        assert torch.equal(got_sampler.sampler.generator.get_state(), own.get_state())
+
+
+def test_index_batches_draw_the_next_permutation_at_the_same_batch():
+    """The generator is advanced batch by batch as the BatchSampler advances it, so a
+    partly consumed pass (sfpk stops mid-epoch) leaves the same generator state."""
+    for stop in range(1, 11):
+        states = []
+        for make in (lambda s: iter(s), index_batches):
+            sampler = BatchSampler(
+                RandomSampler(range(37), num_samples=74, generator=torch.Generator()), 8, False
+            )
+            sampler.sampler.generator.manual_seed(2)
+            batches = make(sampler)
+            for _ in range(stop):
+                next(batches)
+            states.append(sampler.sampler.generator.get_state())
+        assert torch.equal(states[0], states[1]), stop

@@ -241,6 +241,29 @@ def test_cut_tie_rules():
     assert cut(values, 0).tolist() == [1] * 5 and cut(values, 9).tolist() == [0] * 5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("ties", ["drop", "keep", "stable"])
+def test_cut_thresholds_match_a_sorted_reference(dtype, ties):
+    """Every tie rule (numpy on CPU floats, torch otherwise) keeps exactly the entries
+    above (drop) or at least (keep) the k-th smallest, or all but the k lowest in a stable
+    sort (stable), ties included, in the values' dtype, also on a strided row."""
+    from sfpk.selection import cut
+
+    gen = torch.Generator().manual_seed(5)
+    values = (torch.randint(0, 200, (2, 9000), generator=gen).to(dtype) / 7)[0]  # ties
+    strided = torch.rand(18_000, generator=gen).to(dtype)[::2]
+    for row in (values, strided):
+        for k in (1, 4000, 8999):
+            tau = row.float().sort().values[k - 1]
+            expected = row.float() > tau if ties == "drop" else row.float() >= tau
+            if ties == "stable":
+                expected = torch.ones(row.numel(), dtype=torch.bool)
+                expected[row.float().sort(stable=True).indices[:k]] = False
+            keep = cut(row, k, ties=ties)
+            assert keep.dtype == dtype
+            assert torch.equal(keep.bool(), expected)
+
+
 def test_weighted_cut_counts_removed_weights():
     """Groups are ranked by score per weight and the budget is counted in weights."""
     from sfpk.selection import weighted_cut

@@ -13,6 +13,12 @@ there are no workers, the collate function is the default one, and the dataset c
 whole index tensor: a ``TensorDataset``, a dataset with a ``take(indices)`` method (sfpk's
 ``ArrayDataset`` without a per-item transform, ``TokenBlocks``), or a ``Subset`` of one.
 Otherwise it iterates as a plain DataLoader.
+
+The indices themselves come as tensors too when the loader uses the standard samplers (a
+``BatchSampler`` over a ``RandomSampler`` without replacement or a ``SequentialSampler``):
+the random order is drawn as the sampler draws it (the same ``randperm`` calls on the same
+generator, at the same batch), and cut into batches, instead of being turned into
+``batch_size`` Python ints and back into a tensor for every batch.
 """
 
 from __future__ import annotations
@@ -22,10 +28,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+)
 from torch.utils.data._utils.collate import default_collate
 
-__all__ = ["SlicingLoader", "batch_taker", "iterate_fast"]
+__all__ = ["SlicingLoader", "batch_taker", "index_batches", "iterate_fast"]
 
 Taker = Callable[[Tensor], list[Tensor]]  # a list, as default_collate gives
 
@@ -35,7 +48,7 @@ def batch_taker(dataset: Any) -> Taker | None:
     or None when the dataset cannot be sliced as a whole."""
     if isinstance(dataset, TensorDataset):
         tensors = dataset.tensors
-        return lambda index: [t[index] for t in tensors]
+        return lambda index: [torch.index_select(t, 0, index.to(t.device)) for t in tensors]
     if isinstance(dataset, Subset):
         inner = batch_taker(dataset.dataset)
         if inner is None:
@@ -73,9 +86,70 @@ def iterate_fast(loader: DataLoader) -> Iterator[Any]:
 
 def _sliced(loader: DataLoader, take: Taker) -> Iterator[Any]:
     pin = loader.pin_memory and torch.cuda.is_available()
-    for indices in loader.batch_sampler:
-        batch = take(torch.as_tensor(indices, dtype=torch.long))
+    for indices in index_batches(loader.batch_sampler):
+        batch = take(indices)
         yield [t.pin_memory() for t in batch] if pin else batch
+
+
+def index_batches(batch_sampler: Any) -> Iterator[Tensor]:
+    """The batches of indices ``batch_sampler`` yields, as long tensors.
+
+    A plain ``BatchSampler`` over a ``RandomSampler`` (without replacement) or a
+    ``SequentialSampler`` is reproduced with tensors: the same random numbers are drawn
+    from the same generator at the same batch, and the same indices come out. Any other
+    sampler is iterated and each of its index lists converted.
+    """
+    if type(batch_sampler) is BatchSampler:
+        order = _sample_order(batch_sampler.sampler)
+        if order is not None:
+            return _cut(order, batch_sampler.batch_size, batch_sampler.drop_last)
+    return (torch.as_tensor(indices, dtype=torch.long) for indices in batch_sampler)
+
+
+def _sample_order(sampler: Any) -> Iterator[Tensor] | None:
+    """The sampler's index order as a lazy sequence of tensors, or None if not standard."""
+    if type(sampler) is SequentialSampler:
+        return iter((torch.arange(len(sampler.data_source)),))
+    if type(sampler) is RandomSampler and not sampler.replacement:
+        return _random_order(sampler)
+    return None
+
+
+def _random_order(sampler: RandomSampler) -> Iterator[Tensor]:
+    """What ``RandomSampler.__iter__`` (no replacement) yields, one permutation at a time.
+
+    The draws match it call for call: without a generator, a seed from torch's global RNG
+    when the first index is needed; then ``num_samples // n`` permutations of ``n`` and
+    one more cut to ``num_samples % n`` (drawn even when that is 0), each when the
+    indices before it have been used up.
+    """
+    n = len(sampler.data_source)
+    generator = sampler.generator
+    if generator is None:
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+    for _ in range(sampler.num_samples // n):
+        yield torch.randperm(n, generator=generator)
+    yield torch.randperm(n, generator=generator)[: sampler.num_samples % n]
+
+
+def _cut(order: Iterator[Tensor], size: int, drop_last: bool) -> Iterator[Tensor]:
+    """Consecutive batches of ``size`` indices of ``order`` (the last one shorter unless
+    ``drop_last``), pulling the next piece of ``order`` only when a batch needs it, as a
+    BatchSampler pulls from its sampler."""
+    pending: list[Tensor] = []
+    have = 0
+    for piece in order:
+        while piece.numel():
+            part, piece = piece[: size - have], piece[size - have :]
+            pending.append(part)
+            have += part.numel()
+            if have == size:
+                yield pending[0] if len(pending) == 1 else torch.cat(pending)
+                pending, have = [], 0
+    if have and not drop_last:
+        yield pending[0] if len(pending) == 1 else torch.cat(pending)
 
 
 class SlicingLoader(DataLoader):

@@ -81,21 +81,31 @@ def segment_sum(values: Tensor, layer_ids: Tensor, num_layers: int) -> Tensor:
     return out.index_add_(1, layer_ids, values)
 
 
-def _powered(masks: Tensor, power: float, weights: Tensor | None) -> Tensor:
-    """``w * |m|^p`` element-wise (a new ``[n, P]`` tensor)."""
-    out = masks.square() if power == 2.0 else masks.abs().pow(power)
+def _powered(masks: Tensor, power: float, weights: Tensor | None, out: Tensor) -> Tensor:
+    """``w * |m|^p`` element-wise, written into ``out``."""
+    if power == 2.0:
+        torch.mul(masks, masks, out=out)
+    else:
+        torch.abs(masks, out=out).pow_(power)
     return out.mul_(weights) if weights is not None else out
 
 
-def _grad_factor(masks: Tensor, power: float, weights: Tensor | None, out: Tensor) -> Tensor:
-    """``w * sign(m) * |m|^(p-1)`` (the p-norm's element-wise derivative, up to a factor)."""
+def _grad_factor(
+    masks: Tensor, power: float, weights: Tensor | None, out: Tensor, scale: Tensor | float
+) -> Tensor:
+    """``w * sign(m) * |m|^(p-1) * scale`` (the p-norm's element-wise derivative times
+    ``scale``), written into ``out``."""
+    if power == 2.0 and weights is None:
+        return torch.mul(masks, scale, out=out)  # one pass instead of a copy and a multiply
     if power == 2.0:
-        out.copy_(masks)
+        torch.mul(masks, weights, out=out)
     elif power == 1.0:
         torch.sign(masks, out=out)
     else:
         torch.sign(masks, out=out).mul_(masks.abs().pow(power - 1.0))
-    return out.mul_(weights) if weights is not None else out
+    if weights is not None and power != 2.0:
+        out.mul_(weights)
+    return out.mul_(scale)
 
 
 def size_and_gradient(
@@ -122,16 +132,17 @@ def size_and_gradient(
     """
     p = functional.power
     g = out if out is not None else torch.empty_like(masks)
+    # g holds w|m|^p until its row sums are taken, then the gradient.
     if p == 1.0:
-        value = _powered(masks, 1.0, weights).sum(1) / total
-        _grad_factor(masks, 1.0, weights, g).mul_(-1.0 / total)
+        value = _powered(masks, 1.0, weights, g).sum(1) / total
+        _grad_factor(masks, 1.0, weights, g, -1.0 / total)
         return value, g
-    norm_p = _powered(masks, p, weights).sum(1).add_(EPS).pow_(1.0 / p)
+    norm_p = _powered(masks, p, weights, g).sum(1).add_(EPS).pow_(1.0 / p)
     scale = total ** (1.0 / p) + EPS
     value = norm_p / scale
     # d/dm (Σ w|m|^p + eps)^(1/p) = w sign(m)|m|^(p-1) (Σ ...)^(1/p - 1)
     coef = norm_p.pow(1.0 - p).mul_(-1.0 / scale)
-    _grad_factor(masks, p, weights, g).mul_(coef[:, None])
+    _grad_factor(masks, p, weights, g, coef[:, None])
     return value, g
 
 
@@ -156,14 +167,14 @@ def layer_size_and_gradient(
     num_layers = layer_totals.numel()
     g = out if out is not None else torch.empty_like(masks)
     totals = layer_totals.to(masks.dtype)
-    sums = segment_sum(_powered(masks, p, weights), layer_ids, num_layers)
+    sums = segment_sum(_powered(masks, p, weights, g), layer_ids, num_layers)
     if p == 1.0:
-        _grad_factor(masks, 1.0, weights, g).mul_(-(1.0 / totals)[layer_ids])
+        _grad_factor(masks, 1.0, weights, g, -(1.0 / totals)[layer_ids])
         return sums / totals, g
     norm_p = sums.add_(EPS).pow_(1.0 / p)
     scale = totals.pow(1.0 / p)
     coef = norm_p.pow(1.0 - p).div_(scale).neg_()
-    _grad_factor(masks, p, weights, g).mul_(coef[:, layer_ids])
+    _grad_factor(masks, p, weights, g, coef[:, layer_ids])
     return norm_p / scale, g
 
 
@@ -247,13 +258,17 @@ def _drift_coefficients(
     return x, y
 
 
-def drift(force: Tensor, neg_grad: Tensor, radius: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def drift(
+    force: Tensor, neg_grad: Tensor, radius: Tensor, *, scratch: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Overwrite ``force`` (``e``, ``[n, P]``) with the drift ``δ = x e + y g`` (spec §2.7).
 
     ``‖v‖ = sqrt(Σ v² + 1e-12)``; ``x = sqrt((r²-1+ε)/((‖g‖‖e‖)² - ⟨g,e⟩² + ε) + ε)``,
     ``y = (1 - x⟨g,e⟩)/(‖g‖² + ε)``. Then ``⟨δ, g⟩ = 1`` and ``‖δ‖ = r/‖g‖`` (up to ε): the
     step ``dt·δ`` lowers G by ``dt`` to first order and, among such steps of that length,
     lowers E the most. x and y are computed in float64.
+
+    ``scratch`` (optional, ``[n, P]``) receives ``y g`` instead of a new tensor.
 
     Returns:
         ``(δ, x, y)``; ``δ`` is ``force`` itself.
@@ -263,7 +278,8 @@ def drift(force: Tensor, neg_grad: Tensor, radius: Tensor) -> tuple[Tensor, Tens
     ee = torch.linalg.vecdot(force, force).double() + EPS
     ge = torch.linalg.vecdot(neg_grad, force).double()
     x, y = _drift_coefficients(gg, ee, ge, radius, EPS)
-    force.mul_(x.to(force.dtype)[:, None]).add_(neg_grad * y.to(force.dtype)[:, None])
+    pull = torch.mul(neg_grad, y.to(force.dtype)[:, None], out=scratch)
+    force.mul_(x.to(force.dtype)[:, None]).add_(pull)
     return force, x, y
 
 

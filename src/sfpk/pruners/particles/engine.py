@@ -296,18 +296,16 @@ class ParticleSystem:
     def _move(self, t: int, dt: Tensor) -> Tensor:
         """Turn the forces into the drift δ (§2.7) and take ``M += dt·δ``; returns r_t."""
         opts, layout = self.options, self.layout
+        # Only "hess" reads the force norms; the other schedules need just their shape.
+        hess = opts.radius_schedule == "hess"
+        norms = self.forces.norm(dim=1) if hess else self.calibration
         radius = radius_at(
-            opts.radius_schedule,
-            t,
-            opts.num_steps,
-            opts.radius_ratio,
-            self.forces.norm(dim=1),
-            self.calibration,
+            opts.radius_schedule, t, opts.num_steps, opts.radius_ratio, norms, self.calibration
         )
         if self.layer_ode:
             layer_drift(self.forces, self.neg_grads, radius, layout.layer_ids, layout.num_layers)
         else:
-            drift(self.forces, self.neg_grads, radius)
+            drift(self.forces, self.neg_grads, radius, scratch=self.work)
         if dt.numel() == 1:
             self.particles.add_(self.forces, alpha=float(dt))
         else:
