@@ -108,7 +108,7 @@ def test_a_declared_output_layer_needs_no_data():
         sfpk.prune(model, None, method="mag", sparsity=0.5, structure="filter")
 
 
-def test_filter_masks_keep_every_class_row_by_default():
+def test_filter_masks_keep_every_class_row_by_default(tmp_path):
     """Default: the classifier carries no mask, so every class keeps its row; with
     protect_output=False (the reference) half the class rows are cut at 50 % local."""
     torch.manual_seed(0)
@@ -116,6 +116,8 @@ def test_filter_masks_keep_every_class_row_by_default():
     masks = sfpk.prune(model, data, method="mag", sparsity=0.5, scope="local", structure="filter")
     assert list(masks) == ["body.0.weight", "body.3.weight"]
     assert all(int(masks[n].sum()) == 4 for n in masks)  # 8 rows, floor(0.5 * 8) removed
+    assert masks.unpruned_outputs == ["fc"]  # recorded, and kept in the mask file
+    assert sfpk.load_masks(masks.save(tmp_path / "m.safetensors")).unpruned_outputs == ["fc"]
     masks.apply(model)
     assert int(torch.count_nonzero(model.fc.weight)) == model.fc.weight.numel()
     cut = sfpk.prune(
@@ -123,6 +125,7 @@ def test_filter_masks_keep_every_class_row_by_default():
         protect_output=False,
     )  # fmt: skip
     assert list(cut) == ["body.0.weight", "body.3.weight", "fc.weight"]
+    assert cut.unpruned_outputs == []
     assert int(cut["fc.weight"].sum()) == 2  # 2 of 4 classes gone
 
 

@@ -140,3 +140,19 @@ def test_sfpk_run_writes_step_history(tmp_path, tiny):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and rows[0]["round"] == "0"
     assert summary["method"] == "sfpk"
+
+
+def test_filter_run_reports_the_unpruned_output_layer(tmp_path, tiny):
+    """A filter run keeps the classifier's class rows and says so in summary.json and in the
+    mask file; with prune.protect_output=False (the reference) the classifier is masked."""
+    overrides = {**tiny, "prune.structure": "filter", "prune.scope": "local", "prune.sparsity": 0.5}
+    summary, run = _run("oneshot", tmp_path, overrides)  # MLP: Flatten, Linear, ReLU, Linear
+    assert summary["unpruned_output_layers"] == ["3"]
+    assert json.loads((run / "summary.json").read_text())["unpruned_output_layers"] == ["3"]
+    masks = sfpk.load_masks(run / "masks.safetensors")
+    assert list(masks) == ["1.weight"] and masks.unpruned_outputs == ["3"]
+    plain, plain_run = _run(
+        "oneshot", tmp_path / "plain", {**overrides, "prune.protect_output": False}
+    )
+    assert plain["unpruned_output_layers"] == []
+    assert list(sfpk.load_masks(plain_run / "masks.safetensors")) == ["1.weight", "3.weight"]

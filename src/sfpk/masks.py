@@ -92,6 +92,7 @@ class Masks(Mapping[str, Tensor]):
         tied_biases: Mapping[str, str] | None = None,
         collapse_guard: Mapping[str, Any] | None = None,
         coupling: Coupling | None = None,
+        unpruned_outputs: Sequence[str] = (),
     ) -> None:
         check_structure(structure)
         if set(tensors) != set(shapes):
@@ -130,6 +131,9 @@ class Masks(Mapping[str, Tensor]):
         self.collapse_guard: dict[str, Any] | None = (
             dict(collapse_guard) if collapse_guard is not None else None
         )
+        # Layers producing the model's output that filter masks left unpruned, because their
+        # filters are the outputs themselves (sfpk.output_layers; protect_output).
+        self.unpruned_outputs: list[str] = list(unpruned_outputs)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -244,6 +248,7 @@ class Masks(Mapping[str, Tensor]):
             tied_biases=self.tied_biases,
             collapse_guard=info.get("collapse_guard", self.collapse_guard),
             coupling=self.coupling,
+            unpruned_outputs=self.unpruned_outputs,
         )
         return out
 
@@ -378,6 +383,7 @@ class Masks(Mapping[str, Tensor]):
             "tied_biases": self.tied_biases,
             "collapse_guard": self.collapse_guard,
             "coupling": self.coupling.to_json() if self.coupling is not None else None,
+            "unpruned_outputs": self.unpruned_outputs,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -403,6 +409,7 @@ class Masks(Mapping[str, Tensor]):
             tied_biases=info.get("tied_biases"),
             collapse_guard=info.get("collapse_guard"),
             coupling=Coupling.from_json(info["coupling"]) if info.get("coupling") else None,
+            unpruned_outputs=info.get("unpruned_outputs") or (),
         )
         if model is not None:
             masks.check_fits(model)

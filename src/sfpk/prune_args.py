@@ -60,9 +60,12 @@ def checked_call(
     check_structure(structure or "unstructured")
     if not isinstance(protect_output, bool):
         raise ConfigError(f"protect_output={protect_output!r} must be True or False")
+    unpruned: list[str] = []
     if masks is None and structure == "filter" and protect_output:
-        exclude = _exclude_output_layers(model, data, include, exclude, include_bias)
+        exclude, unpruned = _exclude_output_layers(model, data, include, exclude, include_bias)
     masks = _starting_masks(model, data, masks, sparsity, structure, include, exclude, include_bias)
+    if unpruned:
+        masks.unpruned_outputs = unpruned
     nm = parse_nm(masks.structure)
     if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
         raise ConfigError(
@@ -141,8 +144,9 @@ def _exclude_output_layers(
     include: Sequence[str] | None,
     exclude: Sequence[str] | None,
     include_bias: bool,
-) -> list[str] | None:
-    """``exclude`` plus the prunable parameters of the layers producing the model's output.
+) -> tuple[list[str] | None, list[str]]:
+    """``exclude`` plus the prunable parameters of the layers producing the model's output,
+    and the names of those layers that had prunable parameters.
 
     Filter masks on those layers would remove outputs (classes), not computation
     (:mod:`sfpk.output_layers`).
@@ -161,18 +165,21 @@ def _exclude_output_layers(
     )
     protected = [n for n in output_parameter_names(model, layers) if n in prunable]
     if not protected:
-        return list(exclude) if exclude else None
+        return (list(exclude) if exclude else None), []
     if len(protected) == len(prunable):
         raise ConfigError(
             f"structure='filter': every prunable parameter ({', '.join(protected)}) belongs "
             f"to the layer(s) producing the model's output ({', '.join(layers)}), whose "
             "filters are the outputs; prune another structure, or pass protect_output=False"
         )
+    unpruned = [
+        layer for layer in layers if set(output_parameter_names(model, [layer])) & set(protected)
+    ]
     log.info(
         "structure='filter': %s produce(s) the model's output and stay unpruned "
-        "(protect_output=False prunes them)", ", ".join(layers),
+        "(protect_output=False prunes them)", ", ".join(unpruned),
     )  # fmt: skip
-    return [*(exclude or []), *protected]
+    return [*(exclude or []), *protected], unpruned
 
 
 def _starting_masks(
