@@ -36,8 +36,10 @@ CATEGORIES = {
 
 
 def _category(op: str) -> str:
+    """The category of an aten op name: exact names and their ``_`` variants (``aten::relu_``,
+    ``aten::add_``, ``aten::clamp_min``), never a longer op such as ``aten::addmm``."""
     for name, patterns in CATEGORIES.items():
-        if any(p in op for p in patterns):
+        if any(p in op if "::" not in p else op == p or op.startswith(p + "_") for p in patterns):
             return name
     return "other"
 

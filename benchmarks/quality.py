@@ -52,8 +52,9 @@ Usage:
         [--out benchmarks/results/quality] [--report-only] [--families filter [--rerun]]
 
 A cell whose run folder is absent keeps its row of an earlier ``cells.csv``, so one family
-can be rerun alone (``--families filter --rerun`` after a fix to filter masks) without
-losing the others' results.
+can be rerun alone (``--families filter --rerun`` after a fix to filter masks: its run
+folders are moved to ``runs/superseded-<time>/`` and its recorded rows are not reported)
+without losing the others' results.
 """
 
 from __future__ import annotations
@@ -443,6 +444,22 @@ def plot(table: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def supersede(runs: Path, families: Iterable[str]) -> Path | None:
+    """Move the run folders of ``families`` to ``runs/superseded-<UTC time>/`` (nothing is
+    deleted), so that their cells run again; return that folder, or None if none existed."""
+    folders = [runs / data / family for data in DATASETS for family in families]
+    folders = [f for f in folders if f.is_dir()]
+    if not folders:
+        return None
+    target = runs / time.strftime("superseded-%Y%m%dT%H%M%SZ", time.gmtime())
+    for folder in folders:
+        destination = target / folder.relative_to(runs)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        folder.rename(destination)
+    print(f"moved {len(folders)} run folder(s) of {', '.join(families)} to {target}")
+    return target
+
+
 def recorded_rows(results: Path) -> dict[str, dict[str, Any]]:
     """The rows of an earlier ``RESULTS/cells.csv`` by run name (typed), or none.
 
@@ -508,24 +525,30 @@ def main(argv: Iterable[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--jobs", type=int, default=2, help="cells run at once")
     parser.add_argument("--report-only", action="store_true", help="only collect and report")
     parser.add_argument(
-        "--families", default=",".join(FAMILIES),
-        help="comma-separated families to run (the others keep their rows of cells.csv)",
+        "--families", default=None,
+        help="comma-separated families to run (default: all; the others keep their rows of "
+        "cells.csv)",
     )  # fmt: skip
     parser.add_argument(
         "--rerun", action="store_true",
-        help="discard the recorded rows of --families (results made before a fix)",
+        help="run the --families cells again (results made before a fix): their run folders "
+        "are moved to runs/superseded-<time>/ and their recorded rows are not reported",
     )  # fmt: skip
     args = parser.parse_args(None if argv is None else list(argv))
-    families = [f for f in args.families.split(",") if f]
+    families = [f for f in (args.families or ",".join(FAMILIES)).split(",") if f]
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"--families: unknown {unknown}; choose from {', '.join(FAMILIES)}")
+    if args.rerun and (args.report_only or args.families is None):
+        parser.error("--rerun needs --families (which to run again) and cannot be --report-only")
     kind = "tiny" if args.tiny else "quick" if args.quick else "full"
     budget = Budget(pretrain_epochs=1, epochs=1, warmup_epochs=0, last_k=1) if args.tiny \
         else Budget()  # fmt: skip
     results = Path(args.out) if args.out else RESULTS if kind == "full" else RESULTS / kind
     runs = results / "runs"
     cells = grid(kind)
+    if args.rerun:
+        supersede(runs, families)
     if not args.report_only:
         chosen = [c for c in cells if c.family in families]
         for data in sorted({c.data for c in chosen}):

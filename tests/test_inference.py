@@ -104,6 +104,32 @@ def test_a_batchnorm_whose_input_is_read_elsewhere_is_kept():
         torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-5, rtol=1e-4)
 
 
+class _TokenLinearBN(nn.Module):
+    """Linear on [N, L, C] tokens then BatchNorm1d over dim 1 (L == C, so the sizes agree)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.fc(x))
+
+
+def test_linear_batchnorm_folds_only_on_a_2d_output_shown_by_an_example():
+    """On [N, L, C] a Linear's features are not BatchNorm1d's channels: never folded there;
+    a 2-D linear -> BN1d folds only when the example input shows the output is 2-D."""
+    tokens = _random_statistics_(_TokenLinearBN())
+    x = torch.randn(3, 4, 4)
+    for example in (x, None):
+        folded = fold_batchnorm(tokens, example)
+        assert _batchnorms(folded) == 1
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), tokens.eval()(x), atol=1e-5, rtol=1e-4)
+    branching = _random_statistics_(_Branching())
+    assert _batchnorms(fold_batchnorm(branching)) == 2  # no example: the linear's BN stays
+
+
 class _SharedConv(nn.Module):
     """One conv called twice, each call followed by its own BatchNorm."""
 

@@ -74,9 +74,11 @@ def test_the_zoo_classifiers_are_found():
 
 
 def test_ops_after_the_layer_and_several_heads():
+    """Ops after the head are walked through; summed heads are both output layers; of a dict
+    output only the main one (``logits``) counts, not auxiliary or hidden-state tensors."""
     torch.manual_seed(0)
     assert find_output_layers(LogSoftmaxNet(), torch.randn(2, 6)) == ["fc"]
-    assert find_output_layers(TwoHeads(), torch.randn(2, 6)) == ["head_a", "head_b", "aux"]
+    assert find_output_layers(TwoHeads(), torch.randn(2, 6)) == ["head_a", "head_b"]
     # The walk stops at an unprunable head: the layer behind it is not an output layer.
     assert find_output_layers(ExcludedHead(), torch.randn(2, 6)) == ["head"]
 
@@ -95,6 +97,7 @@ def test_tracing_leaves_the_model_as_it_was():
 
 
 def test_a_declared_output_layer_needs_no_data():
+    """A declared layer is used as it is (no trace); bad declarations are named."""
     torch.manual_seed(0)
     model = LogSoftmaxNet()
     model.sfpk_output_layers = ("fc",)
@@ -130,6 +133,7 @@ def test_filter_masks_keep_every_class_row_by_default(tmp_path):
 
 
 def test_the_output_layers_bias_is_protected_too():
+    """With include_bias, the output layer's bias is left alone with its weight."""
     torch.manual_seed(0)
     masks = sfpk.prune(
         LogSoftmaxNet(), _data(), method="mag", sparsity=0.5, structure="filter", include_bias=True
@@ -139,6 +143,7 @@ def test_the_output_layers_bias_is_protected_too():
 
 
 def test_only_filter_masks_are_affected():
+    """Unstructured and channel masks do not remove outputs: the head stays prunable."""
     torch.manual_seed(0)
     for structure in ("unstructured", "channel"):
         masks = sfpk.prune(
@@ -148,6 +153,7 @@ def test_only_filter_masks_are_affected():
 
 
 def test_an_excluded_head_leaves_the_layer_behind_it_prunable():
+    """The layer before an unprunable head keeps its filter mask."""
     torch.manual_seed(0)
     masks = sfpk.prune(ExcludedHead(), _data(classes=5), method="mag", sparsity=0.5,
                        structure="filter")  # fmt: skip
@@ -155,6 +161,7 @@ def test_an_excluded_head_leaves_the_layer_behind_it_prunable():
 
 
 def test_clear_errors():
+    """No data, nothing but the output layer prunable, or a non-bool flag: named errors."""
     torch.manual_seed(0)
     with pytest.raises(ConfigError, match="the data has none; pass a batch, declare"):
         sfpk.prune(LogSoftmaxNet(), None, method="mag", sparsity=0.5, structure="filter")
@@ -170,3 +177,70 @@ def test_clear_errors():
         LogSoftmaxNet(), None, method="mag", sparsity=0.5, structure="filter", protect_output=False
     )
     assert "fc.weight" in pruned
+
+
+class Pair(nn.Module):
+    """Takes [N, 2, 3] inputs: the DataLoader's collate_fn reshapes [3]-items into them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.relu(self.body(x.flatten(1))))
+
+
+def test_a_declared_container_protects_the_layers_inside_it():
+    """``sfpk_output_layers = ("classifier",)`` on a Sequential(Dropout, Linear) head."""
+    model = Pair()
+    model.sfpk_output_layers = ("classifier",)
+    masks = sfpk.prune(model, None, method="mag", sparsity=0.5, structure="filter")
+    assert list(masks) == ["body.weight"] and masks.unpruned_outputs == ["classifier"]
+
+
+def test_the_trace_reads_data_as_the_pruner_does_and_leaves_it_alone():
+    """The example input comes through the loader's own collate_fn, a one-shot iterator is
+    refused (it would lose its first batch), and no random draw of the caller moves."""
+    torch.manual_seed(0)
+
+    class Jittered(torch.utils.data.TensorDataset):
+        def __getitem__(self, index):  # a random augmentation on the global generator
+            x, y = super().__getitem__(index)
+            return x + 0.01 * torch.randn_like(x), y
+
+    items = Jittered(torch.randn(8, 6), torch.randint(0, 4, (8,)))
+
+    def pairs(batch):
+        inputs, targets = torch.utils.data.default_collate(batch)
+        return inputs.view(-1, 2, 3), targets
+
+    loader = torch.utils.data.DataLoader(items, batch_size=4, collate_fn=pairs)
+    torch.manual_seed(5)
+    masks = sfpk.prune(Pair(), loader, method="snip", sparsity=0.5, structure="filter", batches=1)
+    drawn = torch.rand(1)
+    torch.manual_seed(5)
+    sfpk.prune(Pair(), loader, method="snip", sparsity=0.5, structure="filter",
+               batches=1, protect_output=False)  # fmt: skip
+    assert torch.equal(drawn, torch.rand(1))
+    assert masks.unpruned_outputs == ["classifier.1"]
+    with pytest.raises(ConfigError, match="one-shot iterator that cannot be read again"):
+        sfpk.prune(Pair(), iter(list(loader)), method="mag", sparsity=0.5, structure="filter")
+
+
+def test_a_model_failing_on_the_example_names_the_trace():
+    """A forward that fails on the one-row example says what sfpk was doing and the ways out."""
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.raises(ConfigError, match=r"finding the layer that produces Sequential's output"):
+        sfpk.prune(model, [(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))],
+                   method="mag", sparsity=0.5, structure="filter")  # fmt: skip
+
+
+def test_layer_names_with_glob_characters_are_protected_literally():
+    """ModuleDict keys such as "cls[a]" are names, not fnmatch patterns."""
+    model = nn.Module()
+    model.body = nn.Linear(6, 8)
+    model.heads = nn.ModuleDict({"cls[a]": nn.Linear(8, 4)})
+    model.forward = lambda x: model.heads["cls[a]"](torch.relu(model.body(x)))
+    masks = sfpk.prune(model, _data(), method="mag", sparsity=0.5, structure="filter")
+    assert list(masks) == ["body.weight"] and masks.unpruned_outputs == ["heads.cls[a]"]

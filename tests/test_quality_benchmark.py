@@ -107,3 +107,23 @@ def test_cells_without_run_folders_keep_their_recorded_rows_unless_rerun(tmp_pat
     assert "1 of 2 cells finished; missing: 1" in capsys.readouterr().out
     with (results / "cells.csv").open() as handle:
         assert [r["run"] for r in csv.DictReader(handle)] == [kept.name]
+
+
+def test_rerun_moves_the_familys_run_folders_aside_and_needs_families(tmp_path):
+    """--rerun must really run a family again (its folders would otherwise be skipped) and
+    must lose nothing: the folders move to runs/superseded-<time>/; without --families, or
+    with --report-only, it is refused."""
+    quality = _load_quality()
+    runs = tmp_path / "runs"
+    (runs / "digits" / "filter" / "mag-0.5-s0").mkdir(parents=True)
+    (runs / "digits" / "filter" / "mag-0.5-s0" / "summary.json").write_text("{}")
+    (runs / "digits" / "unstructured").mkdir(parents=True)
+    target = quality.supersede(runs, ["filter"])
+    assert target is not None and target.name.startswith("superseded-")
+    assert not (runs / "digits" / "filter").exists()
+    assert (target / "digits" / "filter" / "mag-0.5-s0" / "summary.json").is_file()
+    assert (runs / "digits" / "unstructured").is_dir()
+    assert quality.supersede(runs, ["filter"]) is None
+    for argv in (["--rerun"], ["--rerun", "--families", "filter", "--report-only"]):
+        with pytest.raises(SystemExit):
+            quality.main(["--out", str(tmp_path), *argv])

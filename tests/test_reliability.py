@@ -379,7 +379,6 @@ API_ROWS = [
 ]  # fmt: skip
 
 
-
 @pytest.mark.parametrize("row", API_ROWS, ids=[r.id for r in API_ROWS])
 def test_bad_api_call_raises_the_documented_error(row):
     """The API names the bad value on one line, with an sfpk error type."""

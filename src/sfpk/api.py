@@ -91,8 +91,9 @@ def prune(
         protect_output: with ``structure="filter"``, leave the layers that produce the
             model's output unpruned: their filters are the outputs themselves (a
             classifier's classes). Found from one input of ``data``, or declared by the model
-            as ``sfpk_output_layers`` (:mod:`sfpk.output_layers`). False prunes them as the
-            reference implementation does.
+            as ``sfpk_output_layers`` (:mod:`sfpk.output_layers`); listed in the result's
+            ``unpruned_outputs``. False prunes them as the reference implementation does.
+            It shapes fresh masks only: starting ``masks`` keep their own parameters.
         particle_batching: SFPK/SpODE's n forward+backward passes one per particle
             (``"loop"``), in one vmapped pass (``"vmap"``), or ``"auto"`` (vmap on GPUs, the
             loop on CPU); the results agree to fp32 tolerance.
@@ -172,8 +173,9 @@ def run_pruner(
         ...     masks=first.masks, start=sfpk.StartState(first.state))  # doctest: +SKIP
     """
     pruner, masks, sparsity, scope = checked_call(
-        model, data, method, sparsity, scope, structure, seed, masks, include, exclude,
-        include_bias, collapse_guard, protect_output, options,
+        model, data, method=method, sparsity=sparsity, scope=scope, structure=structure,
+        seed=seed, masks=masks, include=include, exclude=exclude, include_bias=include_bias,
+        collapse_guard=collapse_guard, protect_output=protect_output, options=options,
     )  # fmt: skip
     check_choice("particle_batching", particle_batching, BATCHINGS)
     device = next(model.parameters()).device
@@ -254,6 +256,7 @@ def check_pruning(
         ConfigError: as :func:`prune`; NonFiniteError: NaN or inf in the model's weights.
     """
     return checked_call(
-        model, data, method, sparsity, scope, structure, seed, masks, include, exclude,
-        include_bias, collapse_guard, protect_output, options,
+        model, data, method=method, sparsity=sparsity, scope=scope, structure=structure,
+        seed=seed, masks=masks, include=include, exclude=exclude, include_bias=include_bias,
+        collapse_guard=collapse_guard, protect_output=protect_output, options=options,
     )[1]  # fmt: skip

@@ -316,8 +316,16 @@ class Config:
         fine_tunings = max(1, rounds - 1)
         self.train = dataclasses.replace(
             t,
-            round_epochs=t.round_epochs or resample(REFERENCE_ROUND_EPOCHS, fine_tunings),
-            round_lr_end=t.round_lr_end or resample(REFERENCE_ROUND_LR_END, fine_tunings),
+            round_epochs=(
+                resample(REFERENCE_ROUND_EPOCHS, fine_tunings)
+                if t.round_epochs is None
+                else t.round_epochs
+            ),
+            round_lr_end=(
+                resample(REFERENCE_ROUND_LR_END, fine_tunings)
+                if t.round_lr_end is None
+                else t.round_lr_end
+            ),
         )
 
     def _check_epoch_budget(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
@@ -52,7 +53,15 @@ def _foldable(graph_module: fx.GraphModule, node: fx.Node, calls: Counter[str]) 
     producer = graph_module.get_submodule(str(source.target))
     if not isinstance(producer, _PRODUCERS) or calls[str(source.target)] != 1:
         return None
-    channels = producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
+    if isinstance(producer, nn.Linear):
+        # Linear maps the last dim, BatchNorm1d normalises dim 1: the same dim only for a
+        # 2-D output, which only a shape pass on an example input can tell.
+        meta = source.meta.get("tensor_meta")
+        if meta is None or len(meta.shape) != 2:
+            return None
+        channels = producer.out_features
+    else:
+        channels = producer.out_channels
     return source if channels == norm.num_features else None
 
 
@@ -72,7 +81,9 @@ def fold_batchnorm(
 
     A BatchNorm is folded when its only input is the output of a ``Conv1d/2d/3d`` or
     ``Linear`` module that nothing else reads and that is called only there, and it tracks
-    running statistics; any other BatchNorm is kept as it is. The copy is a
+    running statistics; after a ``Linear`` only when ``example_input`` shows a 2-D output
+    (on ``[N, L, C]`` inputs a Linear's features are not BatchNorm1d's channels). Any other
+    BatchNorm is kept as it is. The copy is a
     ``torch.fx.GraphModule`` that keeps the producers' names (``layer1.0.conv1``) and
     computes the same function as ``model.eval()`` up to float rounding. ``model`` is not
     changed. The copy is for inference only: training it would no longer normalise by batch
@@ -101,6 +112,9 @@ def fold_batchnorm(
     """
     work = copy.deepcopy(model).eval()
     graph_module = _trace(work)
+    if example_input is not None:
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(example_input)
     nodes = list(graph_module.graph.nodes)
     calls = Counter(str(n.target) for n in nodes if n.op == "call_module")
     for node in nodes:

@@ -25,11 +25,12 @@ prunable, or the layer before an excluded LM head would be taken for the output 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .errors import ConfigError
 from .model_state import ModelState
@@ -68,8 +69,10 @@ def find_output_layers(model: nn.Module, example_input: Any) -> list[str]:
     module docstring). The model's modes, buffers and ``requires_grad`` flags are restored.
 
     Raises:
-        ConfigError: the output depends on no layer (nothing to protect is then an error of
-            the model, not a reason to prune its outputs silently).
+        ConfigError: the forward pass fails on the example input, or the output does not
+            depend on any layer through autograd (a non-differentiable output such as an
+            argmax): nothing to protect is then an error, not a reason to prune the outputs
+            silently.
     """
     declared = declared_output_layers(model)
     if declared is not None:
@@ -79,7 +82,7 @@ def find_output_layers(model: nn.Module, example_input: Any) -> list[str]:
 
     def recorder(name: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            for tensor in _tensors(output):
+            for tensor in _main_outputs(output):
                 if tensor.grad_fn is not None:
                     produced.setdefault(tensor.grad_fn, name)
 
@@ -92,30 +95,42 @@ def find_output_layers(model: nn.Module, example_input: Any) -> list[str]:
         for param in model.parameters():
             if param.is_floating_point():
                 param.requires_grad_(True)
-        with torch.enable_grad():
-            output = model(example_input)
-        found = _nearest_layers(list(_tensors(output)), produced)
+        # Autograd must record even inside a caller's inference_mode / no_grad; the input
+        # is cloned there so that it is not an inference tensor. The trace draws no random
+        # numbers the caller would notice.
+        with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            example = example_input.clone() if isinstance(example_input, Tensor) else example_input
+            try:
+                output = model(example)
+            except Exception as error:  # the user's model: name what sfpk was doing
+                raise ConfigError(
+                    f"finding the layer that produces {type(model).__name__}'s output: the "
+                    f"model failed on one input of shape {_shape(example)} ({error}); "
+                    "declare model.sfpk_output_layers or pass protect_output=False"
+                ) from error
+        found = _nearest_layers(_main_outputs(output), produced)
     finally:
         for handle in handles:
             handle.remove()
         saved.restore(model)
     if not found:
         raise ConfigError(
-            f"{type(model).__name__}'s output depends on none of its layers "
-            f"({len(layers)} modules with weights); declare model.sfpk_output_layers or "
-            "pass protect_output=False"
+            f"{type(model).__name__}'s output depends on none of its {len(layers)} layers "
+            "through autograd (is the output non-differentiable, e.g. an argmax?); declare "
+            "model.sfpk_output_layers or pass protect_output=False"
         )
     order = list(layers)
     return sorted(found, key=order.index)
 
 
 def output_parameter_names(model: nn.Module, layers: Sequence[str]) -> list[str]:
-    """The qualified names of the parameters the output ``layers`` own (weight and bias)."""
+    """The qualified names of the parameters in the output ``layers`` (weight and bias; all
+    of a declared container's, e.g. ``classifier = Sequential(Dropout, Linear)``)."""
     names = []
     for layer in layers:
         module = model.get_submodule(layer)
         prefix = f"{layer}." if layer else ""
-        names += [prefix + name for name, _ in module.named_parameters(recurse=False)]
+        names += [prefix + name for name, _ in module.named_parameters()]
     return names
 
 
@@ -138,21 +153,31 @@ def _nearest_layers(outputs: list[Tensor], produced: dict[Any, str]) -> set[str]
 
 def _is_layer(module: nn.Module) -> bool:
     """A module that owns a weight of >= 2 dims: conv, linear, embedding or the like."""
-    weight = module._parameters.get("weight")
-    return weight is not None and weight.dim() >= 2
+    if "weight" not in module._parameters and not parametrize.is_parametrized(module, "weight"):
+        return False  # not owned here (a container), or a plain attribute
+    weight = getattr(module, "weight", None)  # parametrized (weight norm): computed on access
+    return isinstance(weight, Tensor) and weight.dim() >= 2
+
+
+def _shape(value: Any) -> Any:
+    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
 
 
 def _layer_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if _is_layer(module)]
 
 
-def _tensors(value: Any) -> Iterator[Tensor]:
-    """The tensors in a model output: a tensor, a tuple/list, a dict or a ModelOutput."""
+def _main_outputs(value: Any) -> list[Tensor]:
+    """The model's main output tensors: the tensor itself; of a dict or a transformers
+    ``ModelOutput``, its ``logits`` (else its first value); of a tuple or list, its first
+    item. Hidden states, caches and auxiliary outputs that models return beside the main
+    one would make every layer they come from an "output layer"."""
     if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, dict):  # includes transformers' ModelOutput
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _tensors(item)
+        return [value]
+    if isinstance(value, dict):  # includes ModelOutput
+        if "logits" in value:
+            return _main_outputs(value["logits"])
+        return _main_outputs(next(iter(value.values()))) if value else []
+    if isinstance(value, (tuple, list)):
+        return _main_outputs(value[0]) if value else []
+    return []

@@ -8,12 +8,14 @@ layers that filter masks leave alone (:mod:`sfpk.output_layers`).
 
 from __future__ import annotations
 
+import glob
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset
 
 from .collapse import GUARDS, Guard
 from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
@@ -38,6 +40,7 @@ SEED_MAX = 2**63 - 1  # torch.manual_seed takes 64 bits; the pipelines derive 63
 def checked_call(
     model: nn.Module,
     data: Iterable[Batch] | None,
+    *,
     method: str,
     sparsity: Any,
     scope: Scope | None,
@@ -127,15 +130,43 @@ def check_finite_tensors(tensors: Mapping[str, Tensor], *, where: str) -> None:
 
 
 def _example_input(data: Iterable[Batch] | None, why: str, hint: str = "") -> Tensor:
-    """One input of ``data`` without drawing from a DataLoader's random stream."""
+    """One input of ``data`` (a batch of 1), as the model receives it, leaving ``data`` and
+    every random generator as they were.
+
+    A DataLoader over a map-style data set collates its first item with the loader's own
+    ``collate_fn``; any other re-iterable (a list, a DataLoader over an iterable data set)
+    yields its first batch from a fresh iterator. A one-shot iterator cannot be read twice,
+    so it is refused rather than robbed of its first batch.
+    """
+    missing = f"{why} traces the model on one input: the data has none"
+    suffix = f"; {hint}" if hint else ""
+    if data is None:
+        raise ConfigError(missing + suffix)
+    if isinstance(data, Iterator):
+        raise ConfigError(
+            f"{why} traces the model on one input, and the data is a one-shot iterator that "
+            f"cannot be read again: pass a list or a DataLoader{suffix}"
+        )
+    with torch.random.fork_rng(devices=[]):
+        inputs = _first_inputs(data)
+    if inputs is None:
+        raise ConfigError(missing + suffix)
+    return inputs[:1]
+
+
+def _first_inputs(data: Iterable[Batch]) -> Tensor | None:
+    """The inputs of ``data``'s first batch, or None when it has none."""
     dataset = getattr(data, "dataset", None)
-    if dataset is not None:
-        return dataset[0][0].unsqueeze(0)
-    for inputs, _ in data or ():
-        return inputs[:1]
-    raise ConfigError(
-        f"{why} traces the model on one input: the data has none" + (f"; {hint}" if hint else "")
-    )
+    collate = getattr(data, "collate_fn", None)
+    if isinstance(data, DataLoader) and not isinstance(dataset, IterableDataset):
+        if len(dataset) == 0:
+            return None
+        item = dataset[0]
+        batch = collate(item) if data.batch_size is None else collate([item])
+        return batch[0]
+    for inputs, _ in data:
+        return inputs
+    return None
 
 
 def _exclude_output_layers(
@@ -179,7 +210,8 @@ def _exclude_output_layers(
         "structure='filter': %s produce(s) the model's output and stay unpruned "
         "(protect_output=False prunes them)", ", ".join(unpruned),
     )  # fmt: skip
-    return [*(exclude or []), *protected], unpruned
+    # exclude holds fnmatch patterns: escape names such as ModuleDict keys "cls[a]".
+    return [*(exclude or []), *(glob.escape(n) for n in protected)], unpruned
 
 
 def _starting_masks(
