@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The accelerator check (under 5 minutes on one GPU): the CUDA tests, then one table of
 # SFPK loop vs batched particles (ResNet-20 batch 512, ResNet-50 batch 64), a bf16 ResNet-50
-# fine-tune epoch on fake ImageNet-shaped data, and peak memory.
+# fine-tune epoch on fake ImageNet-shaped data, and peak memory; then the 2:4 semi-structured
+# speed-up (dense fp16 vs torch's sparse kernels, benchmarks/semi_structured_speed.py).
 #   bash benchmarks/device_check.sh            # from the repository root, venv active or not
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,3 +11,4 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'device_check.sh needs a CUDA GPU')"
 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_batched_particles.py tests/test_precision.py
 "$PY" benchmarks/device_check.py "$@"
+"$PY" benchmarks/semi_structured_speed.py --repeats 30
