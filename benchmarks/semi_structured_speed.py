@@ -25,6 +25,7 @@ capability 8.0 or newer and exits with sfpk's message otherwise.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -78,8 +79,6 @@ def pruned_pair(
 
 
 def _half_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).to(device=device, dtype=torch.float16).eval()
 
 

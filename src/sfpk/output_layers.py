@@ -65,8 +65,9 @@ def declared_output_layers(model: nn.Module) -> list[str] | None:
 def find_output_layers(model: nn.Module, example_input: Any) -> list[str]:
     """Names of the modules whose outputs become ``model(example_input)``'s outputs.
 
-    Uses the model's declaration when it has one, else traces one forward pass (see the
-    module docstring). The model's modes, buffers and ``requires_grad`` flags are restored.
+    Traces one forward pass (see the module docstring); a model's declaration is read by
+    :func:`declared_output_layers`, which needs no input. The model's modes, buffers and
+    ``requires_grad`` flags are restored.
 
     Raises:
         ConfigError: the forward pass fails on the example input, or the output does not
@@ -74,9 +75,6 @@ def find_output_layers(model: nn.Module, example_input: Any) -> list[str]:
             argmax): nothing to protect is then an error, not a reason to prune the outputs
             silently.
     """
-    declared = declared_output_layers(model)
-    if declared is not None:
-        return declared
     layers = {name: module for name, module in model.named_modules() if _is_layer(module)}
     produced: dict[Any, str] = {}
 

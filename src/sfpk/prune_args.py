@@ -156,14 +156,11 @@ def _example_input(data: Iterable[Batch] | None, why: str, hint: str = "") -> Te
 
 def _first_inputs(data: Iterable[Batch]) -> Tensor | None:
     """The inputs of ``data``'s first batch, or None when it has none."""
-    dataset = getattr(data, "dataset", None)
-    collate = getattr(data, "collate_fn", None)
-    if isinstance(data, DataLoader) and not isinstance(dataset, IterableDataset):
-        if len(dataset) == 0:
+    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
+        if len(data.dataset) == 0:
             return None
-        item = dataset[0]
-        batch = collate(item) if data.batch_size is None else collate([item])
-        return batch[0]
+        item = data.dataset[0]
+        return (data.collate_fn(item) if data.batch_size is None else data.collate_fn([item]))[0]
     for inputs, _ in data:
         return inputs
     return None
@@ -194,7 +191,9 @@ def _exclude_output_layers(
     prunable = prunable_parameters(
         model, include=include, exclude=exclude, include_bias=include_bias
     )
-    protected = [n for n in output_parameter_names(model, layers) if n in prunable]
+    owned = {layer: [n for n in output_parameter_names(model, [layer]) if n in prunable]
+             for layer in layers}  # fmt: skip
+    protected = [n for names in owned.values() for n in names]
     if not protected:
         return (list(exclude) if exclude else None), []
     if len(protected) == len(prunable):
@@ -203,9 +202,7 @@ def _exclude_output_layers(
             f"to the layer(s) producing the model's output ({', '.join(layers)}), whose "
             "filters are the outputs; prune another structure, or pass protect_output=False"
         )
-    unpruned = [
-        layer for layer in layers if set(output_parameter_names(model, [layer])) & set(protected)
-    ]
+    unpruned = [layer for layer, names in owned.items() if names]
     log.info(
         "structure='filter': %s produce(s) the model's output and stay unpruned "
         "(protect_output=False prunes them)", ", ".join(unpruned),
