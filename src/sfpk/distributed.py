@@ -16,6 +16,7 @@ gloo on CPU, nccl on GPU (tensors must then live on the rank's CUDA device).
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -87,8 +88,14 @@ def init_from_env(device: str = "auto", *, timeout: datetime.timedelta | None = 
 
 
 def shutdown() -> None:
-    """Destroy the default process group, if one is initialised (end of a torchrun job)."""
+    """Destroy the default process group, if one is initialised (end of a torchrun job).
+
+    Unreachable objects that still hold the group (a DDP wrapper in a reference cycle, say)
+    are collected first, while the group exists, rather than during interpreter teardown
+    after it is gone, where freeing their C++ state can abort the process.
+    """
     if _initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
