@@ -191,26 +191,59 @@ class SlimPair:
         return 1 - _weights(self.slim) / _weights(self.dense)
 
 
-def build_pair(name: str, sparsity: float, round_to: int = 1) -> SlimPair:
+def architecture(spec: str) -> Architecture:
+    """A zoo model from ``spec``: a zoo name (``resnet20``) or ``wrn-DEPTH-WIDTH``
+    (``wrn-16-4``: the wide ResNet, stage widths 64 / 128 / 256)."""
+    if spec.startswith("wrn-"):
+        depth, width = (int(v) for v in spec.split("-")[1:])
+        return Architecture("wrn", 10, INPUT_SHAPE, {"depth": depth, "width": width})
+    return Architecture(spec, num_classes=10, input_shape=INPUT_SHAPE)
+
+
+def _kept_widths(dense: nn.Module, slim: nn.Module) -> str:
+    """Every distinct conv output width, dense -> slim (``"16->16 32->16 64->32"``)."""
+    pairs = {
+        (a.out_channels, b.out_channels)
+        for a, b in zip(dense.modules(), slim.modules(), strict=True)
+        if isinstance(a, nn.Conv2d)
+    }
+    return " ".join(f"{a}->{b}" for a, b in sorted(pairs))
+
+
+def build_pair(
+    name: str, sparsity: float, round_to: int = 1, masks_from: str = "uniform"
+) -> SlimPair:
     """``name`` (random init, eval mode) and its slim model with ~``sparsity`` of the
-    conv/linear weights removed; the slim outputs are checked against the masked model's."""
+    conv/linear weights removed; the slim outputs are checked against the masked model's.
+
+    ``masks_from="uniform"``: the same channel fraction of every coupled group, found by
+    bisection (:func:`coupled_filter_masks`). ``"prune"``: the product's own
+    ``sfpk.prune(method="mag", structure="coupled", scope="global", round_to=round_to)``,
+    which ranks channels across groups, so the widths differ between groups.
+    """
     torch.manual_seed(0)
-    dense = Architecture(name, num_classes=10, input_shape=INPUT_SHAPE).build().eval()
-    groups = _prunable_groups(dense)
-    fraction = _fraction_for(dense, groups, sparsity, round_to)
-    masks = coupled_filter_masks(dense, groups, fraction, round_to)
+    dense = architecture(name).build().eval()
     sample = torch.randn(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
+    if masks_from == "prune":
+        batch = (sample, torch.zeros(2, dtype=torch.long))
+        masks = sfpk.prune(
+            dense, [batch], method="mag", structure="coupled", scope="global",
+            sparsity=sparsity, round_to=round_to,
+        )  # fmt: skip
+        fraction = math.nan
+    else:
+        groups = _prunable_groups(dense)
+        fraction = _fraction_for(dense, groups, sparsity, round_to)
+        masks = coupled_filter_masks(dense, groups, fraction, round_to)
     slim = slim_model(dense, masks, sample)
     masked = masks.apply(copy.deepcopy(dense))
     torch.testing.assert_close(slim(sample), masked(sample), atol=1e-4, rtol=1e-3)
-    widths = sorted({(g.size, g.size - _cut(g.size, fraction, round_to)) for g in groups})
-    kept = " ".join(f"{a}->{b}" for a, b in widths)
-    return SlimPair(dense, slim, masks, fraction, kept)
+    return SlimPair(dense, slim, masks, fraction, _kept_widths(dense, slim))
 
 
 def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) -> list[dict]:
     """Rows (every runtime of ``args.runtimes``, every batch size) for one model and sparsity."""
-    pair = build_pair(name, sparsity, args.round_to)
+    pair = build_pair(name, sparsity, args.round_to, args.masks)
     dense, slim, masks, fraction = pair.dense, pair.slim, pair.masks, pair.fraction
     sample = torch.randn(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     dense_costs = sfpk.count(dense, INPUT_SHAPE)
@@ -278,7 +311,9 @@ def _line(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    parser.add_argument(
+        "--models", nargs="+", default=["resnet20", "resnet56"], help="zoo names or wrn-D-K"
+    )
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9])
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats (median)")
     parser.add_argument("--inner", type=int, default=16, help="samples per timed repeat")
@@ -286,6 +321,13 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     parser.add_argument(
         "--round-to", type=int, default=1, help="keep a multiple of this many channels per group"
+    )
+    parser.add_argument(
+        "--masks",
+        choices=["uniform", "prune"],
+        default="uniform",
+        help="uniform: one channel fraction for every group; prune: sfpk.prune (mag, "
+        "coupled, global, --round-to)",
     )
     parser.add_argument(
         "--runtimes",
@@ -318,6 +360,7 @@ def main() -> None:
         "repeats": args.repeats,
         "inner_samples": args.inner,
         "round_to": args.round_to,
+        "masks": args.masks,
         "runtimes": args.runtimes,
         "onnxruntime_graph_optimization": "ORT_ENABLE_ALL",
         "machine": platform.processor() or platform.machine(),
