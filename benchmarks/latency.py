@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 import sfpk
+from sfpk.errors import ConfigError
 from sfpk.export import Architecture
 from sfpk.masks import Masks
 from sfpk.onnx_export import export_onnx
@@ -343,13 +344,19 @@ def main() -> None:
     load_before = os.getloadavg()
     print(HEADER)
     print("|---" * HEADER.count(" |") + "|")
-    rows = []
+    rows, unreachable = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for sparsity in args.sparsities:
-                rows.extend(measure(name, sparsity, args, Path(tmp)))
+                try:
+                    rows.extend(measure(name, sparsity, args, Path(tmp)))
+                except ConfigError as error:  # e.g. round_to leaves too few channels
+                    print(f"| {name} | {sparsity:.0%} requested: not measured: {error} |")
+                    unreachable.append({"model": name, "sparsity": sparsity, "why": str(error)})
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"latency-{args.tag}" if args.tag else "latency"
+    if not rows:
+        raise SystemExit("no cell could be measured")
     with (RESULTS / f"{stem}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -367,7 +374,8 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
     }
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"setup": info, "rows": rows}, indent=1))
+    document = {"setup": info, "rows": rows, "unreachable": unreachable}
+    (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=1))
     for runtime in args.runtimes:
         met = [r["target_met"] for r in rows if r["runtime"] == runtime and r["batch"] == 64]
         print(f"{runtime}: batch-64 speed-up >= 0.7 x MAC reduction in {sum(met)}/{len(met)}")
