@@ -50,6 +50,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import sfpk
 import sfpk.pruners.base as pruner_base
+import sfpk.pruners.particles.batching as batching
+import sfpk.pruners.particles.energy as energy
 import sfpk.pruners.particles.engine as engine
 import sfpk.pruners.particles.methods as methods
 from sfpk.data import load_dataset
@@ -176,8 +178,8 @@ def _against(
 
 # -- breakdown ------------------------------------------------------------------------------
 _PARTS: list[tuple[Any, str, str]] = [
-    (engine, "effective_weight_grads", "passes (forward+backward)"),
-    (engine, "process", "per particle: threshold (polarisation)"),
+    (batching, "effective_weight_grads", "passes (forward+backward)"),
+    (energy, "process", "per particle: threshold (polarisation)"),
     (FlatLayout, "effective_weights", "per particle: effective weights θ ⊙ p"),
     (FlatLayout, "mask_gradient_", "per particle: gradient scatter to the flat row"),
     (engine.ParticleSystem, "_levels", "per step: G and -∇G"),

@@ -108,6 +108,7 @@ def test_no_import_circles_in_the_package():
         ("sfpk.pruners", "sfpk.pipelines"),
         ("sfpk.pruners", "sfpk.config"),
         ("sfpk.reference", "sfpk.cli"),
+        ("sfpk.reference_flags", "sfpk.cli"),
     ],
 )
 def test_lower_layers_do_not_import_higher_ones(low, high):

@@ -16,7 +16,9 @@ Each vmapped particle updates a private copy of the running statistics, which is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Literal
 
 import torch
@@ -26,7 +28,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from ...errors import check_choice
 from ...functional import LossFn, effective_weight_grads
 
-__all__ = ["BATCHINGS", "Batching", "particle_grads", "resolve_batching"]
+__all__ = ["BATCHINGS", "Batching", "iter_particle_grads", "particle_grads", "resolve_batching"]
 
 Batching = Literal["auto", "loop", "vmap"]
 BATCHINGS: tuple[str, ...] = ("auto", "loop", "vmap")
@@ -61,11 +63,35 @@ def particle_grads(
     """
     same_shapes = len({(tuple(x.shape), tuple(y.shape)) for x, y in batches}) == 1
     if batching == "loop" or len(effective) < 2 or not same_shapes:
-        return [
-            effective_weight_grads(model, eff, x, y, loss_fn)
-            for eff, (x, y) in zip(effective, batches, strict=True)
-        ]
+        return list(iter_particle_grads(model, effective, batches, loss_fn))
     return _vmapped(model, effective, batches, loss_fn)
+
+
+def iter_particle_grads(
+    model: nn.Module,
+    effective: Iterable[Mapping[str, Tensor]],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    loss_fn: LossFn,
+    *,
+    each_pass: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+) -> Iterator[Grads]:
+    """The loop of :func:`particle_grads`, lazily: one particle's pass per item drawn.
+
+    Given a lazy ``effective`` (a generator), only the current particle's effective weights
+    are held, which is what the particle engine wants for large models.
+
+    Args:
+        model: the network (its parameters are not differentiated or changed).
+        effective: per particle, the effective weights ``{name: θ ⊙ p_i}``.
+        batches: per particle, its ``(inputs, targets)`` on the model's device.
+        loss_fn: the energy loss.
+        each_pass: a fresh context for each particle's forward+backward (e.g. autocast); the
+            caller's work on a yielded result runs outside it.
+    """
+    for eff, (x, y) in zip(effective, batches, strict=True):
+        with each_pass():
+            grads = effective_weight_grads(model, eff, x, y, loss_fn)
+        yield grads
 
 
 def _vmapped(

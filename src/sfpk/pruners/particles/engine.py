@@ -3,9 +3,10 @@
 One :class:`ParticleSystem` runs ``N`` synchronous steps of ``n`` particles. Its state lives
 in pre-allocated flat tensors: particles ``[n, P_m]``, forces ``[n, P_m]``, ``-∇G``
 ``[n, P_m]``, one ``[n, P_m]`` work buffer and the score accumulator ``S`` ``[P_m]``. Per
-particle and step there is exactly one forward + backward pass (the functional masked
-forward, :func:`sfpk.functional.effective_weight_grads`); G, the repulsion, the drift and the
-votes are closed-form tensor operations (:mod:`.dynamics`, :mod:`.processors`, :mod:`.voting`).
+particle and step there is exactly one forward + backward pass (:mod:`.energy`, through the
+functional masked forward :func:`sfpk.functional.effective_weight_grads`); G, the repulsion,
+the drift and the votes are closed-form tensor operations (:mod:`.dynamics`,
+:mod:`.processors`, :mod:`.voting`).
 
 BatchNorm: the network runs in train mode throughout (spec §3.2), so BN normalises with the
 statistics of each particle's own mini-batch; the running statistics drift and are restored
@@ -30,13 +31,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ...distributed import all_reduce_rows_, is_main, particle_owner, rank, world_size
+from ...distributed import is_main, particle_owner, rank, world_size
 from ...distributed import resolve_distributed as _resolve_distributed
 from ...errors import NonFiniteError, SfpkError
-from ...functional import effective_weight_grads
-from ...precision import autocast
-from ..base import Batch, PruneContext, PruneObserver, batch_stream, to_device
-from .batching import particle_grads, resolve_batching
+from ..base import Batch, PruneContext, PruneObserver, batch_stream
+from .batching import resolve_batching
 from .dynamics import (
     drift,
     dt_schedule,
@@ -48,8 +47,9 @@ from .dynamics import (
     repulsion,
     size_and_gradient,
 )
+from .energy import check_finite_losses, energy_forces
 from .layout import FlatLayout
-from .processors import ThresholdLayout, process
+from .processors import ThresholdLayout
 from .state import STATE_VERSION, capture_state, check_state, restore_rng, restore_state
 from .voting import rank_voters, score_weight, vote
 
@@ -246,8 +246,8 @@ class ParticleSystem:
         info: dict[str, Any] | None = None
         if trace is not None:
             info = {"mask_before": self.particles.clone()}
-        losses, polarized = self._energy_forces(draws, level_list, info is not None)
-        _check_finite_losses(losses, t)
+        losses, polarized = energy_forces(self, draws, level_list, keep=info is not None)
+        check_finite_losses(losses, t)
         if info is not None:
             info["force_energy"] = self.forces.clone()
         attraction = float(self.forces.norm(dim=1).mean())
@@ -356,84 +356,6 @@ class ParticleSystem:
             info["force_repulsion"] = rep.clone()
         self.forces.add_(rep, alpha=opts.repulsion_weight)
         return opts.repulsion_weight * float(rep.norm(dim=1).mean()), kernel
-
-    def _energy_forces(
-        self, draws: Iterator[Batch], levels: list[list[float]], keep: bool
-    ) -> tuple[Tensor, list[Tensor]]:
-        """Write ``e_i = -∂E_i/∂m`` (straight-through) into ``self.forces`` row by row.
-
-        Distributed: rows of particles other ranks own stay zero until the all-reduce; their
-        batches are still drawn, so particle ``i`` gets the same batch on every world size.
-        """
-        opts, layout = self.options, self.layout
-        losses = torch.zeros(opts.num_particles, dtype=torch.float64, device=layout.device)
-        polarized = []
-        work: list[tuple[int, Any, Tensor, tuple[Tensor, Tensor]]] = []
-        for i in range(opts.num_particles):
-            batch = next(draws)
-            self.consumed += 1
-            if not (self.owned[i] or keep):
-                self.forces[i].zero_()
-                continue
-            density = levels[i] if self.layer_ode else levels[i][0]
-            value, grad_fn = process(
-                opts.processor,
-                self.particles[i],
-                self.rank_weight,
-                density,
-                self.thresholds,
-                eps=opts.processor_eps,
-                ratio=opts.processor_ratio,
-            )
-            if keep:
-                polarized.append(value.detach().clone())
-            if not self.owned[i]:
-                self.forces[i].zero_()
-                continue
-            work.append((i, grad_fn, value, to_device(batch, self.ctx.device)))
-        if self.batching == "loop":  # lazily: one particle's weights in memory at a time
-            results: Iterable[tuple[Tensor, dict[str, Tensor]]] = (
-                self._pass(value, batch) for _, _, value, batch in work
-            )
-        else:
-            effective = [layout.effective_weights(value) for _, _, value, _ in work]
-            batches = [batch for *_, batch in work]
-            with autocast(self.ctx.device, self.ctx.precision):
-                results = particle_grads(self.model, effective, batches, self._loss_fn, "vmap")
-        for (i, grad_fn, _, _), (loss, grads) in zip(work, results, strict=True):
-            losses[i] = loss
-            row = layout.mask_gradient_(grads, self.forces[i])
-            if grad_fn is not None:
-                row.copy_(grad_fn(row))
-            row.neg_()
-        if self.split:
-            all_reduce_rows_(self.forces, losses)
-        return losses, polarized
-
-    def _pass(
-        self, value: Tensor, batch: tuple[Tensor, Tensor]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """One particle's loss and effective-weight gradients (forward at ctx.precision)."""
-        with autocast(self.ctx.device, self.ctx.precision):
-            return effective_weight_grads(
-                self.model, self.layout.effective_weights(value), *batch, self._loss_fn
-            )
-
-    def _loss_fn(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """The energy loss in fp32 (the logits may come from a low-precision forward)."""
-        return self.ctx.loss_fn(logits.float(), targets)
-
-
-def _check_finite_losses(losses: Tensor, step: int) -> None:
-    """Stop at the first step whose energy is NaN or inf, naming the step and particles."""
-    finite = torch.isfinite(losses)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten().tolist()
-        raise NonFiniteError(
-            f"step {step}: the energy (loss) of particle(s) {bad[:5]} is "
-            f"{float(losses[bad[0]])}: NaN or inf in the pruning data's inputs or in the "
-            "model's outputs"
-        )
 
 
 def _sqrt_or_none(values: Tensor | None) -> Tensor | None:
