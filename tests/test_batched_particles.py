@@ -59,7 +59,12 @@ def test_sfpk_with_vmapped_particles_gives_the_loops_masks_and_history(method):
     options = {"num_steps": 4} | ({"num_particles": 3} if method == "sfpk" else {})
     runs = {
         batching: sfpk.run_pruner(
-            model, data, method=method, sparsity=0.8, seed=2, particle_batching=batching,
+            model,
+            data,
+            method=method,
+            sparsity=0.8,
+            seed=2,
+            particle_batching=batching,
             **options,
         )  # fmt: skip
         for batching in ("loop", "vmap")

@@ -64,9 +64,7 @@ def test_a_score_method_has_no_state_to_start_from():
     """Passing a start state to a stateless method is an error, not silently ignored."""
     model, data = model_and_batches("mlp")
     with pytest.raises(ConfigError, match="no state"):
-        sfpk.run_pruner(
-            model, data, method="mag", sparsity=0.5, start=sfpk.StartState({"step": 0})
-        )
+        sfpk.run_pruner(model, data, method="mag", sparsity=0.5, start=sfpk.StartState({"step": 0}))
 
 
 def test_observer_sees_every_step():

@@ -56,9 +56,7 @@ def test_pruned_inputs_are_measured_on_the_masked_network():
     model = _two_layers()
     data = [(torch.randn(6, 4), torch.zeros(6, dtype=torch.long))]
     masks = Masks.ones(model)
-    zero_first = masks.with_tensors(
-        {"0.weight": torch.zeros(3, 4), "2.weight": torch.ones(2, 3)}
-    )
+    zero_first = masks.with_tensors({"0.weight": torch.zeros(3, 4), "2.weight": torch.ones(2, 3)})
     with torch.no_grad():
         model[0].bias.fill_(-1.0)  # relu(0 * x - 1) = 0: the second layer sees zeros
     scores = sfpk.create_pruner("wanda").score(model, data, zero_first, PruneContext())

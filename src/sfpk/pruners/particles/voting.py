@@ -74,9 +74,7 @@ def hard_cut(score: Tensor, density: float, layout: ThresholdLayout) -> Tensor:
         )
     if layout.entry_weight is None:
         return score * cut(score, math.floor(removed * score.numel()), ties="drop")
-    keep = weighted_cut(
-        score, layout.entry_weight, removed * layout.total_weights, ties="drop"
-    )
+    keep = weighted_cut(score, layout.entry_weight, removed * layout.total_weights, ties="drop")
     return score if keep is None else score * keep
 
 
