@@ -15,8 +15,10 @@ from sfpk.aligned_cut import aligned_keep_count
 from sfpk.api import check_pruning
 from sfpk.cli import main
 from sfpk.errors import ConfigError, SparsityCheckError
+from sfpk.mask_files import read_mask_file
 from sfpk.masks import Masks, removal_count
-from sfpk.selection import check_achieved_sparsity, select_topk
+from sfpk.selection import select_topk
+from sfpk.sparsity_check import check_achieved_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
@@ -173,8 +175,9 @@ def test_masks_file_keeps_round_to_and_is_checked_after_loading(tmp_path):
     model, data = _mlp(), random_batches((12,), 3)
     masks = sfpk.prune(model, data, method="mag", sparsity=0.5, structure="filter", round_to=4)
     path = masks.save(tmp_path / "masks.safetensors")
+    assert read_mask_file(path)[1]["round_to"] == 4  # the file's own JSON header
     loaded = Masks.load(path, model)
-    assert loaded.round_to == 4 and loaded.header()["round_to"] == 4
+    assert loaded.round_to == 4
     check_achieved_sparsity(loaded, 0.5, "global")
     name = next(n for n in loaded if int(torch.count_nonzero(loaded[n])) < loaded[n].numel())
     mask = loaded[name].clone()
@@ -269,6 +272,7 @@ def _run(tmp_path, pipeline: str, extra: list[str]) -> tuple[dict, Masks]:
     flags = [pipeline, *tiny_flags(pipeline), "--structure", "filter", "--sparsity", "0.5"]
     assert main([*flags, *extra, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    assert read_mask_file(out / "masks.safetensors")[1]["round_to"] == summary["round_to"]
     return summary, Masks.load(out / "masks.safetensors")
 
 

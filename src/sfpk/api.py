@@ -19,7 +19,7 @@ from .prunable import Structure
 from .prune_args import SEED_MAX, check_finite_tensors, check_model, check_seed, checked_call
 from .pruners.base import Batch, PruneContext, PruneObserver, PruneResult, StartState
 from .pruners.particles.batching import BATCHINGS
-from .selection import check_achieved_sparsity
+from .sparsity_check import check_achieved_sparsity
 
 __all__ = [
     "prune",

@@ -1,9 +1,10 @@
-"""Every "keep the top k" decision: exact final masks, the engine's thresholds, the check.
+"""Every "keep the top k" decision: exact final masks and the engine's thresholds.
 
 This is the one place where scores become 0/1 masks (pruners only score). Higher score means
 keep. See :mod:`sfpk.masks` for the sparsity and tie-breaking conventions. The particle
 engine's in-simulation thresholds (polarisation, hard vote) use :func:`cut` and
-:func:`weighted_cut` with the reference's tie rules; final masks use :func:`select_topk`.
+:func:`weighted_cut` with the reference's tie rules; final masks use :func:`select_topk`,
+and :mod:`sfpk.sparsity_check` checks them against the rules below.
 
 Counting rules:
 
@@ -42,23 +43,20 @@ from torch import Tensor
 from .aligned_cut import (
     aligned_global_cut,
     aligned_keep_count,
-    check_aligned,
     check_reachable,
     check_round_to,
-    group_alive,
     is_aligned,
 )
 from .collapse import Guard, protected_entries
 from .errors import ConfigError, SfpkError, SparsityCheckError, check_choice, check_fraction
 from .kth_select import kth_smallest, select_kth
 from .masks import SCOPES, Masks, Scope, removal_count
-from .prunable import parse_nm
+from .prunable import output_rows, parse_nm
 from .weight_budget import block_starts, greedy_removal
 
 __all__ = [
     "Ties",
     "SparsityCheckError",
-    "check_achieved_sparsity",
     "cut",
     "kth_smallest",
     "nm_cut",
@@ -272,7 +270,7 @@ def select_topk(
     elif scope == "row":
         keep = torch.cat(
             [
-                _row_cut(chunk.reshape(_rows(template[n].shape), -1), sparsity).reshape(-1)
+                _row_cut(chunk.reshape(output_rows(template[n].shape), -1), sparsity).reshape(-1)
                 for n, chunk in zip(template, flat.split(sizes), strict=True)
             ]
         )
@@ -372,30 +370,6 @@ def _coupled_cut(
     return keep[index]
 
 
-def _check_coupled(masks: Masks, sparsity: float, scope: Scope) -> None:
-    """Every group is kept or removed whole; per block (local) or overall (global) counts."""
-    coupling = masks.coupling
-    assert coupling is not None
-    alive = group_alive(masks).to(torch.float64)
-    if scope == "local":
-        for block, keep in zip(coupling.blocks, alive.split(coupling.block_sizes()), strict=True):
-            expected = block.groups - removal_count(block.groups, sparsity)
-            if int(keep.sum()) != expected:
-                raise SparsityCheckError(
-                    f"block {block.name!r} keeps {int(keep.sum())} of {block.groups} "
-                    f"{block.kind}s, expected {expected} (sparsity {sparsity})"
-                )
-        return
-    weights = coupling.group_weights(masks.shapes)
-    total, budget = masks.total_weights(), removal_count(masks.total_weights(), sparsity)
-    removed = total - int((weights * alive).sum())
-    if not budget - int(weights.max()) < removed <= budget:
-        raise SparsityCheckError(
-            f"removed {removed} of {total} weights, expected {budget} up to one group of "
-            f"{int(weights.max())} (sparsity {sparsity})"
-        )
-
-
 def _plain_cut(flat: Tensor, sizes: list[int], sparsity: float, scope: Scope) -> Tensor:
     """The plain exact cut of entries: one over everything (global) or one per tensor
     (local); for structured masks only the per-tensor form is used."""
@@ -434,11 +408,6 @@ def _guarded_cut(
     return _plain_cut(boosted, sizes, sparsity, scope), report
 
 
-def _rows(shape: tuple[int, ...] | torch.Size) -> int:
-    """Output rows of a tensor: its first dim (a 1-D tensor, e.g. a bias, is one row)."""
-    return shape[0] if len(shape) > 1 else 1
-
-
 def _row_cut(values: Tensor, sparsity: float) -> Tensor:
     """Per row of ``[rows, cols]``, drop the ``floor(sparsity * cols)`` lowest (stable ties)."""
     remove = removal_count(values.shape[1], sparsity)
@@ -447,76 +416,3 @@ def _row_cut(values: Tensor, sparsity: float) -> Tensor:
         order = torch.sort(values, dim=1, stable=True).indices[:, :remove]
         keep.scatter_(1, order, 0.0)
     return keep
-
-
-def _check_nm(masks: Masks, m: int, sparsity: float) -> None:
-    """Every group of ``m`` along dim 1 keeps exactly ``m - floor(sparsity * m)``."""
-    expected = m - removal_count(m, sparsity)
-    for name, mask in masks.items():
-        kept = (mask != 0).movedim(1, -1).reshape(-1, m).sum(1)
-        if bool((kept != expected).any()):
-            raise SparsityCheckError(
-                f"layer {name!r}: a group of {m} keeps {int(kept.min())}..{int(kept.max())} "
-                f"weights, expected {expected} in every group (sparsity {sparsity})"
-            )
-
-
-def check_achieved_sparsity(masks: Masks, sparsity: float, scope: Scope) -> None:
-    """Assert the achieved sparsity, global and per layer, matches the selection rules.
-
-    Masks with ``round_to`` > 1 are checked by :func:`sfpk.aligned_cut.check_aligned`:
-    every block keeps a multiple of ``round_to`` groups or all, and the counts of ``scope``.
-
-    Raises:
-        SparsityCheckError: naming the layer (or the whole set) and both figures.
-    """
-    if is_aligned(masks.round_to):
-        check_aligned(masks, sparsity, scope)
-        return
-    total = masks.total_weights()
-    removed = total - masks.kept_weights()
-    nm = parse_nm(masks.structure)
-    if masks.coupling is not None:
-        _check_coupled(masks, sparsity, scope)
-        return
-    if nm is not None:
-        _check_nm(masks, nm[1], sparsity)
-        return
-    if masks.structure == "unstructured" and scope == "global":
-        expected = removal_count(total, sparsity)
-        if removed != expected:
-            raise SparsityCheckError(
-                f"removed {removed} of {total} weights, expected exactly {expected} "
-                f"(sparsity {sparsity})"
-            )
-        return
-    if scope == "global":
-        budget = removal_count(total, sparsity)
-        largest_group = max(masks.weights_per_entry(n) for n in masks)
-        if not budget - largest_group < removed <= budget:
-            raise SparsityCheckError(
-                f"removed {removed} of {total} weights, expected {budget} up to one group "
-                f"of {largest_group} (sparsity {sparsity})"
-            )
-        return
-    for name in masks:
-        if scope == "row":
-            rows = masks[name].reshape(_rows(masks[name].shape), -1)
-            cols = rows.shape[1]
-            kept_rows = torch.count_nonzero(rows, dim=1)
-            expected_row = cols - removal_count(cols, sparsity)
-            if bool((kept_rows != expected_row).any()):
-                raise SparsityCheckError(
-                    f"layer {name!r}: a row keeps {int(kept_rows.min())}..."
-                    f"{int(kept_rows.max())} of {cols} entries, expected {expected_row} in "
-                    f"every row (sparsity {sparsity})"
-                )
-            continue
-        size = masks[name].numel()
-        kept = int(torch.count_nonzero(masks[name]))
-        expected_kept = size - removal_count(size, sparsity)
-        if kept != expected_kept:
-            raise SparsityCheckError(
-                f"layer {name!r} keeps {kept} of {size} mask entries, expected {expected_kept} "
-                f"(sparsity {sparsity})"
-            )
