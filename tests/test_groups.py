@@ -23,7 +23,7 @@ from sfpk.losses import next_token_loss
 from sfpk.masks import Masks
 from sfpk.models import create
 from sfpk.pruners.particles.layout import FlatLayout
-from sfpk.selection import SparsityCheckError, check_achieved_sparsity
+from sfpk.sparsity_check import SparsityCheckError, check_achieved_sparsity
 
 VOCAB, TOKENS, CLASSES = 30, 8, 3
 

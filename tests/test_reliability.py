@@ -193,6 +193,19 @@ CLI_ROWS = [
            r"unknown prune.collapse_guard 'rows'"),
     CliRow("nm-sparsity-mismatch", "oneshot", ["--structure", "2:4"],
            r"structure='2:4' removes 0.5 of the masked weights; sparsity=0.9 differs"),
+    CliRow("round-to-zero", "oneshot", ["--structure", "filter", "--round-to", "0"],
+           r"prune.round_to=0 must be >= 1"),
+    CliRow("round-to-fraction", "oneshot", ["--structure", "filter", "--round-to", "2.5"],
+           r"argument --round-to: invalid int value: '2.5'"),
+    CliRow("yaml-round-to-text", "oneshot", ["--config", "{tmp}/recipe.yaml"],
+           r"prune.round_to='16' must be an integer, not str",
+           setup=_yaml("prune:\n  structure: filter\n  round_to: '16'\n")),
+    CliRow("round-to-unstructured", "oneshot", ["--round-to", "16"],
+           r"prune.round_to=16 .* needs structure filter, channel, coupled, not "
+           r"structure='unstructured'"),
+    CliRow("round-to-out-of-reach", "oneshot", ["--structure", "filter", "--round-to", "32"],
+           r"sparsity=0.9 is out of reach with round_to=32: no block has more than 32 "
+           r"filters.*\(round_to=16 reaches it\)"),
     # -- patterns that match nothing -------------------------------------------------------
     CliRow("exclude-everything", "oneshot", ["--exclude", "*"],
            r"no prunable parameters"),
@@ -376,6 +389,18 @@ API_ROWS = [
            r"every prunable parameter .* belongs to the layer\(s\) producing the model's"),
     ApiRow("api-protect-output-text", _prune(protect_output="no"), ConfigError,
            r"protect_output='no' must be True or False"),
+    ApiRow("api-round-to-bool", _prune(structure="filter", round_to=True), ConfigError,
+           r"round_to=True must be an integer, not bool"),
+    ApiRow("api-round-to-fraction", _prune(structure="filter", round_to=2.5), ConfigError,
+           r"round_to=2.5 must be an integer \(a whole number\)"),
+    ApiRow("api-round-to-negative", _prune(structure="filter", round_to=-3), ConfigError,
+           r"round_to=-3 must be >= 1 \(None or 1: no rounding\)"),
+    ApiRow("api-round-to-unstructured", _prune(round_to=4), ConfigError,
+           r"round_to=4 .* needs structure filter, channel, coupled, not "
+           r"structure='unstructured'"),
+    ApiRow("api-round-to-out-of-reach", _prune(structure="filter", round_to=64), ConfigError,
+           r"sparsity=0.5 is out of reach with round_to=64: no block has more than 64 "
+           r"filters.*\(round_to=4 reaches it\)"),
 ]  # fmt: skip
 
 

@@ -10,7 +10,8 @@ import torch
 import sfpk
 from sfpk.errors import ConfigError
 from sfpk.masks import Masks, removal_count
-from sfpk.selection import SparsityCheckError, check_achieved_sparsity, select_topk
+from sfpk.selection import select_topk
+from sfpk.sparsity_check import SparsityCheckError, check_achieved_sparsity
 
 
 def _template(*sizes: int) -> Masks:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .aligned_cut import is_aligned
 from .collapse import Guard
 from .errors import check_choice
 from .masks import Masks, Scope
@@ -18,7 +19,7 @@ from .prunable import Structure
 from .prune_args import SEED_MAX, check_finite_tensors, check_model, check_seed, checked_call
 from .pruners.base import Batch, PruneContext, PruneObserver, PruneResult, StartState
 from .pruners.particles.batching import BATCHINGS
-from .selection import check_achieved_sparsity
+from .sparsity_check import check_achieved_sparsity
 
 __all__ = [
     "prune",
@@ -52,6 +53,7 @@ def prune(
     progress: bool = False,
     collapse_guard: Guard = "row",
     protect_output: bool = True,
+    round_to: int | None = None,
     particle_batching: str = "auto",
     precision: str = "fp32",
     **options: Any,
@@ -94,6 +96,15 @@ def prune(
             as ``sfpk_output_layers`` (:mod:`sfpk.output_layers`); listed in the result's
             ``unpruned_outputs``. False prunes them as the reference implementation does.
             It shapes fresh masks only: starting ``masks`` keep their own parameters.
+        round_to: with ``structure`` ``"filter"``, ``"channel"`` or ``"coupled"``, every
+            block (a layer's filters or channels; a coupled channel group) keeps a multiple
+            of ``round_to`` of them, at least ``round_to``, or all of them (a block of at
+            most ``round_to`` is never shrunk): slim widths then fill the CPU kernels'
+            channel blocks (16 fp32 channels with AVX-512, 8 with AVX2;
+            ``docs/performance.md``). ``local`` rounds each block's count to the nearest
+            such width; ``global`` removes whole chunks of ``round_to`` groups, within one
+            chunk of the requested sparsity (:mod:`sfpk.aligned_cut`). None or 1: no
+            rounding. SFPK/SpODE simulate as without it; only the final selection rounds.
         particle_batching: SFPK/SpODE's n forward+backward passes one per particle
             (``"loop"``), in one vmapped pass (``"vmap"``), or ``"auto"`` (vmap on GPUs, the
             loop on CPU); the results agree to fp32 tolerance.
@@ -106,8 +117,11 @@ def prune(
 
     Raises:
         UnknownNameError: unknown method, scope or structure.
-        ConfigError: sparsity outside (0, 1), an unknown option, a bad option value, or a
-            ``structure`` that differs from the starting ``masks``'.
+        ConfigError: sparsity outside (0, 1), an unknown option, a bad option value, a
+            ``structure`` that differs from the starting ``masks``', a ``round_to`` that is
+            not a whole number >= 1 or comes with another structure, or a global
+            ``round_to`` cut that cannot reach ``sparsity`` (the message gives the highest
+            reachable sparsity).
 
     Example:
         >>> masks = sfpk.prune(model, loader, method="sfpk", sparsity=0.9)  # doctest: +SKIP
@@ -129,6 +143,7 @@ def prune(
         observer=PruneObserver(progress=progress),
         collapse_guard=collapse_guard,
         protect_output=protect_output,
+        round_to=round_to,
         particle_batching=particle_batching,
         precision=precision,
         **options,
@@ -154,6 +169,7 @@ def run_pruner(
     distributed: bool | None = None,
     collapse_guard: Guard = "row",
     protect_output: bool = True,
+    round_to: int | None = None,
     particle_batching: str = "auto",
     precision: str = "fp32",
     **options: Any,
@@ -172,10 +188,11 @@ def run_pruner(
         >>> second = sfpk.run_pruner(model, loader, method="sfpk", sparsity=0.75,
         ...     masks=first.masks, start=sfpk.StartState(first.state))  # doctest: +SKIP
     """
-    pruner, masks, sparsity, scope = checked_call(
+    pruner, masks, sparsity, scope, round_to = checked_call(
         model, data, method=method, sparsity=sparsity, scope=scope, structure=structure,
         seed=seed, masks=masks, include=include, exclude=exclude, include_bias=include_bias,
         collapse_guard=collapse_guard, protect_output=protect_output, options=options,
+        round_to=round_to,
     )  # fmt: skip
     check_choice("particle_batching", particle_batching, BATCHINGS)
     device = next(model.parameters()).device
@@ -184,6 +201,7 @@ def run_pruner(
         seed=seed,
         distributed=distributed,
         collapse_guard=collapse_guard,
+        round_to=round_to,
         particle_batching=particle_batching,
         precision=check_precision(precision, device),
     )
@@ -209,7 +227,14 @@ def run_pruner(
     final.method = pruner.name
     final.target_sparsity = sparsity
     final.scope = scope
+    final.round_to = round_to
     check_achieved_sparsity(final, sparsity, scope)
+    if is_aligned(round_to) and abs(final.sparsity() - sparsity) > 0.01:
+        log.warning(
+            "round_to=%d removes whole chunks of %d filters/channels: %.4f of the weights "
+            "removed for the requested %.4f (the nearest the budget allows)",
+            round_to, round_to, final.sparsity(), sparsity,
+        )  # fmt: skip
     guard = final.collapse_guard
     if guard and guard["mode"] != guard["requested"]:
         log.warning(
@@ -242,6 +267,7 @@ def check_pruning(
     include_bias: bool = False,
     collapse_guard: Guard = "row",
     protect_output: bool = True,
+    round_to: int | None = None,
     data: Iterable[Batch] | None = None,
     **options: Any,
 ) -> Masks:
@@ -250,7 +276,8 @@ def check_pruning(
     The same checks :func:`run_pruner` makes before any work (the pipelines call this
     before a run's folder exists). Returns the starting masks. ``data`` (one batch is
     enough) is needed only by ``structure="coupled"`` and by ``"filter"`` with
-    ``protect_output``, which trace the model.
+    ``protect_output``, which trace the model. A global ``round_to`` that cannot reach
+    ``sparsity`` is found here too (it depends on the widths only, not on any score).
 
     Raises:
         ConfigError: as :func:`prune`; NonFiniteError: NaN or inf in the model's weights.
@@ -259,4 +286,5 @@ def check_pruning(
         model, data, method=method, sparsity=sparsity, scope=scope, structure=structure,
         seed=seed, masks=masks, include=include, exclude=exclude, include_bias=include_bias,
         collapse_guard=collapse_guard, protect_output=protect_output, options=options,
+        round_to=round_to,
     )[1]  # fmt: skip

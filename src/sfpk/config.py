@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from .aligned_cut import check_round_to
 from .collapse import Guard
 from .config_checks import (
     check_dataset,
@@ -246,6 +247,12 @@ class PruneConfig:
         True,
         "filter masks leave the layer producing the model's output (its classes) unpruned",
     )
+    round_to: int | None = _knob(
+        None,
+        "filter/channel/coupled: every layer or channel group keeps a multiple of K "
+        "filters/channels, or all (CPU-friendly slim widths; default: no rounding)",
+        ge=1,
+    )
     exclude: list[str] = _knob(help="parameter names (globs) never pruned", factory=list)
     bn_batches: int = _knob(2, "batches for BatchNorm recalibration after pruning", ge=0)
     options: dict[str, Any] = _knob(
@@ -258,6 +265,7 @@ class PruneConfig:
         check_fields(self, prefix="prune.")
         check_fraction("prune.sparsity", self.sparsity)
         check_structure(self.structure)
+        check_round_to(self.round_to, self.structure, name="prune.round_to")
 
 
 @dataclass

@@ -32,6 +32,7 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "NonFiniteError",
+    "SparsityCheckError",
     "check_number",
     "check_fraction",
     "check_positive",
@@ -81,6 +82,11 @@ class CheckpointError(SfpkError):
 
 class NonFiniteError(SfpkError, ValueError):
     """A NaN or infinity where only finite numbers make sense (weights, inputs, loss, scores)."""
+
+
+class SparsityCheckError(SfpkError):
+    """The achieved sparsity after pruning differs from the requested one (or the masks
+    break their structure's rules, e.g. a ``round_to`` width); :mod:`sfpk.selection`."""
 
 
 def check_number(name: str, value: Any, *, integer: bool = False) -> Any:

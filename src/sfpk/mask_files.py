@@ -2,9 +2,9 @@
 
 The header (safetensors metadata key ``"sfpk"``) records the format and version and what
 :meth:`sfpk.masks.Masks.header` gives: method, target and achieved sparsity, structure,
-scope, the parameter shapes and tied biases, so a file can be checked against a model
-(:meth:`sfpk.masks.Masks.check_fits`) without it. This module knows the file, not
-:class:`~sfpk.masks.Masks`, which builds on it.
+scope, ``round_to``, the parameter shapes and tied biases, so a file can be checked against
+a model (:meth:`sfpk.masks.Masks.check_fits`) and its selection rules without it. This
+module knows the file, not :class:`~sfpk.masks.Masks`, which builds on it.
 """
 
 from __future__ import annotations

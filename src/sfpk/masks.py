@@ -93,6 +93,7 @@ class Masks(Mapping[str, Tensor]):
         collapse_guard: Mapping[str, Any] | None = None,
         coupling: Coupling | None = None,
         unpruned_outputs: Sequence[str] = (),
+        round_to: int | None = None,
     ) -> None:
         check_structure(structure)
         if set(tensors) != set(shapes):
@@ -134,6 +135,8 @@ class Masks(Mapping[str, Tensor]):
         # Layers producing the model's output that filter masks left unpruned, because their
         # filters are the outputs themselves (sfpk.output_layers; protect_output).
         self.unpruned_outputs: list[str] = list(unpruned_outputs)
+        # Every block keeps a multiple of this many filters/channels (sfpk.aligned_cut).
+        self.round_to = round_to
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -249,6 +252,7 @@ class Masks(Mapping[str, Tensor]):
             collapse_guard=info.get("collapse_guard", self.collapse_guard),
             coupling=self.coupling,
             unpruned_outputs=self.unpruned_outputs,
+            round_to=info.get("round_to", self.round_to),
         )
         return out
 
@@ -384,6 +388,7 @@ class Masks(Mapping[str, Tensor]):
             "collapse_guard": self.collapse_guard,
             "coupling": self.coupling.to_json() if self.coupling is not None else None,
             "unpruned_outputs": self.unpruned_outputs,
+            "round_to": self.round_to,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -410,6 +415,7 @@ class Masks(Mapping[str, Tensor]):
             collapse_guard=info.get("collapse_guard"),
             coupling=Coupling.from_json(info["coupling"]) if info.get("coupling") else None,
             unpruned_outputs=info.get("unpruned_outputs") or (),
+            round_to=info.get("round_to"),
         )
         if model is not None:
             masks.check_fits(model)

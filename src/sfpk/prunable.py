@@ -41,6 +41,7 @@ __all__ = [
     "eligible_for",
     "group_kinds",
     "mask_shape",
+    "output_rows",
     "parse_nm",
     "prunable_parameters",
     "tied_biases",
@@ -50,7 +51,14 @@ __all__ = [
 # because N:M is open-ended (check_structure validates it).
 Structure = str
 STRUCTURES: tuple[str, ...] = (
-    "unstructured", "filter", "channel", "coupled", "head", "neuron", "head+neuron", "N:M"
+    "unstructured",
+    "filter",
+    "channel",
+    "coupled",
+    "head",
+    "neuron",
+    "head+neuron",
+    "N:M",
 )
 _NAMED = STRUCTURES[:-1]
 _GROUP_STRUCTURES = {
@@ -178,6 +186,11 @@ def _is_bias(name: str, shape: Sequence[int]) -> bool:
     return name.rsplit(".", 1)[-1] == "bias" or len(shape) < 2
 
 
+def output_rows(shape: Sequence[int]) -> int:
+    """Output rows of a tensor: its first dim (a 1-D tensor, e.g. a bias, is one row)."""
+    return shape[0] if len(shape) > 1 else 1
+
+
 def mask_shape(name: str, shape: Sequence[int], structure: Structure) -> tuple[int, ...]:
     """Shape of the mask of parameter ``name`` (of ``shape``) under ``structure``."""
     shape = tuple(shape)
@@ -193,8 +206,6 @@ def mask_shape(name: str, shape: Sequence[int], structure: Structure) -> tuple[i
     if structure == "channel":
         return (1, shape[1]) + (1,) * (len(shape) - 2)
     raise ConfigError(f"structure={structure!r}; {_STRUCTURE_CHOICES}")
-
-
 
 
 def tied_biases(model: nn.Module, params: Mapping[str, nn.Parameter]) -> dict[str, str]:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from .aligned_cut import check_aligned_start, check_reachable, check_round_to
 from .collapse import GUARDS, Guard
 from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
 from .masks import SCOPES, Masks, Scope, prunable_parameters
@@ -53,14 +54,17 @@ def checked_call(
     collapse_guard: Guard,
     protect_output: bool,
     options: dict[str, Any],
-) -> tuple[Pruner, Masks, float, Scope]:
+    round_to: Any = None,
+) -> tuple[Pruner, Masks, float, Scope, int | None]:
     """Every argument check of a pruning call: the pruner, the starting masks, the resolved
-    sparsity and scope."""
+    sparsity, scope and ``round_to``."""
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)
     check_seed(seed)
     check_model(model)
     check_structure(structure or "unstructured")
+    given = structure or (masks.structure if isinstance(masks, Masks) else "unstructured")
+    round_to = check_round_to(round_to, given)
     if not isinstance(protect_output, bool):
         raise ConfigError(f"protect_output={protect_output!r} must be True or False")
     unpruned: list[str] = []
@@ -79,7 +83,9 @@ def checked_call(
         scope = pruner.default_scope if masks.structure == "unstructured" else "global"
     check_choice("scope", scope, SCOPES)
     check_choice("collapse_guard", collapse_guard, GUARDS)
-    return pruner, masks, sparsity, scope
+    check_aligned_start(masks, round_to)
+    check_reachable(masks, sparsity, scope, round_to)
+    return pruner, masks, sparsity, scope, round_to
 
 
 def check_seed(seed: Any) -> int:

@@ -1,9 +1,10 @@
-"""Every "keep the top k" decision: exact final masks, the engine's thresholds, the check.
+"""Every "keep the top k" decision: exact final masks and the engine's thresholds.
 
 This is the one place where scores become 0/1 masks (pruners only score). Higher score means
 keep. See :mod:`sfpk.masks` for the sparsity and tie-breaking conventions. The particle
 engine's in-simulation thresholds (polarisation, hard vote) use :func:`cut` and
-:func:`weighted_cut` with the reference's tie rules; final masks use :func:`select_topk`.
+:func:`weighted_cut` with the reference's tie rules; final masks use :func:`select_topk`,
+and :mod:`sfpk.sparsity_check` checks them against the rules below.
 
 Counting rules:
 
@@ -23,6 +24,10 @@ Counting rules:
   removed lowest first while the removed weights stay within ``floor(sparsity * P)``
   (a group that would overshoot is skipped); the total is exact up to one group. The
   best group of every tensor is always kept, so no layer is cut off entirely.
+* ``round_to=K`` (filter, channel and coupled masks): every block (a tensor's filters or
+  channels, or a coupled channel group) keeps a multiple of K of its groups or all of
+  them; ``local`` rounds each block's count, ``global`` removes whole chunks of K
+  (:mod:`sfpk.aligned_cut`).
 """
 
 from __future__ import annotations
@@ -35,16 +40,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .aligned_cut import (
+    aligned_global_cut,
+    aligned_keep_count,
+    check_reachable,
+    check_round_to,
+    is_aligned,
+)
 from .collapse import Guard, protected_entries
-from .errors import ConfigError, SfpkError, check_choice, check_fraction
+from .errors import ConfigError, SfpkError, SparsityCheckError, check_choice, check_fraction
 from .kth_select import kth_smallest, select_kth
 from .masks import SCOPES, Masks, Scope, removal_count
-from .prunable import parse_nm
+from .prunable import output_rows, parse_nm
+from .weight_budget import block_starts, greedy_removal
 
 __all__ = [
     "Ties",
     "SparsityCheckError",
-    "check_achieved_sparsity",
     "cut",
     "kth_smallest",
     "nm_cut",
@@ -54,10 +66,6 @@ __all__ = [
 ]
 
 Ties = Literal["stable", "drop", "keep"]
-
-
-class SparsityCheckError(SfpkError):
-    """The achieved sparsity after pruning differs from the requested one."""
 
 
 def _flat(scores: Mapping[str, Tensor], template: Masks) -> Tensor:
@@ -207,6 +215,7 @@ def select_topk(
     scope: Scope = "global",
     keep_pruned: bool = True,
     guard: Guard = "off",
+    round_to: int | None = None,
 ) -> Masks:
     """Turn scores (shaped like ``template``'s masks) into 0/1 masks at ``sparsity``.
 
@@ -221,12 +230,21 @@ def select_topk(
             ``"row"`` keeps one weight per output row, ``"layer"`` one per tensor, ``"off"``
             (the default here; ``sfpk.prune`` guards rows by default) none. The counts stay
             exact; what it did is in the result's ``collapse_guard``.
+        round_to: filter, channel and coupled masks: every block keeps a multiple of this
+            many filters/channels, or all of them (:mod:`sfpk.aligned_cut`); None or 1
+            (default): no rounding. Recorded in the result's ``round_to``.
 
     Returns:
         New :class:`Masks` with exact 0/1 values and ``target_sparsity`` set.
+
+    Raises:
+        ConfigError: a bad sparsity, scope or ``round_to``, or a global ``round_to`` cut
+            that cannot come near ``sparsity`` (the message gives the highest reachable).
     """
     check_fraction("sparsity", sparsity)
     check_choice("scope", scope, SCOPES)
+    round_to = check_round_to(round_to, template.structure)
+    check_reachable(template, sparsity, scope, round_to)
     flat = _flat(scores, template)
     current = torch.cat([template[n].detach().reshape(-1).to("cpu") for n in template])
     if keep_pruned:
@@ -241,7 +259,7 @@ def select_topk(
             f"masks, not structure={template.structure!r}; use global or local"
         )
     if template.coupling is not None:  # heads / neurons: one decision per group
-        keep = _coupled_cut(flat, template, sparsity, scope)
+        keep = _coupled_cut(flat, template, sparsity, scope, round_to)
     elif nm is not None:  # every group is cut on its own, whatever the scope
         keep = torch.cat(
             [
@@ -252,14 +270,14 @@ def select_topk(
     elif scope == "row":
         keep = torch.cat(
             [
-                _row_cut(chunk.reshape(_rows(template[n].shape), -1), sparsity).reshape(-1)
+                _row_cut(chunk.reshape(output_rows(template[n].shape), -1), sparsity).reshape(-1)
                 for n, chunk in zip(template, flat.split(sizes), strict=True)
             ]
         )
     elif template.structure == "unstructured":
         keep, report = _guarded_cut(flat, template, sparsity, scope, guard)
     elif scope == "local":  # structured: every layer keeps ceil((1 - s) C) >= 1 groups
-        keep = _plain_cut(flat, sizes, sparsity, scope)
+        keep = _local_cut(flat, sizes, sparsity, round_to)
     else:
         weights = torch.cat(
             [
@@ -268,7 +286,7 @@ def select_topk(
             ]
         ).to(flat.device)
         budget = removal_count(template.total_weights(), sparsity)
-        keep = _structured_global(flat, weights, sizes, budget)
+        keep = _global_cut(flat, weights, sizes, budget, round_to)
     if keep_pruned:
         # When the template already removes more than ``sparsity`` asks for, the ranking
         # alone would revive some of its zeros; they must stay pruned.
@@ -278,7 +296,7 @@ def select_topk(
         for n, piece in zip(template, keep.split(sizes), strict=True)
     }
     return template.with_tensors(
-        tensors, target_sparsity=sparsity, scope=scope, collapse_guard=report
+        tensors, target_sparsity=sparsity, scope=scope, collapse_guard=report, round_to=round_to
     )
 
 
@@ -290,13 +308,37 @@ def _structured_global(values: Tensor, weights: Tensor, sizes: list[int], budget
     best = torch.stack(
         [
             chunk.argmax() + start
-            for chunk, start in zip(per_weight.split(sizes), _starts(sizes), strict=True)
+            for chunk, start in zip(per_weight.split(sizes), block_starts(sizes), strict=True)
         ]
     )
     order = order[~torch.isin(order, best)]
     keep = torch.ones_like(values)
-    keep[_greedy_removal(order, weights, budget)] = 0.0
+    keep[greedy_removal(order, weights, budget)] = 0.0
     return keep
+
+
+def _global_cut(
+    values: Tensor, weights: Tensor, sizes: list[int], budget: int, round_to: int | None
+) -> Tensor:
+    """The structured global cut of groups ``values``: plain, or aligned to ``round_to``."""
+    if is_aligned(round_to):
+        assert round_to is not None
+        return aligned_global_cut(values, weights, sizes, budget, round_to)
+    return _structured_global(values, weights, sizes, budget)
+
+
+def _local_cut(flat: Tensor, sizes: list[int], sparsity: float, round_to: int | None) -> Tensor:
+    """Per block of ``sizes`` groups, the exact cut of ``floor(sparsity * G)`` groups, or of
+    what :func:`sfpk.aligned_cut.aligned_keep_count` leaves to go."""
+    if not is_aligned(round_to):
+        return _plain_cut(flat, sizes, sparsity, "local")
+    assert round_to is not None
+    return torch.cat(
+        [
+            cut(chunk, chunk.numel() - aligned_keep_count(chunk.numel(), sparsity, round_to))
+            for chunk in flat.split(sizes)
+        ]
+    )
 
 
 def _group_index(template: Masks) -> Tensor:
@@ -306,10 +348,13 @@ def _group_index(template: Masks) -> Tensor:
     return torch.cat([owners[n] for n in template])
 
 
-def _coupled_cut(flat: Tensor, template: Masks, sparsity: float, scope: Scope) -> Tensor:
-    """Heads / neurons: a group's score is the sum over its entries; ``local`` removes
-    ``floor(sparsity * G)`` groups of every block, ``global`` ranks groups by score per
-    weight as for filters. Every entry of a group gets the group's decision."""
+def _coupled_cut(
+    flat: Tensor, template: Masks, sparsity: float, scope: Scope, round_to: int | None
+) -> Tensor:
+    """Heads / neurons / channel groups: a group's score is the sum over its entries;
+    ``local`` removes ``floor(sparsity * G)`` groups of every block, ``global`` ranks groups
+    by score per weight as for filters (both aligned to ``round_to`` when it is > 1).
+    Every entry of a group gets the group's decision."""
     coupling = template.coupling
     assert coupling is not None
     index = _group_index(template).to(flat.device)
@@ -317,43 +362,12 @@ def _coupled_cut(flat: Tensor, template: Masks, sparsity: float, scope: Scope) -
     groups.index_add_(0, index, flat)
     sizes = coupling.block_sizes()
     if scope == "local":
-        keep = _plain_cut(groups, sizes, sparsity, "local")
+        keep = _local_cut(groups, sizes, sparsity, round_to)
     else:
         weights = coupling.group_weights(template.shapes).to(flat.device)
-        keep = _structured_global(
-            groups, weights, sizes, removal_count(template.total_weights(), sparsity)
-        )
+        budget = removal_count(template.total_weights(), sparsity)
+        keep = _global_cut(groups, weights, sizes, budget, round_to)
     return keep[index]
-
-
-def _check_coupled(masks: Masks, sparsity: float, scope: Scope) -> None:
-    """Every group is kept or removed whole; per block (local) or overall (global) counts."""
-    coupling = masks.coupling
-    assert coupling is not None
-    index = _group_index(masks)
-    flat = torch.cat([(masks[n] != 0).reshape(-1).to("cpu", torch.float64) for n in masks])
-    kept = torch.zeros(coupling.num_groups, dtype=torch.float64).index_add_(0, index, flat)
-    members = torch.zeros_like(kept).index_add_(0, index, torch.ones_like(flat))
-    if bool(((kept != 0) & (kept != members)).any()):
-        raise SparsityCheckError("a coupled head/neuron group is only partly removed")
-    alive = (kept != 0).to(torch.float64)
-    if scope == "local":
-        for block, keep in zip(coupling.blocks, alive.split(coupling.block_sizes()), strict=True):
-            expected = block.groups - removal_count(block.groups, sparsity)
-            if int(keep.sum()) != expected:
-                raise SparsityCheckError(
-                    f"block {block.name!r} keeps {int(keep.sum())} of {block.groups} "
-                    f"{block.kind}s, expected {expected} (sparsity {sparsity})"
-                )
-        return
-    weights = coupling.group_weights(masks.shapes)
-    total, budget = masks.total_weights(), removal_count(masks.total_weights(), sparsity)
-    removed = total - int((weights * alive).sum())
-    if not budget - int(weights.max()) < removed <= budget:
-        raise SparsityCheckError(
-            f"removed {removed} of {total} weights, expected {budget} up to one group of "
-            f"{int(weights.max())} (sparsity {sparsity})"
-        )
 
 
 def _plain_cut(flat: Tensor, sizes: list[int], sparsity: float, scope: Scope) -> Tensor:
@@ -394,11 +408,6 @@ def _guarded_cut(
     return _plain_cut(boosted, sizes, sparsity, scope), report
 
 
-def _rows(shape: tuple[int, ...] | torch.Size) -> int:
-    """Output rows of a tensor: its first dim (a 1-D tensor, e.g. a bias, is one row)."""
-    return shape[0] if len(shape) > 1 else 1
-
-
 def _row_cut(values: Tensor, sparsity: float) -> Tensor:
     """Per row of ``[rows, cols]``, drop the ``floor(sparsity * cols)`` lowest (stable ties)."""
     remove = removal_count(values.shape[1], sparsity)
@@ -407,94 +416,3 @@ def _row_cut(values: Tensor, sparsity: float) -> Tensor:
         order = torch.sort(values, dim=1, stable=True).indices[:, :remove]
         keep.scatter_(1, order, 0.0)
     return keep
-
-
-def _check_nm(masks: Masks, m: int, sparsity: float) -> None:
-    """Every group of ``m`` along dim 1 keeps exactly ``m - floor(sparsity * m)``."""
-    expected = m - removal_count(m, sparsity)
-    for name, mask in masks.items():
-        kept = (mask != 0).movedim(1, -1).reshape(-1, m).sum(1)
-        if bool((kept != expected).any()):
-            raise SparsityCheckError(
-                f"layer {name!r}: a group of {m} keeps {int(kept.min())}..{int(kept.max())} "
-                f"weights, expected {expected} in every group (sparsity {sparsity})"
-            )
-
-
-def _starts(sizes: list[int]) -> list[int]:
-    return [sum(sizes[:i]) for i in range(len(sizes))]
-
-
-def _greedy_removal(order: Tensor, weights: Tensor, budget: int) -> Tensor:
-    """Indices to remove: lowest first, skipping groups that would overshoot ``budget``."""
-    if order.numel() == 0:  # every tensor has a single group, which is always kept
-        return order
-    sizes = weights[order]
-    prefix = int((torch.cumsum(sizes, 0) <= budget).sum())
-    chosen = [order[:prefix]]
-    left = budget - int(sizes[:prefix].sum())
-    smallest = int(sizes.min())
-    extra = []
-    for index, size in zip(order[prefix:].tolist(), sizes[prefix:].tolist(), strict=True):
-        if left < smallest:
-            break
-        if size <= left:
-            extra.append(index)
-            left -= int(size)
-    chosen.append(torch.tensor(extra, dtype=order.dtype, device=order.device))
-    return torch.cat(chosen)
-
-
-def check_achieved_sparsity(masks: Masks, sparsity: float, scope: Scope) -> None:
-    """Assert the achieved sparsity, global and per layer, matches the selection rules.
-
-    Raises:
-        SparsityCheckError: naming the layer (or the whole set) and both figures.
-    """
-    total = masks.total_weights()
-    removed = total - masks.kept_weights()
-    nm = parse_nm(masks.structure)
-    if masks.coupling is not None:
-        _check_coupled(masks, sparsity, scope)
-        return
-    if nm is not None:
-        _check_nm(masks, nm[1], sparsity)
-        return
-    if masks.structure == "unstructured" and scope == "global":
-        expected = removal_count(total, sparsity)
-        if removed != expected:
-            raise SparsityCheckError(
-                f"removed {removed} of {total} weights, expected exactly {expected} "
-                f"(sparsity {sparsity})"
-            )
-        return
-    if scope == "global":
-        budget = removal_count(total, sparsity)
-        largest_group = max(masks.weights_per_entry(n) for n in masks)
-        if not budget - largest_group < removed <= budget:
-            raise SparsityCheckError(
-                f"removed {removed} of {total} weights, expected {budget} up to one group "
-                f"of {largest_group} (sparsity {sparsity})"
-            )
-        return
-    for name in masks:
-        if scope == "row":
-            rows = masks[name].reshape(_rows(masks[name].shape), -1)
-            cols = rows.shape[1]
-            kept_rows = torch.count_nonzero(rows, dim=1)
-            expected_row = cols - removal_count(cols, sparsity)
-            if bool((kept_rows != expected_row).any()):
-                raise SparsityCheckError(
-                    f"layer {name!r}: a row keeps {int(kept_rows.min())}..."
-                    f"{int(kept_rows.max())} of {cols} entries, expected {expected_row} in "
-                    f"every row (sparsity {sparsity})"
-                )
-            continue
-        size = masks[name].numel()
-        kept = int(torch.count_nonzero(masks[name]))
-        expected_kept = size - removal_count(size, sparsity)
-        if kept != expected_kept:
-            raise SparsityCheckError(
-                f"layer {name!r} keeps {kept} of {size} mask entries, expected {expected_kept} "
-                f"(sparsity {sparsity})"
-            )

@@ -342,6 +342,7 @@ def _dry_run_pruning(config: Config, model: torch.nn.Module, train: Any) -> None
         include_bias=cfg.include_bias,
         collapse_guard=cfg.collapse_guard,
         protect_output=cfg.protect_output,
+        round_to=cfg.round_to,
         data=[(item[0].unsqueeze(0), torch.as_tensor(item[1]).unsqueeze(0))],
         **cfg.options,
     )

@@ -218,6 +218,7 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         include_bias=cfg.include_bias,
         collapse_guard=cfg.collapse_guard,
         protect_output=cfg.protect_output,
+        round_to=cfg.round_to,
         precision=ctx.config.run.precision,
         start=_start_state(ctx, key),
         observer=_observer(ctx, key),

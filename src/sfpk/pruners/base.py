@@ -79,6 +79,9 @@ class PruneContext:
             True to require one, False never. Methods without per-rank work ignore it.
         collapse_guard: the final selection's guard against disconnected layers
             (:mod:`sfpk.collapse`): ``"row"``, ``"layer"`` or ``"off"``.
+        round_to: every selection keeps a multiple of this many filters/channels per
+            block, or all (:mod:`sfpk.aligned_cut`); None or 1: no rounding. The particle
+            engine's in-simulation thresholds ignore it.
         particle_batching: how the particle methods run their n forward+backward passes:
             ``"loop"`` (one per particle), ``"vmap"`` (one batched pass, torch.func) or
             ``"auto"`` (vmap on accelerators, the loop on CPU; see
@@ -92,6 +95,7 @@ class PruneContext:
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     distributed: bool | None = None
     collapse_guard: Guard = "row"
+    round_to: int | None = None
     particle_batching: str = "auto"
     precision: str = "fp32"
     generator: torch.Generator = field(init=False)
@@ -252,7 +256,12 @@ class ScorePruner(Pruner):
             scores = {name: score.float() for name, score in scores.items()}
             target = round_sparsity(sparsity, k, rounds)
             masks = select_topk(
-                scores, masks, sparsity=target, scope=scope, guard=ctx.collapse_guard
+                scores,
+                masks,
+                sparsity=target,
+                scope=scope,
+                guard=ctx.collapse_guard,
+                round_to=ctx.round_to,
             )
         return PruneResult(masks)
 

@@ -189,6 +189,7 @@ class _ParticlePruner(Pruner):
             scope=scope,
             keep_pruned=not opts.revive_pruned,
             guard=ctx.collapse_guard,
+            round_to=ctx.round_to,  # the simulation's thresholds stay unrounded
         )
         return PruneResult(result, history=list(engine.history), state=engine.state_dict())
 

@@ -1,0 +1,306 @@
+"""Channel-aligned structured widths (``round_to``): every block keeps a multiple of K groups.
+
+CPU convolution kernels work on blocks of 16 fp32 channels (AVX-512; 8 with AVX2), so a
+slim layer with 5, 9 or 11 channels fills a block only partly and runs at a lower
+arithmetic rate than its MAC count suggests (``docs/performance.md``, "Why not").
+``round_to=K`` makes structured pruning keep widths the kernels like:
+
+* a **block** is one mask tensor for ``structure="filter"`` / ``"channel"`` (its filters or
+  input channels are the groups), and one coupled channel group of
+  :mod:`sfpk.channel_groups` for ``"coupled"`` (its channels are the groups);
+* every block keeps a multiple of K of its groups, at least K, or all of them; a block of
+  ``G <= K`` groups is never shrunk (it keeps all G: shrinking it would leave it below one
+  block of K, which is what the option exists to avoid);
+* ``local``: a block keeps ``G - floor(sparsity * G)`` rounded to the nearest count it may
+  keep (a multiple of K from K up to G, or G itself; ties keep more);
+* ``global``: per block, the groups sorted by score per weight (stable) form **chunks**:
+  first the ``G mod K`` lowest (so what stays is a multiple of K), then chunks of K; the
+  best K are never a chunk. Chunks of every block are ranked by their mean score per
+  weight and removed lowest first within ``floor(sparsity * P)`` weights, skipping one that
+  would overshoot (:func:`sfpk.weight_budget.greedy_removal`, the rule of the plain global
+  cut). Within a block the chunk scores never decrease and later chunks are never smaller,
+  so a block loses its chunks in order. The total is within one chunk of the budget; when
+  even removing every chunk falls short by more than that, the sparsity is out of reach
+  and :func:`check_reachable` says how far one can go.
+
+Entries already pruned (iterative rounds, ``keep_pruned``) score ``-inf`` and form the
+lowest chunks, so starting masks must be aligned the same way (:func:`check_aligned_start`).
+The particle engine's in-simulation thresholds ignore ``round_to``; only the final
+selection (:func:`sfpk.selection.select_topk`) and its check use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError, SparsityCheckError, check_number
+from .masks import Masks, removal_count
+from .weight_budget import block_starts, greedy_removal
+
+__all__ = [
+    "ALIGNED_STRUCTURES",
+    "AlignedBlock",
+    "aligned_blocks",
+    "aligned_global_cut",
+    "aligned_keep_count",
+    "block_kept",
+    "check_aligned",
+    "check_aligned_start",
+    "check_reachable",
+    "check_round_to",
+    "group_alive",
+    "is_aligned",
+]
+
+ALIGNED_STRUCTURES: tuple[str, ...] = ("filter", "channel", "coupled")
+
+
+def check_round_to(round_to: Any, structure: str, *, name: str = "round_to") -> int | None:
+    """``round_to`` resolved (None, or an int >= 1), else ConfigError naming it ``name``.
+
+    Raises:
+        ConfigError: not a whole number >= 1 (a bool, a string, 2.5, 0), or a value above 1
+            with a structure other than filter, channel or coupled.
+    """
+    if round_to is None:
+        return None
+    value = check_number(name, round_to, integer=True)
+    if value < 1:
+        raise ConfigError(f"{name}={round_to!r} must be >= 1 (None or 1: no rounding)")
+    if value > 1 and structure not in ALIGNED_STRUCTURES:
+        raise ConfigError(
+            f"{name}={value} keeps a multiple of {value} filters/channels per layer and needs "
+            f"structure {', '.join(ALIGNED_STRUCTURES)}, not structure={structure!r}"
+        )
+    return value
+
+
+def is_aligned(round_to: int | None) -> bool:
+    """Whether ``round_to`` asks for rounding (None and 1 do not)."""
+    return round_to is not None and round_to > 1
+
+
+@dataclass(frozen=True)
+class AlignedBlock:
+    """One block of a mask set: ``groups`` filters/channels of ``weight`` weights each."""
+
+    name: str
+    groups: int
+    weight: int
+    kind: str
+
+
+def aligned_blocks(masks: Masks) -> list[AlignedBlock]:
+    """The blocks of ``masks`` in flat order: coupled groups, else one per mask tensor."""
+    if masks.coupling is not None:
+        weights = masks.coupling.group_weights(masks.shapes)
+        starts = block_starts(masks.coupling.block_sizes())
+        return [
+            AlignedBlock(b.name, b.groups, int(weights[start]), f"{b.kind}s")
+            for b, start in zip(masks.coupling.blocks, starts, strict=True)
+        ]
+    kind = "channels" if masks.structure == "channel" else "filters"
+    return [AlignedBlock(n, masks[n].numel(), masks.weights_per_entry(n), kind) for n in masks]
+
+
+def aligned_keep_count(groups: int, sparsity: float, round_to: int) -> int:
+    """Groups a block keeps under ``local`` scope: ``groups - floor(sparsity * groups)``
+    moved to the nearest count it may keep (a multiple of ``round_to`` in
+    ``[round_to, groups]``, or ``groups``); ties keep more."""
+    if groups <= round_to:
+        return groups
+    wanted = groups - removal_count(groups, sparsity)
+    below = wanted // round_to * round_to
+    allowed = [c for c in (below, below + round_to) if round_to <= c <= groups] + [groups]
+    return min(allowed, key=lambda c: (abs(c - wanted), -c))
+
+
+def _largest_chunk(groups: int, round_to: int) -> int:
+    """Groups in a block's largest removable chunk (0: the block cannot shrink)."""
+    return max(0, min(round_to, groups - round_to))
+
+
+def _reach(blocks: list[AlignedBlock], round_to: int) -> tuple[int, int]:
+    """(weights all removable chunks hold, weights of the largest removable chunk)."""
+    removable = sum(max(0, b.groups - round_to) * b.weight for b in blocks)
+    largest = max((_largest_chunk(b.groups, round_to) * b.weight for b in blocks), default=0)
+    return removable, largest
+
+
+def _reachable(blocks: list[AlignedBlock], budget: int, round_to: int) -> bool:
+    """Whether a global cut gets within one chunk of ``budget`` removed weights."""
+    removable, largest = _reach(blocks, round_to)
+    return budget - removable < max(largest, 1)
+
+
+def check_reachable(masks: Masks, sparsity: float, scope: str, round_to: int | None) -> None:
+    """Raise ConfigError when a global ``round_to`` cut cannot get near ``sparsity``.
+
+    Which weights can go depends only on the block sizes, not on any score, so this is
+    checked before pruning. Local scope always lands on its rounded counts.
+    """
+    if not is_aligned(round_to) or scope != "global":
+        return
+    assert round_to is not None
+    blocks = aligned_blocks(masks)
+    total = masks.total_weights()
+    budget = removal_count(total, sparsity)
+    if _reachable(blocks, budget, round_to):
+        return
+    reach = _reach(blocks, round_to)[0] / total
+    divisors = [k for k in range(round_to // 2, 1, -1) if round_to % k == 0]
+    smaller = next((k for k in divisors if _reachable(blocks, budget, k)), None)
+    hint = f"round_to={smaller} reaches it" if smaller else f"no divisor of {round_to} reaches it"
+    kind = blocks[0].kind
+    if reach == 0:
+        why = f"no block has more than {round_to} {kind}, so none can shrink (reachable: 0)"
+        advice = "pass"
+    else:
+        why = (
+            f"every block keeps at least {round_to} of its {kind} (all when it has fewer), "
+            f"so at most {reach:.4f} of the weights can go"
+        )
+        advice = "ask for at most that, or pass"
+    raise ConfigError(
+        f"sparsity={sparsity} is out of reach with round_to={round_to}: {why}; {advice} a "
+        f"smaller round_to ({hint})"
+    )
+
+
+def aligned_global_cut(
+    values: Tensor, weights: Tensor, sizes: list[int], budget: int, round_to: int
+) -> Tensor:
+    """Keep vector of the global ``round_to`` cut (module docstring) of groups ``values``.
+
+    Args:
+        values: ``[groups]`` scores, blocks of ``sizes`` consecutive groups; higher keeps.
+        weights: ``[groups]`` weights each group controls (equal within a block).
+        sizes: groups per block.
+        budget: how many weights may go.
+        round_to: K; a block keeps a multiple of K groups, or all of them.
+    """
+    per_weight = values / weights
+    chunk_of = torch.full((values.numel(),), -1, dtype=torch.long, device=values.device)
+    spans: list[tuple[int, int]] = []  # each block's chunk index range
+    for start, size in zip(block_starts(sizes), sizes, strict=True):
+        removable = size - round_to
+        if removable <= 0:
+            continue
+        order = torch.sort(per_weight[start : start + size], stable=True).indices + start
+        first = removable % round_to  # the G mod K lowest go (or stay) together
+        position = torch.arange(removable, device=values.device)
+        local = torch.div(position - first, round_to, rounding_mode="floor") + int(first > 0)
+        begin = spans[-1][1] if spans else 0
+        chunk_of[order[:removable]] = local + begin
+        spans.append((begin, begin + int(local[-1]) + 1))
+    keep = torch.ones_like(values)
+    if not spans:
+        return keep
+    member = chunk_of >= 0
+    count = spans[-1][1]
+    chunk_weights = torch.zeros(count, dtype=weights.dtype, device=values.device)
+    chunk_weights.index_add_(0, chunk_of[member], weights[member])
+    sums = torch.zeros(count, dtype=per_weight.dtype, device=values.device)
+    sums.index_add_(0, chunk_of[member], per_weight[member])
+    means = sums / torch.bincount(chunk_of[member], minlength=count).to(sums.dtype)
+    for begin, end in spans:  # non-decreasing within a block, also after float rounding
+        means[begin:end] = torch.cummax(means[begin:end], 0).values
+    order = torch.sort(means, stable=True).indices
+    removed = torch.zeros(count, dtype=torch.bool, device=values.device)
+    removed[greedy_removal(order, chunk_weights, budget)] = True
+    for begin, end in spans:  # a block loses its chunks in order (module docstring)
+        assert not bool((removed[begin + 1 : end] & ~removed[begin : end - 1]).any())
+    keep[member & removed[chunk_of.clamp(min=0)]] = 0.0
+    return keep
+
+
+def group_alive(masks: Masks) -> Tensor:
+    """``[groups]`` bool: which coupled groups ``masks`` keep.
+
+    Raises:
+        SparsityCheckError: a group is only partly removed.
+    """
+    coupling = masks.coupling
+    assert coupling is not None
+    owners = coupling.entry_groups(masks.shapes)
+    index = torch.cat([owners[n] for n in masks])
+    flat = torch.cat([(masks[n] != 0).reshape(-1).to("cpu", torch.float64) for n in masks])
+    kept = torch.zeros(coupling.num_groups, dtype=torch.float64).index_add_(0, index, flat)
+    members = torch.zeros_like(kept).index_add_(0, index, torch.ones_like(flat))
+    if bool(((kept != 0) & (kept != members)).any()):
+        raise SparsityCheckError("a coupled head/neuron group is only partly removed")
+    return kept != 0
+
+
+def block_kept(masks: Masks) -> list[int]:
+    """Groups every block of :func:`aligned_blocks` keeps."""
+    if masks.coupling is None:
+        return [int(torch.count_nonzero(masks[n])) for n in masks]
+    alive = group_alive(masks)
+    return [int(a.sum()) for a in alive.split(masks.coupling.block_sizes())]
+
+
+def _misaligned(masks: Masks, round_to: int) -> tuple[AlignedBlock, int] | None:
+    """The first block keeping neither a multiple of ``round_to`` (>= it) nor all groups."""
+    for block, kept in zip(aligned_blocks(masks), block_kept(masks), strict=True):
+        if kept != block.groups and (kept % round_to or kept < round_to):
+            return block, kept
+    return None
+
+
+def check_aligned_start(masks: Masks, round_to: int | None) -> None:
+    """Raise ConfigError unless starting ``masks`` are aligned to ``round_to`` (pruned
+    entries form the lowest chunks of the next cut, so they must be whole chunks)."""
+    if not is_aligned(round_to):
+        return
+    assert round_to is not None
+    bad = _misaligned(masks, round_to)
+    if bad is not None:
+        block, kept = bad
+        raise ConfigError(
+            f"round_to={round_to}: the starting masks keep {kept} of the {block.groups} "
+            f"{block.kind} of {block.name!r}, neither a multiple of {round_to} nor all; "
+            f"prune every round with the same round_to"
+        )
+
+
+def check_aligned(masks: Masks, sparsity: float, scope: str) -> None:
+    """Check ``round_to`` masks: every block aligned, and the count rule of ``scope``.
+
+    Raises:
+        SparsityCheckError: naming the block (or the whole set) and the counts.
+    """
+    round_to = masks.round_to
+    assert round_to is not None
+    bad = _misaligned(masks, round_to)
+    if bad is not None:
+        block, kept = bad
+        raise SparsityCheckError(
+            f"block {block.name!r} keeps {kept} of {block.groups} {block.kind}, neither a "
+            f"multiple of round_to={round_to} (at least {round_to}) nor all of them"
+        )
+    blocks = aligned_blocks(masks)
+    if scope == "local":
+        for block, kept in zip(blocks, block_kept(masks), strict=True):
+            expected = aligned_keep_count(block.groups, sparsity, round_to)
+            if kept != expected:
+                raise SparsityCheckError(
+                    f"block {block.name!r} keeps {kept} of {block.groups} {block.kind}, "
+                    f"expected {expected} (sparsity {sparsity}, round_to={round_to})"
+                )
+        return
+    if scope != "global":
+        raise SparsityCheckError(f"round_to masks have scope global or local, not {scope!r}")
+    total = masks.total_weights()
+    budget = removal_count(total, sparsity)
+    removed = total - masks.kept_weights()
+    largest = max(_reach(blocks, round_to)[1], 1)
+    if not budget - largest < removed <= budget:
+        raise SparsityCheckError(
+            f"removed {removed} of {total} weights, expected {budget} up to one chunk of "
+            f"{largest} (sparsity {sparsity}, round_to={round_to})"
+        )
