@@ -183,7 +183,7 @@ class SlimPair:
     dense: nn.Module
     slim: nn.Module
     masks: Masks
-    fraction: float
+    fraction: float  # uniform: each group's channel fraction; prune: sfpk.prune's sparsity
     kept_channels: str  # "16->11 32->22 64->44": each group's width, dense -> slim
 
     @property
@@ -211,6 +211,44 @@ def _kept_widths(dense: nn.Module, slim: nn.Module) -> str:
     return " ".join(f"{a}->{b}" for a, b in sorted(pairs))
 
 
+def _pruned_masks_for(
+    dense: nn.Module, sample: torch.Tensor, sparsity: float, round_to: int
+) -> tuple[Masks, float]:
+    """The product's coupled masks (mag, global, ``round_to``) whose slim model has at least
+    ``sparsity`` of the dense conv/linear weights removed, the least such, and the
+    ``sparsity`` argument that gave them (found by bisection).
+
+    Coupled sparsity counts the producers' weights only, while the slim model also loses the
+    consumers' input columns, so the argument is lower than the slim figure. A target the
+    aligned widths cannot reach raises the product's ConfigError.
+    """
+    batch = [(sample, torch.zeros(len(sample), dtype=torch.long))]
+    dense_weights = _weights(dense)
+
+    def prune(requested: float) -> tuple[Masks, float]:
+        masks = sfpk.prune(
+            dense, batch, method="mag", structure="coupled", scope="global",
+            sparsity=requested, round_to=round_to,
+        )  # fmt: skip
+        return masks, 1 - _weights(slim_model(dense, masks, sample)) / dense_weights
+
+    low, high = 0.01, sparsity
+    best = prune(high)
+    if best[1] < sparsity:
+        raise ConfigError(
+            f"round_to={round_to}: sfpk.prune(sparsity={sparsity}) removes only "
+            f"{best[1]:.1%} of the slim weights"
+        )
+    for _ in range(10):
+        mid = (low + high) / 2
+        candidate = prune(mid)
+        if candidate[1] >= sparsity:
+            high, best = mid, candidate
+        else:
+            low = mid
+    return best[0], high
+
+
 def build_pair(
     name: str, sparsity: float, round_to: int = 1, masks_from: str = "uniform"
 ) -> SlimPair:
@@ -226,12 +264,7 @@ def build_pair(
     dense = architecture(name).build().eval()
     sample = torch.randn(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     if masks_from == "prune":
-        batch = (sample, torch.zeros(2, dtype=torch.long))
-        masks = sfpk.prune(
-            dense, [batch], method="mag", structure="coupled", scope="global",
-            sparsity=sparsity, round_to=round_to,
-        )  # fmt: skip
-        fraction = math.nan
+        masks, fraction = _pruned_masks_for(dense, sample, sparsity, round_to)
     else:
         groups = _prunable_groups(dense)
         fraction = _fraction_for(dense, groups, sparsity, round_to)
@@ -271,7 +304,7 @@ def measure(name: str, sparsity: float, args: argparse.Namespace, folder: Path) 
                     "sparsity": sparsity,
                     "achieved_weight_sparsity": pair.achieved_sparsity,
                     "mask_sparsity": masks.sparsity(),
-                    "channel_fraction": fraction,
+                    "channel_fraction_or_prune_sparsity": fraction,
                     "kept_channels": pair.kept_channels,
                     "runtime": runtime,
                     "batch": batch,

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sfpk.errors import ConfigError
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from latency import INPUT_SHAPE, build_pair  # noqa: E402
 from latency_runtimes import runners  # noqa: E402
@@ -55,3 +57,15 @@ def test_runtime_runs_dense_and_slim_like_eager_torch(runtime, tmp_path):
         expected = pair.slim(x)
     torch.testing.assert_close(torch.as_tensor(run_slim()), expected, atol=1e-3, rtol=1e-3)
     assert torch.as_tensor(run_dense()).shape == (3, 10)
+
+
+def test_product_masks_with_round_to_give_aligned_slim_widths():
+    """--masks prune: sfpk.prune(round_to=16) masks slim to multiples of 16 channels, with at
+    least the asked fraction of the slim weights removed; an unreachable cell is an error."""
+    pair = build_pair("resnet20", 0.5, 16, "prune")
+    widths = [m.out_channels for m in pair.slim.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths and all(w % 16 == 0 for w in widths)
+    assert min(widths) == 16 and pair.achieved_sparsity >= 0.5
+    assert pair.masks.round_to == 16
+    with pytest.raises(ConfigError, match="out of reach with round_to=16"):
+        build_pair("resnet20", 0.9, 16, "prune")
