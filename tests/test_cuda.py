@@ -6,6 +6,8 @@ a GPU machine); the CPU test emulates a state saved on a GPU.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -59,6 +61,28 @@ def test_sfpk_on_cuda_keeps_particles_and_masks_on_the_gpu(batching):
     kept = sum(int((cpu.masks[n] != 0).sum()) for n in cpu.masks)
     both = sum(int(((cpu.masks[n] != 0) & (result.masks[n].cpu() != 0)).sum()) for n in cpu.masks)
     assert both / kept >= 0.9  # same seeds; GPU kernels differ in the last bits
+
+
+def _kept_agreement(a: sfpk.Masks, b: sfpk.Masks) -> float:
+    """The fraction of ``a``'s kept entries that ``b`` keeps too."""
+    kept = sum(int((a[n] != 0).sum()) for n in a)
+    return sum(int(((a[n] != 0) & (b[n].to(a[n].device) != 0)).sum()) for n in a) / kept
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_sfpk_vmap_under_autocast_on_cuda_prunes_a_batchnorm_net(precision):
+    """The vmapped pass under autocast with BatchNorm (whose vmap batching rule cannot mix a
+    low-precision input with fp32 statistics): exact sparsity, and as close to the fp32
+    masks as the loop at the same precision (tests/test_batched_particles.py's yardstick)."""
+    _, _, vmap = _prune("cuda", particle_batching="vmap", precision=precision)
+    _, _, loop = _prune("cuda", particle_batching="loop", precision=precision)
+    _, _, fp32 = _prune("cuda", particle_batching="loop")
+    total = vmap.masks.total_weights()
+    assert total - vmap.masks.kept_weights() == math.floor(0.8 * total)
+    assert all(m.dtype == torch.float32 for m in vmap.masks.values())
+    low_precision_agreement = _kept_agreement(fp32.masks, loop.masks)
+    assert _kept_agreement(fp32.masks, vmap.masks) >= low_precision_agreement - 0.05
 
 
 @cuda

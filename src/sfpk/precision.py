@@ -6,6 +6,8 @@ through ``torch.autocast``; parameters, their gradients, optimizer state, masks 
 particle engine's state stay fp32. fp16's narrow range needs loss scaling
 (``torch.amp.GradScaler``); bf16 has fp32's range and needs none. CPUs run bf16 autocast;
 fp16 autocast is for GPUs (on CPU it is refused with a message rather than run slowly).
+SFPK's vmapped particle pass also runs its normalisation layers in fp32 under bf16/fp16
+(:mod:`sfpk.pruners.particles.batching` says why).
 """
 
 from __future__ import annotations

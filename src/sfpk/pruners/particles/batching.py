@@ -12,6 +12,17 @@ BatchNorm: in train mode the forward normalises with the batch's own statistics,
 gradients do not depend on the running statistics, and both paths give the same gradients.
 Each vmapped particle updates a private copy of the running statistics, which is dropped
 (the loop updates the model's own n times; pruning calls restore the model state anyway).
+
+Mixed precision: under bf16/fp16 autocast the vmapped pass runs every normalisation (batch,
+instance, layer, group and RMS norm) at the precision of its weights and statistics, fp32,
+and passes the fp32 output on (autocast's own policy for layer, group and RMS norm on
+CUDA); matmuls and convolutions stay in the low precision. The reason: torch's vmap
+batching rules for batch, instance and layer norm call the kernels with stand-in weights in
+the input's dtype, or with none, while the running or saved statistics stay fp32, so a
+bf16 input stops the kernel with "expected scalar type BFloat16 but found Float" (the
+mismatch of pytorch/pytorch issue 184890). Unbatched, the kernels take a bf16 input with
+fp32 weights and statistics, so the loop needs nothing. Without autocast (fp32) nothing is
+intercepted.
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from ...errors import check_choice
 from ...functional import LossFn, effective_weight_grads
@@ -116,6 +129,61 @@ def _vmapped(
     step: Callable[..., tuple[dict[str, Tensor], Tensor]] = vmap(
         grad_and_value(energy), in_dims=(0, 0, 0, 0), randomness="different"
     )
-    with torch.enable_grad():
+    with torch.enable_grad(), _norms_at_parameter_precision(inputs.device):
         grads, losses = step(stacked, buffers, inputs, targets)
     return [(losses[i].detach(), {name: grads[name][i] for name in names}) for i in range(n)]
+
+
+# The normalisations whose inputs _NormsAtParameterPrecision widens (functional and aten).
+_NORMS = frozenset(
+    {
+        F.batch_norm,
+        F.instance_norm,
+        F.layer_norm,
+        F.group_norm,
+        F.rms_norm,
+        torch.batch_norm,
+        torch.instance_norm,
+        torch.layer_norm,
+        torch.group_norm,
+        torch.rms_norm,
+    }
+)
+
+
+class _NormsAtParameterPrecision(TorchFunctionMode):
+    """Runs each normalisation at the widest dtype among its input, weights and statistics.
+
+    A bf16 activation entering a BatchNorm with fp32 weights and running statistics is cast
+    to fp32 first, so the op (and its vmap batching rule, forward and backward) sees one
+    dtype, which its output keeps. Any other call passes through unchanged.
+    """
+
+    def __torch_function__(
+        self,
+        func: Callable[..., object],
+        types: object,
+        args: Sequence[object] = (),
+        kwargs: Mapping[str, object] | None = None,
+    ) -> object:
+        kwargs = dict(kwargs or {})
+        if func in _NORMS and args and isinstance(args[0], Tensor):
+            x = args[0]
+            dtype = x.dtype
+            for value in (*args[1:], *kwargs.values()):
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    dtype = torch.promote_types(dtype, value.dtype)
+            if dtype != x.dtype:
+                args = (x.to(dtype), *args[1:])
+        return func(*args, **kwargs)
+
+
+def _norms_at_parameter_precision(device: torch.device) -> AbstractContextManager[object]:
+    """:class:`_NormsAtParameterPrecision` while autocast is on for ``device``, else nothing.
+
+    Without autocast every activation already has its layer's dtype, so fp32 passes run
+    exactly as before.
+    """
+    if torch.is_autocast_enabled(device.type):
+        return _NormsAtParameterPrecision()
+    return contextlib.nullcontext()
