@@ -225,20 +225,22 @@ def _pruned_masks_for(
     batch = [(sample, torch.zeros(len(sample), dtype=torch.long))]
     dense_weights = _weights(dense)
 
-    def prune(requested: float) -> tuple[Masks, float]:
+    def prune(requested: float, scope: str = "global") -> tuple[Masks, float]:
         masks = sfpk.prune(
-            dense, batch, method="mag", structure="coupled", scope="global",
+            dense, batch, method="mag", structure="coupled", scope=scope,
             sparsity=requested, round_to=round_to,
         )  # fmt: skip
         return masks, 1 - _weights(slim_model(dense, masks, sample)) / dense_weights
 
+    # every group at its narrowest allowed width (local scope rounds, never refuses)
+    narrowest = prune(0.99, "local")[1]
+    if narrowest < sparsity:
+        raise ConfigError(
+            f"round_to={round_to} leaves every group at least {round_to} channels wide, so "
+            f"at most {narrowest:.1%} of the slim weights can go, not {sparsity:.0%}"
+        )
     low, high = 0.01, sparsity
     best = prune(high)
-    if best[1] < sparsity:
-        raise ConfigError(
-            f"round_to={round_to}: sfpk.prune(sparsity={sparsity}) removes only "
-            f"{best[1]:.1%} of the slim weights"
-        )
     for _ in range(10):
         mid = (low + high) / 2
         candidate = prune(mid)

@@ -67,5 +67,5 @@ def test_product_masks_with_round_to_give_aligned_slim_widths():
     assert widths and all(w % 16 == 0 for w in widths)
     assert min(widths) == 16 and pair.achieved_sparsity >= 0.5
     assert pair.masks.round_to == 16
-    with pytest.raises(ConfigError, match="out of reach with round_to=16"):
+    with pytest.raises(ConfigError, match="at most 84.3% of the slim weights"):
         build_pair("resnet20", 0.9, 16, "prune")
