@@ -233,14 +233,20 @@ def _pruned_masks_for(
         return masks, 1 - _weights(slim_model(dense, masks, sample)) / dense_weights
 
     # every group at its narrowest allowed width (local scope rounds, never refuses)
-    narrowest = prune(0.99, "local")[1]
+    widest_cut, narrowest = prune(0.99, "local")
     if narrowest < sparsity:
         raise ConfigError(
             f"round_to={round_to} leaves every group at least {round_to} channels wide, so "
             f"at most {narrowest:.1%} of the slim weights can go, not {sparsity:.0%}"
         )
-    low, high = 0.01, sparsity
+    # coupled sparsity counts producers only: the slim target needs a lower argument
+    low, high = 0.01, min(sparsity, widest_cut.sparsity())
     best = prune(high)
+    if best[1] < sparsity:  # the global cut's widths differ from the all-narrowest ones
+        raise ConfigError(
+            f"round_to={round_to}: the largest reachable sparsity argument ({high:.4f}) "
+            f"removes only {best[1]:.1%} of the slim weights, not {sparsity:.0%}"
+        )
     for _ in range(10):
         mid = (low + high) / 2
         candidate = prune(mid)
