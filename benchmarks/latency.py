@@ -51,7 +51,6 @@ import torch
 from torch import nn
 
 import sfpk
-from sfpk.errors import ConfigError
 from sfpk.export import Architecture
 from sfpk.masks import Masks
 from sfpk.onnx_export import export_onnx
@@ -211,6 +210,10 @@ def _kept_widths(dense: nn.Module, slim: nn.Module) -> str:
     return " ".join(f"{a}->{b}" for a, b in sorted(pairs))
 
 
+class Unreachable(Exception):
+    """The cell's sparsity cannot be had with the aligned widths of ``--round-to``."""
+
+
 def _pruned_masks_for(
     dense: nn.Module, sample: torch.Tensor, sparsity: float, round_to: int
 ) -> tuple[Masks, float]:
@@ -220,7 +223,7 @@ def _pruned_masks_for(
 
     Coupled sparsity counts the producers' weights only, while the slim model also loses the
     consumers' input columns, so the argument is lower than the slim figure. A target the
-    aligned widths cannot reach raises the product's ConfigError.
+    aligned widths cannot reach raises :class:`Unreachable`.
     """
     batch = [(sample, torch.zeros(len(sample), dtype=torch.long))]
     dense_weights = _weights(dense)
@@ -235,7 +238,7 @@ def _pruned_masks_for(
     # every group at its narrowest allowed width (local scope rounds, never refuses)
     widest_cut, narrowest = prune(0.99, "local")
     if narrowest < sparsity:
-        raise ConfigError(
+        raise Unreachable(
             f"round_to={round_to} leaves every group at least {round_to} channels wide, so "
             f"at most {narrowest:.1%} of the slim weights can go, not {sparsity:.0%}"
         )
@@ -243,7 +246,7 @@ def _pruned_masks_for(
     low, high = 0.01, min(sparsity, widest_cut.sparsity())
     best = prune(high)
     if best[1] < sparsity:  # the global cut's widths differ from the all-narrowest ones
-        raise ConfigError(
+        raise Unreachable(
             f"round_to={round_to}: the largest reachable sparsity argument ({high:.4f}) "
             f"removes only {best[1]:.1%} of the slim weights, not {sparsity:.0%}"
         )
@@ -391,17 +394,16 @@ def main() -> None:
             for sparsity in args.sparsities:
                 try:
                     rows.extend(measure(name, sparsity, args, Path(tmp)))
-                except ConfigError as error:  # e.g. round_to leaves too few channels
+                except Unreachable as error:
                     print(f"| {name} | {sparsity:.0%} requested: not measured: {error} |")
                     unreachable.append({"model": name, "sparsity": sparsity, "why": str(error)})
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"latency-{args.tag}" if args.tag else "latency"
-    if not rows:
-        raise SystemExit("no cell could be measured")
-    with (RESULTS / f"{stem}.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    if rows:
+        with (RESULTS / f"{stem}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     info = {
         "torch": torch.__version__,
         "threads": args.threads,
