@@ -482,3 +482,17 @@ def test_a_bad_round_to_in_a_mask_file_header_is_refused_on_load(tmp_path, value
                            {**masks.header(), "round_to": value})  # fmt: skip
     with pytest.raises(CheckpointError, match=rf"m.safetensors.*round_to={value!r}"):
         Masks.load(path)
+
+
+def test_max_sparsity_is_the_accepted_boundary():
+    """max_sparsity: accepted, and a global cut at it removes every removable chunk (28 of
+    60 weights); one weight more is refused."""
+    from sfpk.aligned_cut import max_sparsity
+
+    template, scores = _two_layers()
+    top = max_sparsity(template, 4)
+    assert top == pytest.approx(28 / 60)
+    masks = select_topk(scores, template, sparsity=top, scope="global", round_to=4)
+    assert masks.total_weights() - masks.kept_weights() == 28
+    with pytest.raises(ConfigError, match="out of reach"):
+        select_topk(scores, template, sparsity=29 / 60, scope="global", round_to=4)

@@ -7,7 +7,10 @@ arithmetic rate than its MAC count suggests (``docs/performance.md``, "Why not")
 
 * a **block** is one mask tensor for ``structure="filter"`` / ``"channel"`` (its filters or
   input channels are the groups), and one coupled channel group of
-  :mod:`sfpk.channel_groups` for ``"coupled"`` (its channels are the groups);
+  :mod:`sfpk.channel_groups` for ``"coupled"`` (its channels are the groups). A bias with a
+  mask of its own (``include_bias=True``) is no block: entry ``i`` follows filter ``i`` of
+  its layer (:func:`bias_followers`), whose weight it joins; 1-D masks with no filter to
+  follow (channel masks) are an error;
 * every block keeps a multiple of K of its groups, at least K, or all of them; a block of
   ``G <= K`` groups is never shrunk (it keeps all G: shrinking it would leave it below one
   block of K, which is what the option exists to avoid);
@@ -19,14 +22,21 @@ arithmetic rate than its MAC count suggests (``docs/performance.md``, "Why not")
   weight and removed lowest first within ``floor(sparsity * P)`` weights, skipping one that
   would overshoot (:func:`sfpk.weight_budget.greedy_removal`, the rule of the plain global
   cut). Within a block the chunk scores never decrease and later chunks are never smaller,
-  so a block loses its chunks in order. The total is within one chunk of the budget; when
-  even removing every chunk falls short by more than that, the sparsity is out of reach
-  and :func:`check_reachable` says how far one can go.
+  so a block loses its chunks in order, and the total is within one chunk of the budget.
 
+**Reach.** Every block at its floor (K groups, or all) removes ``R`` weights, the most any
+cut can. A sparsity whose budget ``floor(sparsity * P)`` exceeds ``R`` is out of reach in
+both scopes: the error says "at most R / P" (rounded down to 4 decimals, so that figure is
+itself accepted) and names the largest divisor of K, down to 1 (no rounding), whose own
+``R`` covers the budget. Under ``local`` scope the rounded counts must also remove more
+than the budget less one chunk of the largest block (``min(K, G - K)`` groups); rounding
+every block to its nearer width can otherwise remove far less than asked (or nothing).
+:func:`check_reachable` applies this before pruning, :func:`check_aligned` again after.
 Entries already pruned (iterative rounds, ``keep_pruned``) score ``-inf`` and form the
-lowest chunks, so starting masks must be aligned the same way (:func:`check_aligned_start`).
-The particle engine's in-simulation thresholds ignore ``round_to``; only the final
-selection (:func:`sfpk.selection.select_topk`) and its check use it.
+lowest chunks, so starting masks whose zeros stay must be aligned the same way
+(:func:`check_aligned_start`). The particle engine's in-simulation thresholds ignore
+``round_to``; only the final selection (:func:`sfpk.selection.select_topk`) and its check
+use it.
 """
 
 from __future__ import annotations
@@ -48,13 +58,16 @@ __all__ = [
     "aligned_blocks",
     "aligned_global_cut",
     "aligned_keep_count",
+    "bias_followers",
     "block_kept",
     "check_aligned",
     "check_aligned_start",
     "check_reachable",
     "check_round_to",
+    "entry_groups",
     "group_alive",
     "is_aligned",
+    "max_sparsity",
 ]
 
 ALIGNED_STRUCTURES: tuple[str, ...] = ("filter", "channel", "coupled")
@@ -230,6 +243,19 @@ def _hint(blocks: list[AlignedBlock], budget: int, scope: str, sparsity: float,
     return (
         f"no smaller round_to reaches it: even without rounding at most {_floor4(plain)} "
         "of the weights can go"
+    )
+
+
+def max_sparsity(masks: Masks, round_to: int) -> float:
+    """The highest sparsity a ``round_to`` cut of ``masks`` accepts: every block at its
+    floor (``round_to`` groups, or all of them). A global cut at it removes exactly that.
+
+    Example:
+        >>> template = coupled_channel_masks(model, sample)  # doctest: +SKIP
+        >>> sfpk.prune(model, data, ..., sparsity=max_sparsity(template, 16))  # doctest: +SKIP
+    """
+    return _removable(aligned_blocks(masks), check_number("round_to", round_to, integer=True)) / (
+        masks.total_weights()
     )
 
 
