@@ -205,7 +205,7 @@ CLI_ROWS = [
            r"structure='unstructured'"),
     CliRow("round-to-out-of-reach", "oneshot", ["--structure", "filter", "--round-to", "32"],
            r"sparsity=0.9 is out of reach with round_to=32: no block has more than 32 "
-           r"filters.*\(round_to=16 reaches it\)"),
+           r"filters.*\(round_to=2 reaches it\)"),
     # -- patterns that match nothing -------------------------------------------------------
     CliRow("exclude-everything", "oneshot", ["--exclude", "*"],
            r"no prunable parameters"),

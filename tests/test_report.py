@@ -206,3 +206,36 @@ def test_report_without_cost_figures_keeps_its_columns(tmp_path):
     run = _fake_run(tmp_path, "old", method="mag", sparsity=0.9, seed=0, acc=0.7)
     header = write_report([run], tmp_path / "report").read_text().splitlines()[0]
     assert "params" not in header and "MACs" not in header
+
+
+def test_runs_with_different_structure_scope_or_round_to_are_not_averaged_as_seeds(tmp_path):
+    """Same method and sparsity, other masks: separate rows, each labelled with its setting."""
+    base = {"method": "mag", "sparsity": 0.5, "pipeline": "oneshot", "seed": 0}
+    settings = [
+        ("filter", "global", 16, 0.70),
+        ("filter", "global", 16, 0.72),  # a second seed of the first setting
+        ("filter", "global", None, 0.80),
+        ("filter", "local", 16, 0.60),
+        ("channel", "global", 16, 0.50),
+    ]
+    runs = []
+    for index, (structure, scope, round_to, acc) in enumerate(settings):
+        run = tmp_path / f"r{index}"
+        run.mkdir()
+        summary = {**base, "structure": structure, "scope": scope, "round_to": round_to,
+                   "seed": index, "final_test_acc": acc}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+        runs.append(run)
+    from sfpk.report import load_summaries
+
+    rows = {r["method"]: r for r in summarize_runs(load_summaries(runs))}
+    assert {m: r["runs"] for m, r in rows.items()} == {
+        "mag (filter global round_to=16)": 2,
+        "mag (filter global round_to=1)": 1,
+        "mag (filter local round_to=16)": 1,
+        "mag (channel global round_to=16)": 1,
+    }
+    assert rows["mag (filter global round_to=16)"]["mean"] == pytest.approx(0.71)
+    assert rows["mag (filter global round_to=16)"]["round_to"] == 16
+    text = write_report(runs, tmp_path / "report").read_text()
+    assert "| mag (filter global round_to=1) | 0.5000 |" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -96,7 +97,7 @@ def _two_layers() -> tuple[Masks, dict[str, torch.Tensor]]:
 @pytest.mark.parametrize(
     ("sparsity", "kept_a", "kept_b", "removed"),
     [
-        (0.5, 4, 4, 28),  # budget 30: b's chunk (24 weights), then a's two lowest (4)
+        (0.4667, 4, 4, 28),  # budget 28: b's chunk (24 weights), then a's two lowest (4)
         (0.4, 6, 4, 24),  # budget 24: b's chunk fits, a's would overshoot
         (0.3, 4, 8, 4),  # budget 18: b's chunk overshoots and is skipped; a's fits
     ],
@@ -121,11 +122,31 @@ def test_round_to_one_selects_exactly_as_no_rounding():
         assert all(torch.equal(plain[n], one[n]) for n in plain)
 
 
-def test_unreachable_global_sparsity_names_the_highest_reachable():
-    """Only a's 2 and b's 4 lowest filters can go (28 of 60 weights): 0.95 is out of reach."""
+@pytest.mark.parametrize(
+    ("sparsity", "hint"),
+    [
+        (0.95, r"no smaller round_to reaches it: even without rounding at most 0\.8666"),
+        (0.5, r"round_to=2 reaches it"),  # a keeps 2 (-4 weights), b 4 (-24): 32 of 60 go
+    ],
+)
+def test_unreachable_global_sparsity_names_the_highest_reachable(sparsity, hint):
+    """Only a's 2 and b's 4 lowest filters can go (28 of 60 weights): 0.95 is out of reach,
+    and so is 0.5 (budget 30), although it is within one chunk of what can go."""
     template, scores = _two_layers()
-    with pytest.raises(ConfigError, match=r"sparsity=0.95 .*round_to=4.* at most 0\.4667"):
-        select_topk(scores, template, sparsity=0.95, scope="global", round_to=4)
+    match = rf"sparsity={sparsity} .*round_to=4.* at most 0\.4666 .*\({hint}"
+    with pytest.raises(ConfigError, match=match):
+        select_topk(scores, template, sparsity=sparsity, scope="global", round_to=4)
+
+
+def test_the_highest_reachable_sparsity_it_names_is_accepted():
+    """The printed maximum is accepted (budget 27 of 60: b's chunk of 24 goes, a's 4 would
+    overshoot), and the next step up (0.4834, budget 29 > 28) is refused."""
+    template, scores = _two_layers()
+    masks = select_topk(scores, template, sparsity=0.4666, scope="global", round_to=4)
+    assert masks.total_weights() - masks.kept_weights() == 24
+    check_achieved_sparsity(masks, 0.4666, "global")
+    with pytest.raises(ConfigError, match="at most 0.4666"):
+        select_topk(scores, template, sparsity=0.4834, scope="global", round_to=4)
 
 
 def test_check_names_the_misaligned_block_and_its_counts():
@@ -253,7 +274,7 @@ def test_coupled_resnet20_at_90_percent_with_round_to_16_is_out_of_reach():
     for block in coupling.blocks:
         removable += max(0, block.groups - 16) * float(weights[first])
         first += block.groups
-    reach = f"{removable / plain.total_weights():.4f}"
+    reach = f"{math.floor(removable / plain.total_weights() * 1e4) / 1e4:.4f}"  # 0.6630
     kwargs = {"method": "mag", "sparsity": 0.9, "structure": "coupled", "round_to": 16}
     match = rf"sparsity=0.9 is out of reach with round_to=16: .* at most {reach} .*smaller round_to"
     with pytest.raises(ConfigError, match=match):
@@ -265,11 +286,11 @@ def test_coupled_resnet20_at_90_percent_with_round_to_16_is_out_of_reach():
 # -- the pipelines: YAML key and command-line flag -----------------------------------------
 
 
-def _run(tmp_path, pipeline: str, extra: list[str]) -> tuple[dict, Masks]:
+def _run(tmp_path, pipeline: str, extra: list[str], sparsity: float = 0.5) -> tuple[dict, Masks]:
     from conftest import tiny_flags
 
     out = tmp_path / "run"
-    flags = [pipeline, *tiny_flags(pipeline), "--structure", "filter", "--sparsity", "0.5"]
+    flags = [pipeline, *tiny_flags(pipeline), "--structure", "filter", "--sparsity", str(sparsity)]
     assert main([*flags, *extra, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert read_mask_file(out / "masks.safetensors")[1]["round_to"] == summary["round_to"]
@@ -277,10 +298,14 @@ def _run(tmp_path, pipeline: str, extra: list[str]) -> tuple[dict, Masks]:
 
 
 def test_round_to_flag_reaches_the_pruner_and_the_summary(tmp_path):
-    """`sfpk oneshot --round-to 8`: the 32-unit hidden layer keeps a multiple of 8."""
-    summary, masks = _run(tmp_path, "oneshot", ["--round-to", "8"])
+    """`sfpk oneshot --round-to 8` at 0.6: the 32-unit hidden layer (64 weights a filter)
+    keeps 16 filters, where the plain cut keeps 13 (1228 of 2048 weights: 19 filters go)."""
+    summary, masks = _run(tmp_path, "oneshot", ["--round-to", "8"], sparsity=0.6)
     assert summary["round_to"] == 8 and masks.round_to == 8
-    assert [int(torch.count_nonzero(m)) % 8 for m in masks.values()] == [0]
+    assert masks.shapes == {"1.weight": (32, 64)}
+    plain_kept = 32 - removal_count(32 * 64, 0.6) // 64
+    assert plain_kept == 13
+    assert [int(torch.count_nonzero(m)) for m in masks.values()] == [16]
 
 
 def test_round_to_from_yaml_in_an_iterative_run(tmp_path):
@@ -292,3 +317,182 @@ def test_round_to_from_yaml_in_an_iterative_run(tmp_path):
     # 32 filters of 64 weights: round 1 (target 0.293) removes one chunk of 8, round 2 two
     assert summary["round_sparsities"] == [0.25, 0.5]
     assert [int(torch.count_nonzero(m)) for m in masks.values()] == [16]
+
+
+# -- review fixes: reach, local scope, start masks, biases, files ---------------------------
+
+
+def _wide_mlp() -> nn.Module:
+    """12 -> 32 -> 3: one prunable block of 32 filters of 12 weights (384 weights)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+@pytest.mark.parametrize(
+    ("round_to", "sparsity", "why"),
+    [
+        (32, 0.99, r"none can shrink"),
+        (16, 0.99, r"at most 0\.5000 of the weights can go"),  # it was accepted: 0.5 achieved
+        (16, 0.6, r"at most 0\.5000 of the weights can go"),
+    ],
+)
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_a_sparsity_beyond_every_removable_chunk_is_refused_in_both_scopes(
+    round_to, sparsity, why, scope
+):
+    """Beyond what removing every chunk removes is an error, also within one chunk of it,
+    and the hint never names a round_to that falls short (not even round_to=1 at 0.99)."""
+    model, data = _wide_mlp(), random_batches((12,), 3)
+    hint = (
+        r"no smaller round_to reaches it: even without rounding at most 0\.9687"
+        if sparsity == 0.99
+        else r"round_to=8 reaches it"
+    )
+    with pytest.raises(ConfigError, match=rf"sparsity={sparsity} is out of reach .*{why}.*{hint}"):
+        sfpk.prune(model, data, method="mag", sparsity=sparsity, structure="filter",
+                   scope=scope, round_to=round_to)  # fmt: skip
+
+
+def test_the_suggested_round_to_is_accepted_within_one_chunk():
+    """0.8 with round_to=16 suggests round_to=4, which then lands within one chunk of 0.8."""
+    model, data = _wide_mlp(), random_batches((12,), 3)
+    kwargs = {"method": "mag", "sparsity": 0.8, "structure": "filter"}
+    with pytest.raises(ConfigError, match=r"round_to=4 reaches it"):
+        sfpk.prune(model, data, round_to=16, **kwargs)
+    masks = sfpk.prune(model, data, round_to=4, **kwargs)
+    assert abs(masks.sparsity() - 0.8) < 4 * 12 / 384
+    assert int(torch.count_nonzero(masks["0.weight"])) % 4 == 0
+
+
+def test_coupled_resnet20_refuses_a_sparsity_between_its_maximum_and_one_chunk_above():
+    """0.76 with round_to=16 used to be accepted and give 0.6631 with a warning only."""
+    model, data = _resnet20()
+    kwargs = {"method": "mag", "structure": "coupled", "round_to": 16}
+    with pytest.raises(ConfigError, match=r"at most 0\.6630 .*\(round_to=8 reaches it\)"):
+        sfpk.prune(model, data, sparsity=0.76, **kwargs)
+    masks = sfpk.prune(model, data, sparsity=0.663, **kwargs)
+    assert masks.sparsity() <= 0.663 and masks.sparsity() > 0.6
+
+
+def test_local_scope_refuses_a_target_its_rounding_cannot_approach():
+    """ResNet-20 local, round_to=64: no channel group can shrink; it used to return dense
+    masks (sparsity 0.0) that a pipeline would then fine-tune."""
+    model, data = _resnet20()
+    with pytest.raises(ConfigError, match=r"sparsity=0.9 is out of reach .*none can shrink"):
+        sfpk.prune(model, data, method="mag", sparsity=0.9, structure="coupled",
+                   scope="local", round_to=64)  # fmt: skip
+
+
+def test_local_rounding_that_lands_more_than_one_chunk_short_is_an_error():
+    """Ten layers of 20 filters, round_to=16, 0.1: every layer wants 18 and keeps 20 (the
+    nearer width), so nothing goes; global removes whole chunks and reaches it."""
+    shapes = {f"l{i}": (20, 1) for i in range(10)}
+    template = Masks({n: torch.ones(20, 1) for n in shapes}, shapes=shapes, structure="filter")
+    scores = {n: torch.rand(20, 1) for n in shapes}
+    with pytest.raises(ConfigError, match=r"scope local moves every block .* removes 0\.0000 .*use scope global"):  # fmt: skip # noqa: E501
+        select_topk(scores, template, sparsity=0.1, scope="local", round_to=16)
+    masks = select_topk(scores, template, sparsity=0.1, scope="global", round_to=16)
+    assert masks.total_weights() - masks.kept_weights() == 20  # 5 chunks of 4 filters
+    check_achieved_sparsity(masks, 0.1, "global")
+
+
+def test_local_scope_keeps_its_nearest_width_within_reach():
+    """The documented local rounding is unchanged where it gets near the target."""
+    model, data = _mlp(), random_batches((12,), 3)
+    masks = sfpk.prune(model, data, method="mag", sparsity=0.5, structure="filter",
+                       scope="local", round_to=4)  # fmt: skip
+    assert _kept(masks) == {"0.weight": 12, "2.weight": 4}
+
+
+def test_the_starting_masks_round_to_is_the_default():
+    """A second call with masks=first and no round_to keeps first's aligned widths."""
+    model, data = _mlp(), random_batches((12,), 3)
+    first = sfpk.prune(model, data, method="mag", sparsity=0.3, structure="filter", round_to=4)
+    second = sfpk.prune(model, data, method="mag", sparsity=0.6, masks=first)
+    assert second.round_to == 4
+    for name, mask in second.items():
+        assert int(torch.count_nonzero(mask)) in _allowed(mask.numel(), 4), name
+    check_achieved_sparsity(second, 0.6, "global")
+
+
+def test_a_round_to_that_differs_from_the_starting_masks_is_refused():
+    model, data = _mlp(), random_batches((12,), 3)
+    first = sfpk.prune(model, data, method="mag", sparsity=0.3, structure="filter", round_to=4)
+    with pytest.raises(ConfigError, match=r"round_to=2 differs from the starting masks' round_to=4"):  # fmt: skip # noqa: E501
+        sfpk.prune(model, data, method="mag", sparsity=0.6, masks=first, round_to=2)
+
+
+def test_unaligned_starting_masks_are_accepted_when_their_zeros_may_revive():
+    """SpODE with revive_pruned=True ignores the start's zeros, so they need no alignment."""
+    model, data = _mlp(), random_batches((12,), 3)
+    start = sfpk.prune(model, data, method="mag", sparsity=0.3, structure="filter")
+    assert int(torch.count_nonzero(start["0.weight"])) % 4  # 18 of 20 filters
+    options = {"method": "spode", "sparsity": 0.5, "masks": start, "round_to": 4,
+               **tiny_options("spode")}  # fmt: skip
+    masks = sfpk.prune(model, data, revive_pruned=True, **options)
+    assert masks.round_to == 4
+    for name, mask in masks.items():
+        assert int(torch.count_nonzero(mask)) in _allowed(mask.numel(), 4), name
+    with pytest.raises(ConfigError, match=r"starting masks keep 18 of the 20 filters"):
+        sfpk.prune(model, data, **options)  # the zeros stay: they must be aligned
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_included_biases_follow_their_layer_filters(scope):
+    """include_bias=True: each bias keeps exactly its layer's kept filters (it used to be a
+    block of its own, rounded apart), and counts with them in the sparsity."""
+    model, data = _mlp(), random_batches((12,), 3)
+    masks = sfpk.prune(model, data, method="mag", sparsity=0.5, structure="filter",
+                       scope=scope, include_bias=True, round_to=4)  # fmt: skip
+    assert set(masks) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    for layer in ("0", "2"):
+        weight, bias = masks[f"{layer}.weight"].reshape(-1), masks[f"{layer}.bias"]
+        assert torch.equal(weight, bias), layer
+        assert int(torch.count_nonzero(weight)) in _allowed(weight.numel(), 4)
+    check_achieved_sparsity(masks, 0.5, scope)
+    broken = masks["0.bias"].clone()
+    broken[torch.nonzero(broken)[0]] = 0.0
+    with pytest.raises(SparsityCheckError, match=r"bias mask '0.bias' differs"):
+        check_achieved_sparsity(masks.with_tensors({**masks, "0.bias": broken}), 0.5, scope)
+
+
+def test_included_biases_with_channel_masks_are_refused():
+    """Channel masks decide input channels; a bias belongs to the outputs: no rule to follow."""
+    model, data = _mlp(), random_batches((12,), 3)
+    with pytest.raises(ConfigError, match=r"1-D mask\(s\) 0.bias, 2.bias, 4.bias have no"):
+        sfpk.prune(model, data, method="mag", sparsity=0.5, structure="channel",
+                   include_bias=True, round_to=4)  # fmt: skip
+
+
+def test_check_achieved_sparsity_is_still_importable_from_selection():
+    from sfpk import selection, sparsity_check
+
+    assert selection.check_achieved_sparsity is sparsity_check.check_achieved_sparsity
+    assert "check_achieved_sparsity" in selection.__all__
+
+
+@pytest.mark.parametrize("value", ["16", 0, 2.5, True])
+def test_a_bad_round_to_in_a_mask_file_header_is_refused_on_load(tmp_path, value):
+    from sfpk.errors import CheckpointError
+    from sfpk.mask_files import write_mask_file
+
+    model, data = _mlp(), random_batches((12,), 3)
+    masks = sfpk.prune(model, data, method="mag", sparsity=0.5, structure="filter", round_to=4)
+    path = write_mask_file(tmp_path / "m.safetensors", dict(masks),
+                           {**masks.header(), "round_to": value})  # fmt: skip
+    with pytest.raises(CheckpointError, match=rf"m.safetensors.*round_to={value!r}"):
+        Masks.load(path)
+
+
+def test_max_sparsity_is_the_accepted_boundary():
+    """max_sparsity: accepted, and a global cut at it removes every removable chunk (28 of
+    60 weights); one weight more is refused."""
+    from sfpk.aligned_cut import max_sparsity
+
+    template, scores = _two_layers()
+    top = max_sparsity(template, 4)
+    assert top == pytest.approx(28 / 60)
+    masks = select_topk(scores, template, sparsity=top, scope="global", round_to=4)
+    assert masks.total_weights() - masks.kept_weights() == 28
+    with pytest.raises(ConfigError, match="out of reach"):
+        select_topk(scores, template, sparsity=29 / 60, scope="global", round_to=4)

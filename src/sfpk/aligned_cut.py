@@ -7,7 +7,10 @@ arithmetic rate than its MAC count suggests (``docs/performance.md``, "Why not")
 
 * a **block** is one mask tensor for ``structure="filter"`` / ``"channel"`` (its filters or
   input channels are the groups), and one coupled channel group of
-  :mod:`sfpk.channel_groups` for ``"coupled"`` (its channels are the groups);
+  :mod:`sfpk.channel_groups` for ``"coupled"`` (its channels are the groups). A bias with a
+  mask of its own (``include_bias=True``) is no block: entry ``i`` follows filter ``i`` of
+  its layer (:func:`bias_followers`), whose weight it joins; 1-D masks with no filter to
+  follow (channel masks) are an error;
 * every block keeps a multiple of K of its groups, at least K, or all of them; a block of
   ``G <= K`` groups is never shrunk (it keeps all G: shrinking it would leave it below one
   block of K, which is what the option exists to avoid);
@@ -19,18 +22,26 @@ arithmetic rate than its MAC count suggests (``docs/performance.md``, "Why not")
   weight and removed lowest first within ``floor(sparsity * P)`` weights, skipping one that
   would overshoot (:func:`sfpk.weight_budget.greedy_removal`, the rule of the plain global
   cut). Within a block the chunk scores never decrease and later chunks are never smaller,
-  so a block loses its chunks in order. The total is within one chunk of the budget; when
-  even removing every chunk falls short by more than that, the sparsity is out of reach
-  and :func:`check_reachable` says how far one can go.
+  so a block loses its chunks in order, and the total is within one chunk of the budget.
 
+**Reach.** Every block at its floor (K groups, or all) removes ``R`` weights, the most any
+cut can. A sparsity whose budget ``floor(sparsity * P)`` exceeds ``R`` is out of reach in
+both scopes: the error says "at most R / P" (rounded down to 4 decimals, so that figure is
+itself accepted) and names the largest divisor of K, down to 1 (no rounding), whose own
+``R`` covers the budget. Under ``local`` scope the rounded counts must also remove more
+than the budget less one chunk of the largest block (``min(K, G - K)`` groups); rounding
+every block to its nearer width can otherwise remove far less than asked (or nothing).
+:func:`check_reachable` applies this before pruning, :func:`check_aligned` again after.
 Entries already pruned (iterative rounds, ``keep_pruned``) score ``-inf`` and form the
-lowest chunks, so starting masks must be aligned the same way (:func:`check_aligned_start`).
-The particle engine's in-simulation thresholds ignore ``round_to``; only the final
-selection (:func:`sfpk.selection.select_topk`) and its check use it.
+lowest chunks, so starting masks whose zeros stay must be aligned the same way
+(:func:`check_aligned_start`). The particle engine's in-simulation thresholds ignore
+``round_to``; only the final selection (:func:`sfpk.selection.select_topk`) and its check
+use it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,13 +58,16 @@ __all__ = [
     "aligned_blocks",
     "aligned_global_cut",
     "aligned_keep_count",
+    "bias_followers",
     "block_kept",
     "check_aligned",
     "check_aligned_start",
     "check_reachable",
     "check_round_to",
+    "entry_groups",
     "group_alive",
     "is_aligned",
+    "max_sparsity",
 ]
 
 ALIGNED_STRUCTURES: tuple[str, ...] = ("filter", "channel", "coupled")
@@ -86,7 +100,8 @@ def is_aligned(round_to: int | None) -> bool:
 
 @dataclass(frozen=True)
 class AlignedBlock:
-    """One block of a mask set: ``groups`` filters/channels of ``weight`` weights each."""
+    """One block of a mask set: ``groups`` filters/channels of ``weight`` weights each
+    (a filter's weight counts its bias entry when that bias follows it)."""
 
     name: str
     groups: int
@@ -94,8 +109,47 @@ class AlignedBlock:
     kind: str
 
 
+def bias_followers(masks: Masks) -> dict[str, str]:
+    """1-D masks that follow a filter mask's decision: bias name -> weight name.
+
+    With ``include_bias=True`` a layer's bias gets a mask of its own; under ``round_to``
+    its entry ``i`` is kept exactly when filter ``i`` of the layer is (as ``tied_biases``
+    do for biases without a mask), so it is part of that filter, not a block of its own.
+
+    Raises:
+        ConfigError: a 1-D mask with no filter mask of its layer to follow (channel
+            masks, a bias whose weight is excluded, a selected BatchNorm weight).
+    """
+    if masks.coupling is not None:
+        return {}
+    followers, orphans = {}, []
+    for name in masks:
+        if len(masks.shapes[name]) != 1:
+            continue
+        weight = f"{name.rsplit('.', 1)[0]}.weight" if "." in name else "weight"
+        shape = masks.shapes.get(weight)
+        if (
+            masks.structure == "filter"
+            and shape
+            and len(shape) > 1
+            and shape[0] == masks.shapes[name][0]
+        ):
+            followers[name] = weight
+        else:
+            orphans.append(name)
+    if orphans:
+        raise ConfigError(
+            f"round_to aligns the widths of layers; the 1-D mask(s) {', '.join(orphans[:5])} "
+            f"have no {'filter' if masks.structure == 'filter' else 'output-filter'} mask of "
+            "their layer to follow (structure="
+            f"{masks.structure!r}); pass include_bias=False or exclude them"
+        )
+    return followers
+
+
 def aligned_blocks(masks: Masks) -> list[AlignedBlock]:
-    """The blocks of ``masks`` in flat order: coupled groups, else one per mask tensor."""
+    """The blocks of ``masks`` in flat order: coupled groups, else one per mask tensor
+    (biases that follow their layer's filters are part of those filters, not blocks)."""
     if masks.coupling is not None:
         weights = masks.coupling.group_weights(masks.shapes)
         starts = block_starts(masks.coupling.block_sizes())
@@ -103,8 +157,27 @@ def aligned_blocks(masks: Masks) -> list[AlignedBlock]:
             AlignedBlock(b.name, b.groups, int(weights[start]), f"{b.kind}s")
             for b, start in zip(masks.coupling.blocks, starts, strict=True)
         ]
+    followers = bias_followers(masks)
+    led = set(followers.values())
     kind = "channels" if masks.structure == "channel" else "filters"
-    return [AlignedBlock(n, masks[n].numel(), masks.weights_per_entry(n), kind) for n in masks]
+    return [
+        AlignedBlock(n, masks[n].numel(), masks.weights_per_entry(n) + int(n in led), kind)
+        for n in masks
+        if n not in followers
+    ]
+
+
+def entry_groups(masks: Masks) -> tuple[Tensor, list[int], Tensor]:
+    """For filter/channel ``masks``: the group of every flat mask entry (a following bias
+    entry shares its filter's), the groups per block, and the weights of every group."""
+    followers = bias_followers(masks)
+    blocks = aligned_blocks(masks)
+    first = dict(
+        zip([b.name for b in blocks], block_starts([b.groups for b in blocks]), strict=True)
+    )
+    index = torch.cat([torch.arange(masks[n].numel()) + first[followers.get(n, n)] for n in masks])
+    weights = torch.cat([torch.full((b.groups,), b.weight, dtype=torch.float64) for b in blocks])
+    return index, [b.groups for b in blocks], weights
 
 
 def aligned_keep_count(groups: int, sparsity: float, round_to: int) -> int:
@@ -119,52 +192,108 @@ def aligned_keep_count(groups: int, sparsity: float, round_to: int) -> int:
     return min(allowed, key=lambda c: (abs(c - wanted), -c))
 
 
-def _largest_chunk(groups: int, round_to: int) -> int:
-    """Groups in a block's largest removable chunk (0: the block cannot shrink)."""
-    return max(0, min(round_to, groups - round_to))
+def _largest_chunk(blocks: list[AlignedBlock], round_to: int) -> int:
+    """Weights of the largest removable chunk of any block (0: no block can shrink)."""
+    return max((max(0, min(round_to, b.groups - round_to)) * b.weight for b in blocks), default=0)
 
 
-def _reach(blocks: list[AlignedBlock], round_to: int) -> tuple[int, int]:
-    """(weights all removable chunks hold, weights of the largest removable chunk)."""
-    removable = sum(max(0, b.groups - round_to) * b.weight for b in blocks)
-    largest = max((_largest_chunk(b.groups, round_to) * b.weight for b in blocks), default=0)
-    return removable, largest
+def _removable(blocks: list[AlignedBlock], round_to: int) -> int:
+    """Weights that go when every block keeps only its floor: ``round_to`` groups, or all
+    of them when it has at most ``round_to`` (``round_to=1``: the plain structured cut,
+    which keeps the best group of every block)."""
+    return sum(max(0, b.groups - round_to) * b.weight for b in blocks)
 
 
-def _reachable(blocks: list[AlignedBlock], budget: int, round_to: int) -> bool:
-    """Whether a global cut gets within one chunk of ``budget`` removed weights."""
-    removable, largest = _reach(blocks, round_to)
-    return budget - removable < max(largest, 1)
+def _local_removed(blocks: list[AlignedBlock], sparsity: float, round_to: int) -> int:
+    """Weights the local rounded counts of :func:`aligned_keep_count` remove."""
+    if round_to <= 1:
+        return sum(removal_count(b.groups, sparsity) * b.weight for b in blocks)
+    return sum((b.groups - aligned_keep_count(b.groups, sparsity, round_to)) * b.weight
+               for b in blocks)  # fmt: skip
+
+
+def _reachable(blocks: list[AlignedBlock], budget: int, scope: str, sparsity: float,
+               round_to: int) -> bool:  # fmt: skip
+    """The reach rule (module docstring): the budget fits in what removing every removable
+    chunk removes, and under local scope the rounded counts also remove more than the
+    budget less one chunk of the largest block. ``round_to=1`` (the plain cuts, which
+    accept any sparsity) is judged by the first condition alone."""
+    if budget > _removable(blocks, round_to):
+        return False
+    if scope == "global" or round_to <= 1:
+        return True
+    tolerance = max(_largest_chunk(blocks, round_to), 1)
+    return _local_removed(blocks, sparsity, round_to) > budget - tolerance
+
+
+def _floor4(fraction: float) -> str:
+    """``fraction`` rounded down to 4 decimals: the printed maximum is itself accepted."""
+    return f"{math.floor(fraction * 10**4 + 1e-9) / 10**4:.4f}"
+
+
+def _hint(blocks: list[AlignedBlock], budget: int, scope: str, sparsity: float,
+          round_to: int, total: int) -> str:  # fmt: skip
+    """The largest divisor of ``round_to`` (1: plain structured pruning) that reaches it."""
+    for k in [k for k in range(round_to // 2, 0, -1) if round_to % k == 0]:
+        if _reachable(blocks, budget, scope, sparsity, k):
+            return (
+                f"round_to={k} reaches it" if k > 1 else "only round_to=1, no rounding, reaches it"
+            )
+    plain = _removable(blocks, 1) / total
+    return (
+        f"no smaller round_to reaches it: even without rounding at most {_floor4(plain)} "
+        "of the weights can go"
+    )
+
+
+def max_sparsity(masks: Masks, round_to: int) -> float:
+    """The highest sparsity a ``round_to`` cut of ``masks`` accepts: every block at its
+    floor (``round_to`` groups, or all of them). A global cut at it removes exactly that.
+
+    Example:
+        >>> template = coupled_channel_masks(model, sample)  # doctest: +SKIP
+        >>> sfpk.prune(model, data, ..., sparsity=max_sparsity(template, 16))  # doctest: +SKIP
+    """
+    return _removable(aligned_blocks(masks), check_number("round_to", round_to, integer=True)) / (
+        masks.total_weights()
+    )
 
 
 def check_reachable(masks: Masks, sparsity: float, scope: str, round_to: int | None) -> None:
-    """Raise ConfigError when a global ``round_to`` cut cannot get near ``sparsity``.
+    """Raise ConfigError when a ``round_to`` cut cannot get near ``sparsity``.
 
     Which weights can go depends only on the block sizes, not on any score, so this is
-    checked before pruning. Local scope always lands on its rounded counts.
+    checked before pruning (the rule: module docstring). The maximum the message gives is
+    the accepted boundary: asking for it (or less) passes the global check.
     """
-    if not is_aligned(round_to) or scope != "global":
+    if not is_aligned(round_to) or scope not in ("global", "local"):
         return
     assert round_to is not None
     blocks = aligned_blocks(masks)
     total = masks.total_weights()
     budget = removal_count(total, sparsity)
-    if _reachable(blocks, budget, round_to):
+    if _reachable(blocks, budget, scope, sparsity, round_to):
         return
-    reach = _reach(blocks, round_to)[0] / total
-    divisors = [k for k in range(round_to // 2, 1, -1) if round_to % k == 0]
-    smaller = next((k for k in divisors if _reachable(blocks, budget, k)), None)
-    hint = f"round_to={smaller} reaches it" if smaller else f"no divisor of {round_to} reaches it"
-    kind = blocks[0].kind
-    if reach == 0:
+    hint = _hint(blocks, budget, scope, sparsity, round_to, total)
+    kind = blocks[0].kind if blocks else "filters"
+    removable = _removable(blocks, round_to)
+    if removable == 0:
         why = f"no block has more than {round_to} {kind}, so none can shrink (reachable: 0)"
         advice = "pass"
-    else:
+    elif budget > removable:
         why = (
             f"every block keeps at least {round_to} of its {kind} (all when it has fewer), "
-            f"so at most {reach:.4f} of the weights can go"
+            f"so at most {_floor4(removable / total)} of the weights can go"
         )
         advice = "ask for at most that, or pass"
+    else:
+        local = _local_removed(blocks, sparsity, round_to)
+        why = (
+            f"scope local moves every block to the nearest multiple of {round_to} {kind}, "
+            f"which removes {local / total:.4f} of the weights, more than one chunk of the "
+            f"largest block ({_largest_chunk(blocks, round_to)} weights) short of it"
+        )
+        advice = "use scope global (whole chunks within the budget), or pass"
     raise ConfigError(
         f"sparsity={sparsity} is out of reach with round_to={round_to}: {why}; {advice} a "
         f"smaller round_to ({hint})"
@@ -239,9 +368,18 @@ def group_alive(masks: Masks) -> Tensor:
 def block_kept(masks: Masks) -> list[int]:
     """Groups every block of :func:`aligned_blocks` keeps."""
     if masks.coupling is None:
-        return [int(torch.count_nonzero(masks[n])) for n in masks]
+        followers = bias_followers(masks)
+        return [int(torch.count_nonzero(masks[n])) for n in masks if n not in followers]
     alive = group_alive(masks)
     return [int(a.sum()) for a in alive.split(masks.coupling.block_sizes())]
+
+
+def _stray_follower(masks: Masks) -> str | None:
+    """A following bias whose entries differ from its filters' decisions, described."""
+    for bias, weight in bias_followers(masks).items():
+        if not torch.equal(masks[bias].reshape(-1) != 0, masks[weight].reshape(-1) != 0):
+            return f"bias mask {bias!r} differs from the filters of {weight!r}"
+    return None
 
 
 def _misaligned(masks: Masks, round_to: int) -> tuple[AlignedBlock, int] | None:
@@ -252,10 +390,14 @@ def _misaligned(masks: Masks, round_to: int) -> tuple[AlignedBlock, int] | None:
     return None
 
 
-def check_aligned_start(masks: Masks, round_to: int | None) -> None:
+def check_aligned_start(masks: Masks, round_to: int | None, *, keep_pruned: bool = True) -> None:
     """Raise ConfigError unless starting ``masks`` are aligned to ``round_to`` (pruned
-    entries form the lowest chunks of the next cut, so they must be whole chunks)."""
-    if not is_aligned(round_to):
+    entries form the lowest chunks of the next cut, so they must be whole chunks).
+
+    With ``keep_pruned=False`` (SFPK/SpODE's ``revive_pruned``) the start's zeros do not
+    constrain the cut, so any starting masks do.
+    """
+    if not is_aligned(round_to) or not keep_pruned:
         return
     assert round_to is not None
     bad = _misaligned(masks, round_to)
@@ -266,10 +408,17 @@ def check_aligned_start(masks: Masks, round_to: int | None) -> None:
             f"{block.kind} of {block.name!r}, neither a multiple of {round_to} nor all; "
             f"prune every round with the same round_to"
         )
+    stray = _stray_follower(masks)
+    if stray is not None:
+        raise ConfigError(
+            f"round_to={round_to}: in the starting masks the {stray}; under round_to a "
+            "bias follows its layer's filters"
+        )
 
 
 def check_aligned(masks: Masks, sparsity: float, scope: str) -> None:
-    """Check ``round_to`` masks: every block aligned, and the count rule of ``scope``.
+    """Check ``round_to`` masks: every block aligned (following biases equal to their
+    filters), the sparsity within reach, and the count rule of ``scope``.
 
     Raises:
         SparsityCheckError: naming the block (or the whole set) and the counts.
@@ -283,7 +432,19 @@ def check_aligned(masks: Masks, sparsity: float, scope: str) -> None:
             f"block {block.name!r} keeps {kept} of {block.groups} {block.kind}, neither a "
             f"multiple of round_to={round_to} (at least {round_to}) nor all of them"
         )
+    stray = _stray_follower(masks)
+    if stray is not None:
+        raise SparsityCheckError(f"the {stray} (round_to={round_to})")
+    if scope not in ("global", "local"):
+        raise SparsityCheckError(f"round_to masks have scope global or local, not {scope!r}")
     blocks = aligned_blocks(masks)
+    total = masks.total_weights()
+    budget = removal_count(total, sparsity)
+    if not _reachable(blocks, budget, scope, sparsity, round_to):
+        raise SparsityCheckError(
+            f"sparsity {sparsity} is out of reach with round_to={round_to} and scope "
+            f"{scope} (at most {_floor4(_removable(blocks, round_to) / total)} can go)"
+        )
     if scope == "local":
         for block, kept in zip(blocks, block_kept(masks), strict=True):
             expected = aligned_keep_count(block.groups, sparsity, round_to)
@@ -293,12 +454,8 @@ def check_aligned(masks: Masks, sparsity: float, scope: str) -> None:
                     f"expected {expected} (sparsity {sparsity}, round_to={round_to})"
                 )
         return
-    if scope != "global":
-        raise SparsityCheckError(f"round_to masks have scope global or local, not {scope!r}")
-    total = masks.total_weights()
-    budget = removal_count(total, sparsity)
     removed = total - masks.kept_weights()
-    largest = max(_reach(blocks, round_to)[1], 1)
+    largest = max(_largest_chunk(blocks, round_to), 1)
     if not budget - largest < removed <= budget:
         raise SparsityCheckError(
             f"removed {removed} of {total} weights, expected {budget} up to one chunk of "

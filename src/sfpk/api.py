@@ -83,6 +83,7 @@ def prune(
             ``"channel"`` (input channels/features).
         seed: seeds every random choice of this call (the caller's RNG state is restored).
         masks: starting masks (iterative pruning); entries already pruned stay pruned.
+            Their ``round_to`` is the default of ``round_to``.
         include, exclude, include_bias: choose the prunable parameters.
         loss_fn: the loss for data-driven methods (mean cross-entropy by default).
         progress: show a progress bar for long methods.
@@ -103,8 +104,11 @@ def prune(
             channel blocks (16 fp32 channels with AVX-512, 8 with AVX2;
             ``docs/performance.md``). ``local`` rounds each block's count to the nearest
             such width; ``global`` removes whole chunks of ``round_to`` groups, within one
-            chunk of the requested sparsity (:mod:`sfpk.aligned_cut`). None or 1: no
-            rounding. SFPK/SpODE simulate as without it; only the final selection rounds.
+            chunk of the requested sparsity (:mod:`sfpk.aligned_cut`). A sparsity the
+            rounding cannot come near is an error. None: the starting ``masks``'
+            ``round_to``, else no rounding (as 1). With ``include_bias`` a layer's bias
+            follows its filters. SFPK/SpODE simulate as without it; only the final
+            selection rounds.
         particle_batching: SFPK/SpODE's n forward+backward passes one per particle
             (``"loop"``), in one vmapped pass (``"vmap"``), or ``"auto"`` (vmap on GPUs, the
             loop on CPU); the results agree to fp32 tolerance.
@@ -119,9 +123,9 @@ def prune(
         UnknownNameError: unknown method, scope or structure.
         ConfigError: sparsity outside (0, 1), an unknown option, a bad option value, a
             ``structure`` that differs from the starting ``masks``', a ``round_to`` that is
-            not a whole number >= 1 or comes with another structure, or a global
-            ``round_to`` cut that cannot reach ``sparsity`` (the message gives the highest
-            reachable sparsity).
+            not a whole number >= 1, comes with another structure or differs from the
+            starting masks' one, or a ``round_to`` cut that cannot reach ``sparsity`` (the
+            message gives the highest reachable sparsity).
 
     Example:
         >>> masks = sfpk.prune(model, loader, method="sfpk", sparsity=0.9)  # doctest: +SKIP
@@ -230,9 +234,13 @@ def run_pruner(
     final.round_to = round_to
     check_achieved_sparsity(final, sparsity, scope)
     if is_aligned(round_to) and abs(final.sparsity() - sparsity) > 0.01:
+        how = (
+            "rounds every block to the nearest multiple of %d filters/channels"
+            if scope == "local"
+            else "removes whole chunks of %d filters/channels within the budget"
+        )
         log.warning(
-            "round_to=%d removes whole chunks of %d filters/channels: %.4f of the weights "
-            "removed for the requested %.4f (the nearest the budget allows)",
+            "round_to=%d " + how + ": %.4f of the weights removed for the requested %.4f",
             round_to, round_to, final.sparsity(), sparsity,
         )  # fmt: skip
     guard = final.collapse_guard

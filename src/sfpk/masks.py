@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, MaskMismatchError
+from .errors import CheckpointError, ConfigError, MaskMismatchError
 from .group_finder import find_groups
 from .groups import Coupling, group_mask_shape
 from .mask_files import read_mask_file, write_mask_file
@@ -400,7 +400,8 @@ class Masks(Mapping[str, Tensor]):
         """Read a mask file written by :meth:`save`; check it against ``model`` if given.
 
         Raises:
-            CheckpointError: missing, corrupted or foreign file.
+            CheckpointError: missing, corrupted or foreign file, or a ``round_to`` in its
+                header that is not an integer >= 1.
             MaskMismatchError: the masks do not fit ``model``.
         """
         tensors, info = read_mask_file(path)
@@ -415,11 +416,25 @@ class Masks(Mapping[str, Tensor]):
             collapse_guard=info.get("collapse_guard"),
             coupling=Coupling.from_json(info["coupling"]) if info.get("coupling") else None,
             unpruned_outputs=info.get("unpruned_outputs") or (),
-            round_to=info.get("round_to"),
+            round_to=_header_round_to(path, info.get("round_to")),
         )
         if model is not None:
             masks.check_fits(model)
         return masks
+
+
+def _header_round_to(path: str | os.PathLike, value: Any) -> int | None:
+    """The ``round_to`` of a mask file's header: absent (None) or an integer >= 1.
+
+    Raises:
+        CheckpointError: any other value, with the file and the value.
+    """
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise CheckpointError(
+        f"mask file {str(path)!r}: round_to={value!r} in its header must be an integer >= 1 "
+        "or absent"
+    )
 
 
 def load_masks(path: str | os.PathLike, model: nn.Module | None = None) -> Masks:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from .aligned_cut import check_aligned_start, check_reachable, check_round_to
+from .aligned_cut import check_aligned_start, check_reachable, check_round_to, is_aligned
 from .collapse import GUARDS, Guard
 from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
 from .masks import SCOPES, Masks, Scope, prunable_parameters
@@ -57,14 +57,14 @@ def checked_call(
     round_to: Any = None,
 ) -> tuple[Pruner, Masks, float, Scope, int | None]:
     """Every argument check of a pruning call: the pruner, the starting masks, the resolved
-    sparsity, scope and ``round_to``."""
+    sparsity, scope and ``round_to`` (not given: the starting masks' own)."""
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)
     check_seed(seed)
     check_model(model)
     check_structure(structure or "unstructured")
     given = structure or (masks.structure if isinstance(masks, Masks) else "unstructured")
-    round_to = check_round_to(round_to, given)
+    round_to = _resolve_round_to(round_to, masks, given)
     if not isinstance(protect_output, bool):
         raise ConfigError(f"protect_output={protect_output!r} must be True or False")
     unpruned: list[str] = []
@@ -83,9 +83,30 @@ def checked_call(
         scope = pruner.default_scope if masks.structure == "unstructured" else "global"
     check_choice("scope", scope, SCOPES)
     check_choice("collapse_guard", collapse_guard, GUARDS)
-    check_aligned_start(masks, round_to)
+    keep_pruned = not getattr(pruner.options, "revive_pruned", False)
+    check_aligned_start(masks, round_to, keep_pruned=keep_pruned)
     check_reachable(masks, sparsity, scope, round_to)
     return pruner, masks, sparsity, scope, round_to
+
+
+def _resolve_round_to(round_to: Any, masks: Masks | None, structure: str) -> int | None:
+    """``round_to`` checked; when not given, the starting masks' ``round_to``, so an
+    iterative round keeps the widths its start was aligned to.
+
+    Raises:
+        ConfigError: a bad value (:func:`sfpk.aligned_cut.check_round_to`), or one that
+            differs from the starting masks' ``round_to`` (both named).
+    """
+    start = masks.round_to if isinstance(masks, Masks) else None
+    if round_to is None:
+        return check_round_to(start, structure, name="the starting masks' round_to")
+    value = check_round_to(round_to, structure)
+    if is_aligned(start) and value != start:
+        raise ConfigError(
+            f"round_to={value} differs from the starting masks' round_to={start}; pass "
+            f"round_to={start} (or leave it out) to keep their aligned widths"
+        )
+    return value
 
 
 def check_seed(seed: Any) -> int:

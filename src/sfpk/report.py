@@ -1,6 +1,7 @@
 """Compare finished runs: a Markdown table and an accuracy-vs-sparsity figure.
 
-``sfpk report RUN [RUN ...] -o OUT`` groups runs by (method, sparsity), averages their
+``sfpk report RUN [RUN ...] -o OUT`` groups runs by (method, sparsity) and the settings in
+which they differ (data, model, pipeline, structure, scope, ``round_to``), averages their
 accuracy over seeds and writes ``OUT/report.md``, ``OUT/report.csv`` and
 ``OUT/accuracy_vs_sparsity.png``. Language-model runs also get their test perplexity
 (mean ± std over seeds) in a perplexity column; their accuracy is the token accuracy.
@@ -31,6 +32,9 @@ __all__ = ["load_summaries", "summarize_runs", "write_report", "ACCURACY_KEYS", 
 ACCURACY_KEYS = ("last_k_mean_test_acc", "final_test_acc", "best_val_test_acc")
 # The same preference for the perplexity of language-model runs.
 PERPLEXITY_KEYS = ("last_k_mean_test_ppl", "final_test_ppl", "best_val_test_ppl")
+# Pruning settings that tell runs of one method apart (pipeline, then the masks' shape):
+# when the runs differ in one, it joins the row label, so they are never averaged as seeds.
+PRUNING_KEYS = ("pipeline", "structure", "scope", "round_to")
 # Cost figures of summary.json (sfpk.costs), averaged over a row's runs when all have them.
 COST_KEYS = ("params", "nonzero_params", "macs", "nonzero_macs", "slim_params", "slim_macs")
 
@@ -97,6 +101,14 @@ def _is_language_model(summary: dict[str, Any]) -> bool:
     return summary.get("task") == "language_model"
 
 
+def _setting(summary: dict[str, Any], key: str) -> str:
+    """How a run's ``key`` shows in a row label; ``round_to`` None and 1 are no rounding."""
+    value = summary.get(key)
+    if key == "round_to":
+        return f"round_to={value if value is not None else 1}"
+    return str(value)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -104,20 +116,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (method, sparsity): seeds, number of runs, mean and std accuracy.
 
-    When the runs span several data sets, models or pruning pipelines, those that differ are
-    part of the method label, so only seeds of the same experiment are averaged. Rows of
+    When the runs span several data sets, models, pruning pipelines, mask structures,
+    scopes or ``round_to`` values, those that differ are part of the method label (e.g.
+    ``mag (filter round_to=16)``), so only seeds of the same experiment are averaged. Rows of
     language-model runs also hold ``ppl_mean`` and ``ppl_std`` (test perplexity); other
     rows hold None there.
     """
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     keys = [k for k in ("dataset", "model") if len({str(s.get(k)) for s in summaries}) > 1]
-    if len({str(s.get("pipeline")) for s in summaries if s.get("method")}) > 1:
-        keys.append("pipeline")  # oneshot and iterative runs of one method differ
+    pruned = [s for s in summaries if s.get("method")]
+    # oneshot and iterative runs of one method differ, and so do the masks' settings
+    keys += [k for k in PRUNING_KEYS if len({_setting(s, k) for s in pruned}) > 1]
     for summary in summaries:
         # dense (pretrain) runs have method and sparsity None: one "dense" row at 0
         method = str(summary.get("method") or "dense")
         if keys:  # never average runs of different data / model / pipeline as seeds
-            method += f" ({' '.join(str(summary.get(k)) for k in keys)})"
+            method += f" ({' '.join(_setting(summary, k) for k in keys)})"
         sparsity = summary.get("sparsity") or 0.0
         groups[(method, round(float(sparsity), 6))].append(summary)
     rows = []
@@ -140,6 +154,8 @@ def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
                 "ppl_mean": ppl_mean,
                 "ppl_std": ppl_std,
+                # equal over the row's runs (a difference would be in the label)
+                **{key: runs[0].get(key) for key in ("structure", "scope", "round_to")},
                 **_cost_fields(runs),
             }
         )

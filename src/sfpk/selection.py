@@ -45,6 +45,7 @@ from .aligned_cut import (
     aligned_keep_count,
     check_reachable,
     check_round_to,
+    entry_groups,
     is_aligned,
 )
 from .collapse import Guard, protected_entries
@@ -52,11 +53,13 @@ from .errors import ConfigError, SfpkError, SparsityCheckError, check_choice, ch
 from .kth_select import kth_smallest, select_kth
 from .masks import SCOPES, Masks, Scope, removal_count
 from .prunable import output_rows, parse_nm
+from .sparsity_check import check_achieved_sparsity
 from .weight_budget import block_starts, greedy_removal
 
 __all__ = [
     "Ties",
     "SparsityCheckError",
+    "check_achieved_sparsity",
     "cut",
     "kth_smallest",
     "nm_cut",
@@ -276,6 +279,10 @@ def select_topk(
         )
     elif template.structure == "unstructured":
         keep, report = _guarded_cut(flat, template, sparsity, scope, guard)
+    elif is_aligned(round_to):  # filter / channel: whole filters, biases following them
+        index, blocks, weights = entry_groups(template)
+        budget = removal_count(template.total_weights(), sparsity)
+        keep = _grouped_cut(flat, index, blocks, weights, budget, sparsity, scope, round_to)
     elif scope == "local":  # structured: every layer keeps ceil((1 - s) C) >= 1 groups
         keep = _local_cut(flat, sizes, sparsity, round_to)
     else:
@@ -357,16 +364,32 @@ def _coupled_cut(
     Every entry of a group gets the group's decision."""
     coupling = template.coupling
     assert coupling is not None
-    index = _group_index(template).to(flat.device)
-    groups = torch.zeros(coupling.num_groups, dtype=flat.dtype, device=flat.device)
+    weights = coupling.group_weights(template.shapes)
+    budget = removal_count(template.total_weights(), sparsity)
+    index, sizes = _group_index(template), coupling.block_sizes()
+    return _grouped_cut(flat, index, sizes, weights, budget, sparsity, scope, round_to)
+
+
+def _grouped_cut(
+    flat: Tensor,
+    index: Tensor,
+    sizes: list[int],
+    weights: Tensor,
+    budget: int,
+    sparsity: float,
+    scope: Scope,
+    round_to: int | None,
+) -> Tensor:
+    """Entries ``flat`` summed into the groups ``index`` names (blocks of ``sizes``, group
+    ``weights``), cut per block (local) or within ``budget`` weights (global); every entry
+    gets its group's decision."""
+    index = index.to(flat.device)
+    groups = torch.zeros(len(weights), dtype=flat.dtype, device=flat.device)
     groups.index_add_(0, index, flat)
-    sizes = coupling.block_sizes()
     if scope == "local":
         keep = _local_cut(groups, sizes, sparsity, round_to)
     else:
-        weights = coupling.group_weights(template.shapes).to(flat.device)
-        budget = removal_count(template.total_weights(), sparsity)
-        keep = _global_cut(groups, weights, sizes, budget, round_to)
+        keep = _global_cut(groups, weights.to(flat.device), sizes, budget, round_to)
     return keep[index]
 
 

@@ -160,6 +160,8 @@ def summarize(ctx: Context, final_records: list[dict[str, Any]]) -> dict[str, An
         "rounds": cfg.prune.rounds if masks is not None else None,
         "round_sparsities": results.get("round_sparsities"),
         "collapse_guard": results.get("collapse_guard"),
+        "structure": masks.structure if masks is not None else None,
+        "scope": masks.scope if masks is not None else None,
         "round_to": masks.round_to if masks is not None else None,
         "unpruned_output_layers": masks.unpruned_outputs if masks is not None else None,
         "dense_test_acc": results.get("dense_test_acc"),
