@@ -51,6 +51,8 @@ import torch
 from torch import nn
 
 import sfpk
+from sfpk.aligned_cut import max_sparsity
+from sfpk.channel_groups import coupled_channel_masks
 from sfpk.export import Architecture
 from sfpk.masks import Masks
 from sfpk.onnx_export import export_onnx
@@ -228,15 +230,15 @@ def _pruned_masks_for(
     batch = [(sample, torch.zeros(len(sample), dtype=torch.long))]
     dense_weights = _weights(dense)
 
-    def prune(requested: float, scope: str = "global") -> tuple[Masks, float]:
+    def prune(requested: float) -> tuple[Masks, float]:
         masks = sfpk.prune(
-            dense, batch, method="mag", structure="coupled", scope=scope,
+            dense, batch, method="mag", structure="coupled", scope="global",
             sparsity=requested, round_to=round_to,
         )  # fmt: skip
         return masks, 1 - _weights(slim_model(dense, masks, sample)) / dense_weights
 
-    # every group at its narrowest allowed width (local scope rounds, never refuses)
-    widest_cut, narrowest = prune(0.99, "local")
+    # every group at its narrowest allowed width
+    widest_cut, narrowest = prune(max_sparsity(coupled_channel_masks(dense, sample), round_to))
     if narrowest < sparsity:
         raise Unreachable(
             f"round_to={round_to} leaves every group at least {round_to} channels wide, so "
