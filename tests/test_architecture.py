@@ -107,6 +107,7 @@ def test_no_import_circles_in_the_package():
         ("sfpk.selection", "sfpk.pruners"),
         ("sfpk.pruners", "sfpk.pipelines"),
         ("sfpk.pruners", "sfpk.config"),
+        ("sfpk.pruners", "sfpk.config_sections"),
         ("sfpk.reference", "sfpk.cli"),
         ("sfpk.reference_flags", "sfpk.cli"),
     ],
