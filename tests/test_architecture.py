@@ -109,7 +109,13 @@ def test_no_import_circles_in_the_package():
         ("sfpk.pruners", "sfpk.config"),
         ("sfpk.pruners", "sfpk.config_sections"),
         ("sfpk.reference", "sfpk.cli"),
+        ("sfpk.reference", "sfpk.cli_commands"),
+        ("sfpk.reference", "sfpk.cli_pipelines"),
+        ("sfpk.reference", "sfpk.cli_tools"),
         ("sfpk.reference_flags", "sfpk.cli"),
+        ("sfpk.reference_flags", "sfpk.cli_commands"),
+        ("sfpk.reference_flags", "sfpk.cli_pipelines"),
+        ("sfpk.reference_flags", "sfpk.cli_tools"),
     ],
 )
 def test_lower_layers_do_not_import_higher_ones(low, high):

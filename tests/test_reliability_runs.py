@@ -26,7 +26,8 @@ from cli_runs import read_run, run_env
 from conftest import TINY_FLAGS
 from helpers import model_and_batches
 from pause_launcher import checkpoint_label
-from sfpk.cli import _percent, main
+from sfpk.cli import main
+from sfpk.cli_pipelines import _percent
 from sfpk.config import SECTIONS, Config
 from sfpk.config_flags import USED_BY, flag_for, used_by
 from sfpk.pipelines.context import Context
