@@ -104,6 +104,7 @@ def test_no_import_circles_in_the_package():
     "low, high",
     [
         ("sfpk.masks", "sfpk.pruners"),
+        ("sfpk.mask_construction", "sfpk.pruners"),
         ("sfpk.selection", "sfpk.pruners"),
         ("sfpk.pruners", "sfpk.pipelines"),
         ("sfpk.pruners", "sfpk.config"),
