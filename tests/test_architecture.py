@@ -106,6 +106,7 @@ def test_no_import_circles_in_the_package():
         ("sfpk.masks", "sfpk.pruners"),
         ("sfpk.mask_construction", "sfpk.pruners"),
         ("sfpk.selection", "sfpk.pruners"),
+        ("sfpk.cuts", "sfpk.pruners"),
         ("sfpk.pruners", "sfpk.pipelines"),
         ("sfpk.pruners", "sfpk.config"),
         ("sfpk.pruners", "sfpk.config_sections"),

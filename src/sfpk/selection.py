@@ -4,7 +4,9 @@ This is the one place where scores become 0/1 masks (pruners only score). Higher
 keep. See :mod:`sfpk.masks` for the sparsity and tie-breaking conventions. The particle
 engine's in-simulation thresholds (polarisation, hard vote) use :func:`cut` and
 :func:`weighted_cut` with the reference's tie rules; final masks use :func:`select_topk`,
-and :mod:`sfpk.sparsity_check` checks them against the rules below.
+and :mod:`sfpk.sparsity_check` checks them against the rules below. The cuts of one flat
+score vector (:func:`cut`, :func:`weighted_cut`, :func:`nm_cut`) live in :mod:`sfpk.cuts`
+and are re-exported here.
 
 Counting rules:
 
@@ -34,9 +36,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,12 +50,12 @@ from .aligned_cut import (
     is_aligned,
 )
 from .collapse import Guard, protected_entries
+from .cuts import Ties, cut, nm_cut, structured_global_cut, weighted_cut
 from .errors import ConfigError, SfpkError, SparsityCheckError, check_choice, check_fraction
-from .kth_select import kth_smallest, select_kth
+from .kth_select import kth_smallest
 from .masks import SCOPES, Masks, Scope, removal_count
 from .prunable import output_rows, parse_nm
 from .sparsity_check import check_achieved_sparsity
-from .weight_budget import block_starts, greedy_removal
 
 __all__ = [
     "Ties",
@@ -67,8 +68,6 @@ __all__ = [
     "select_topk",
     "weighted_cut",
 ]
-
-Ties = Literal["stable", "drop", "keep"]
 
 
 def _flat(scores: Mapping[str, Tensor], template: Masks) -> Tensor:
@@ -87,116 +86,6 @@ def _flat(scores: Mapping[str, Tensor], template: Masks) -> Tensor:
     if torch.isnan(flat).any():
         raise SfpkError("pruning scores contain NaN; the model or data produce invalid gradients")
     return flat
-
-
-def cut(values: Tensor, remove: int, *, ties: Ties = "stable") -> Tensor:
-    """0/1 keep vector (``values``' dtype) that drops the ``remove`` lowest entries.
-
-    Args:
-        values: flat scores; higher means keep.
-        remove: how many entries to drop; below 1 nothing is dropped.
-        ties: what happens to the entries equal to the cut value ``τ`` (the ``remove``-th
-            smallest): ``"stable"`` drops exactly ``remove`` entries, the ties at ``τ`` in
-            index order (what a stable sort removes; used for every final mask);
-            ``"drop"`` drops every entry ``≤ τ`` and ``"keep"`` only those ``< τ`` (the
-            reference's hard-vote and polarisation thresholds, method spec §2.5, §2.10).
-    """
-    if remove < 1:
-        return torch.ones_like(values)
-    if ties == "stable" and remove >= values.numel():
-        return torch.zeros_like(values)
-    if ties not in ("stable", "drop", "keep"):
-        raise ConfigError(f"ties={ties!r}; choose one of stable, drop, keep")
-    if _on_numpy(values):
-        # numpy's comparisons, counts and casts are several times faster than torch's on
-        # one CPU thread (the engine thresholds every particle at every step); same result.
-        return torch.from_numpy(_cut_numpy(values.detach().numpy(), remove, ties))
-    tau = kth_smallest(values, remove)
-    if ties == "drop":
-        return (values > tau).to(values.dtype)
-    if ties == "keep":
-        return (values >= tau).to(values.dtype)
-    keep = torch.ones_like(values)
-    below = values < tau
-    keep[below] = 0.0
-    at = torch.nonzero(values == tau).reshape(-1)
-    keep[at[: remove - int(below.sum())]] = 0.0
-    return keep
-
-
-def _cut_numpy(array: np.ndarray, remove: int, ties: Ties) -> np.ndarray:
-    """:func:`cut` of a flat float array (``1 <= remove``, and ``< size`` when stable)."""
-    tau = select_kth(array, remove)
-    if ties == "drop":
-        return (array > tau).astype(array.dtype)
-    if ties == "keep":
-        return (array >= tau).astype(array.dtype)
-    below = array < tau
-    keep = np.logical_not(below).astype(array.dtype)
-    at = np.flatnonzero(array == tau)  # ascending: the lowest indices go first
-    keep[at[: remove - int(np.count_nonzero(below))]] = 0.0
-    return keep
-
-
-def _on_numpy(values: Tensor) -> bool:
-    """Whether ``values`` is a flat CPU float tensor numpy can read in place."""
-    return (
-        values.device.type == "cpu"
-        and values.dtype in (torch.float32, torch.float64)
-        and values.dim() == 1
-    )
-
-
-def _per_weight_prefix(
-    values: Tensor, weights: Tensor, budget: float
-) -> tuple[Tensor, Tensor, int]:
-    """``(per_weight, order, k)``: score per weight, its stable ascending order, and how many
-    of the lowest groups fit in ``budget`` removed weights (the greedy prefix)."""
-    per_weight = values / weights
-    order = torch.sort(per_weight, stable=True).indices
-    k = int((torch.cumsum(weights[order], 0) <= budget).sum())
-    return per_weight, order, k
-
-
-def weighted_cut(
-    values: Tensor, weights: Tensor, budget: float, *, ties: Ties = "keep"
-) -> Tensor | None:
-    """The global structured threshold: groups ranked by score per weight, counted in weights.
-
-    A group's score sums over the weights it controls, so raw sums would favour removing
-    small groups. The lowest groups whose weights fit in ``budget`` set the threshold ``τ``;
-    ``ties`` is ``"drop"`` (keep ``> τ``) or ``"keep"`` (keep ``≥ τ``), as in :func:`cut`.
-
-    Returns:
-        A 0/1 keep vector, or None when not even one group fits in the budget.
-    """
-    per_weight, order, k = _per_weight_prefix(values, weights, budget)
-    if k < 1:
-        return None
-    tau = per_weight[order[k - 1]]
-    if ties == "drop":
-        return (per_weight > tau).to(values.dtype)
-    if ties == "keep":
-        return (per_weight >= tau).to(values.dtype)
-    raise ConfigError(f"ties={ties!r}; weighted_cut takes drop or keep")
-
-
-def nm_cut(values: Tensor, shape: tuple[int, ...], m: int, sparsity: float) -> Tensor:
-    """0/1 keep vector (flat, ``values``' order) for an N:M pattern at ``sparsity``.
-
-    ``values`` is one tensor of ``shape`` flattened; groups are ``m`` consecutive entries
-    along dim 1 (the input dimension) at every other index, and each group drops its
-    ``floor(sparsity * m)`` lowest entries (lower position in the group first on ties). At
-    the N:M target ``sparsity = 1 - N/M`` every group keeps exactly N.
-    """
-    remove = removal_count(m, sparsity)
-    moved = values.reshape(shape).movedim(1, -1)
-    groups = moved.reshape(-1, m)
-    keep = torch.ones_like(groups)
-    if remove > 0:
-        order = torch.sort(groups, dim=1, stable=True).indices[:, :remove]
-        keep.scatter_(1, order, 0.0)
-    return keep.reshape(moved.shape).movedim(-1, 1).reshape(-1)
 
 
 def round_sparsity(sparsity: float, round_index: int, rounds: int) -> float:
@@ -307,23 +196,6 @@ def select_topk(
     )
 
 
-def _structured_global(values: Tensor, weights: Tensor, sizes: list[int], budget: int) -> Tensor:
-    """Keep vector of the global structured cut: groups ranked by score per weight, removed
-    lowest first within ``budget`` weights, the best group of every block always kept (so
-    no layer is cut off entirely)."""
-    per_weight, order, _ = _per_weight_prefix(values, weights, budget)
-    best = torch.stack(
-        [
-            chunk.argmax() + start
-            for chunk, start in zip(per_weight.split(sizes), block_starts(sizes), strict=True)
-        ]
-    )
-    order = order[~torch.isin(order, best)]
-    keep = torch.ones_like(values)
-    keep[greedy_removal(order, weights, budget)] = 0.0
-    return keep
-
-
 def _global_cut(
     values: Tensor, weights: Tensor, sizes: list[int], budget: int, round_to: int | None
 ) -> Tensor:
@@ -331,7 +203,7 @@ def _global_cut(
     if is_aligned(round_to):
         assert round_to is not None
         return aligned_global_cut(values, weights, sizes, budget, round_to)
-    return _structured_global(values, weights, sizes, budget)
+    return structured_global_cut(values, weights, sizes, budget)
 
 
 def _local_cut(flat: Tensor, sizes: list[int], sparsity: float, round_to: int | None) -> Tensor:
