@@ -6,7 +6,7 @@ masks baked in; its header (safetensors metadata ``"sfpk"``) records the
 :class:`Architecture` (zoo model name, options, ``num_classes``, ``input_shape``), so
 :func:`load_model` needs nothing else. Compressed tensors (:mod:`sfpk.sparse_files`) are
 read back bit-exact; a slimmed file (``"slimmed": true``) resizes the rebuilt architecture
-to the file's shapes (:func:`sfpk.slim.resize_to_state_`). The format is described in
+to the file's shapes (:func:`sfpk.slim_resize.resize_to_state_`). The format is described in
 ``docs/export.md``.
 """
 
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from . import models
 from .errors import CheckpointError, SfpkError
-from .slim import resize_to_state_
+from .slim_resize import resize_to_state_
 from .sparse_files import read_weights_file
 
 __all__ = [

@@ -1,8 +1,9 @@
 """Slimming: physically remove pruned filters and channels, through torch-pruning's graph.
 
 This is the one module of sfpk that imports ``torch_pruning`` (the optional extra
-``sfpk[slim]``), and only inside functions, so ``import sfpk`` and :func:`resize_to_state_`
-(used by :func:`sfpk.load_model`) work without it.
+``sfpk[slim]``), and only inside functions, so ``import sfpk`` works without it; so does
+:func:`resize_to_state_` (used by :func:`sfpk.load_model`), which lives in
+:mod:`sfpk.slim_resize` and is re-exported here.
 
 **Coupled groups.** torch-pruning traces the model once and finds, for every conv/linear
 output, the set of tensor dims that must lose the same channel together: the producing
@@ -43,15 +44,15 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .masks import Masks
+from .slim_resize import CONV_TYPES, is_depthwise, resize_to_state_
 
 __all__ = [
     "SLIMMABLE_STRUCTURES",
@@ -65,8 +66,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SLIMMABLE_STRUCTURES: tuple[str, ...] = ("filter", "channel", "coupled")
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_WEIGHTED = (*_CONV, nn.Linear)
+_WEIGHTED = (*CONV_TYPES, nn.Linear)
 
 
 def check_slimmable(structure: str) -> str:
@@ -117,14 +117,6 @@ class _Member:
     roots: Tensor  # ... and the root channel of each
 
 
-def _is_depthwise(module: nn.Module) -> bool:
-    return (
-        isinstance(module, _CONV)
-        and module.groups > 1
-        and module.groups == module.in_channels == module.out_channels
-    )
-
-
 def _build_graph(tp: Any, model: nn.Module, example_input: Tensor) -> Any:
     with torch.enable_grad():  # the graph is traced from autograd's grad_fn
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
@@ -140,7 +132,7 @@ def _members(graph: Any, group: Any, names: dict[nn.Module, str]) -> list[_Membe
         if not any(True for _ in module.parameters(recurse=False)):
             continue  # activations, pooling, additions, reshapes (torch-pruning's own ops)
         outputs = graph.is_out_channel_pruning_fn(item.dep.handler)
-        if _is_depthwise(module):
+        if is_depthwise(module):
             role = "passthrough"
         elif isinstance(module, _WEIGHTED) and getattr(module, "groups", 1) == 1:
             role = "producer" if outputs else "consumer"
@@ -194,7 +186,7 @@ def coupled_channel_groups(model: nn.Module, example_input: Tensor) -> list[Chan
             if not isinstance(module, nn.Module):
                 continue
             prefix = names.get(module, "?")
-            whole = graph.is_out_channel_pruning_fn(item.dep.handler) or _is_depthwise(module)
+            whole = graph.is_out_channel_pruning_fn(item.dep.handler) or is_depthwise(module)
             for tensor_name, _ in module.named_parameters(recurse=False):
                 if not whole and tensor_name != "weight":
                     continue  # a layer's input channels are its weight's dim 1 only
@@ -222,7 +214,7 @@ def _consumer_inputs(
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
         x = inputs[0].detach()
-        dim = 1 if isinstance(module, _CONV) else x.dim() - 1
+        dim = 1 if isinstance(module, CONV_TYPES) else x.dim() - 1
         amax = x.abs().transpose(0, dim).reshape(x.shape[dim], -1).amax(dim=1)
         constant = torch.full_like(amax, float("nan"))
         if isinstance(module, nn.Linear) and x.dim() == 2 and module not in seen:
@@ -347,64 +339,3 @@ def slim_model(
         graph.get_pruning_group(module, handler, remove).prune()
     log.info("slimmed %d coupled groups", len(plan))
     return work.eval()
-
-
-def _resize_conv(module: nn.Module, weight: Sequence[int]) -> None:
-    depthwise = _is_depthwise(module)
-    if module.groups > 1 and not depthwise:
-        raise CheckpointError(f"cannot resize grouped conv {module} to weight {list(weight)}")
-    module.out_channels = weight[0]
-    module.in_channels = weight[0] if depthwise else weight[1]
-    if depthwise:
-        module.groups = weight[0]
-
-
-def resize_to_state_(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
-    """Mutates ``model``: resizes its conv, linear and BatchNorm layers to ``state``'s shapes.
-
-    This rebuilds a slim model from a freshly built architecture and the slim state dict
-    (no torch-pruning needed): each layer whose tensors in ``state`` have other shapes gets
-    new, uninitialised tensors of those shapes and matching ``in/out_channels``,
-    ``in/out_features``, ``groups`` or ``num_features``. Load the state dict afterwards.
-
-    Returns:
-        The names of the resized layers.
-
-    Raises:
-        CheckpointError: a layer of another kind (or a grouped conv) would need resizing.
-    """
-    resized = []
-    for prefix, module in model.named_modules():
-        own = {
-            n: t
-            for n, t in [
-                *module.named_parameters(recurse=False),
-                *module.named_buffers(recurse=False),
-            ]
-            if t is not None
-        }
-        key = f"{prefix}." if prefix else ""
-        changed = {
-            n for n, t in own.items() if key + n in state and state[key + n].shape != t.shape
-        }
-        if not changed:
-            continue
-        if isinstance(module, _CONV):
-            _resize_conv(module, state[key + "weight"].shape)
-        elif isinstance(module, nn.Linear):
-            module.out_features, module.in_features = state[key + "weight"].shape
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.num_features = state[key + "running_mean"].shape[0]
-        else:
-            raise CheckpointError(
-                f"layer {prefix!r} ({type(module).__name__}) has tensors of other shapes in the "
-                f"file ({sorted(changed)}); only conv, linear and BatchNorm layers are resized"
-            )
-        for name in changed:
-            new = torch.empty(state[key + name].shape, dtype=own[name].dtype)
-            if isinstance(own[name], nn.Parameter):
-                setattr(module, name, nn.Parameter(new, requires_grad=own[name].requires_grad))
-            else:
-                setattr(module, name, new)
-        resized.append(prefix)
-    return resized
