@@ -12,7 +12,7 @@ from torch import nn
 
 import sfpk
 from helpers import random_batches, tiny_options
-from sfpk.aligned_cut import aligned_keep_count
+from sfpk.aligned_cut import aligned_keep_count, check_reachable
 from sfpk.api import check_pruning
 from sfpk.cli import main
 from sfpk.errors import ConfigError, SparsityCheckError
@@ -385,12 +385,16 @@ def test_local_scope_refuses_a_target_its_rounding_cannot_approach():
 
 def test_local_rounding_that_lands_more_than_one_chunk_short_is_an_error():
     """Ten layers of 20 filters, round_to=16, 0.1: every layer wants 18 and keeps 20 (the
-    nearer width), so nothing goes; global removes whole chunks and reaches it."""
+    nearer width), so nothing goes: refused as a call's target (before any work); a
+    selection at it only rounds; global removes whole chunks and reaches it."""
     shapes = {f"l{i}": (20, 1) for i in range(10)}
     template = Masks({n: torch.ones(20, 1) for n in shapes}, shapes=shapes, structure="filter")
     scores = {n: torch.rand(20, 1) for n in shapes}
     with pytest.raises(ConfigError, match=r"scope local moves every block .* removes 0\.0000 .*use scope global"):  # fmt: skip # noqa: E501
-        select_topk(scores, template, sparsity=0.1, scope="local", round_to=16)
+        check_reachable(template, 0.1, "local", 16)
+    rounded = select_topk(scores, template, sparsity=0.1, scope="local", round_to=16)
+    assert rounded.kept_weights() == rounded.total_weights()
+    check_achieved_sparsity(rounded, 0.1, "local")  # the counts of the rule, no shortfall test
     masks = select_topk(scores, template, sparsity=0.1, scope="global", round_to=16)
     assert masks.total_weights() - masks.kept_weights() == 20  # 5 chunks of 4 filters
     check_achieved_sparsity(masks, 0.1, "global")
@@ -415,11 +419,13 @@ def test_the_starting_masks_round_to_is_the_default():
     check_achieved_sparsity(second, 0.6, "global")
 
 
-def test_a_round_to_that_differs_from_the_starting_masks_is_refused():
+def test_a_round_to_that_does_not_divide_the_starting_masks_one_is_refused():
+    """Widths aligned to 4 are not aligned to 8 or 3; they are to 2 (test_round_to_rounds)."""
     model, data = _mlp(), random_batches((12,), 3)
     first = sfpk.prune(model, data, method="mag", sparsity=0.3, structure="filter", round_to=4)
-    with pytest.raises(ConfigError, match=r"round_to=2 differs from the starting masks' round_to=4"):  # fmt: skip # noqa: E501
-        sfpk.prune(model, data, method="mag", sparsity=0.6, masks=first, round_to=2)
+    for value in (8, 3):
+        with pytest.raises(ConfigError, match=rf"round_to={value} does not divide the starting masks' round_to=4"):  # fmt: skip # noqa: E501
+            sfpk.prune(model, data, method="mag", sparsity=0.6, masks=first, round_to=value)
 
 
 def test_unaligned_starting_masks_are_accepted_when_their_zeros_may_revive():

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, SparsityCheckError, check_number
-from .masks import Masks, removal_count
+from .masks import ALIGNED_STRUCTURES, Masks, removal_count
 from .weight_budget import block_starts
 
 __all__ = [
@@ -30,9 +30,6 @@ __all__ = [
     "group_alive",
     "is_aligned",
 ]
-
-
-ALIGNED_STRUCTURES: tuple[str, ...] = ("filter", "channel", "coupled")
 
 
 def check_round_to(round_to: Any, structure: str, *, name: str = "round_to") -> int | None:

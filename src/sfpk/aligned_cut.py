@@ -48,7 +48,13 @@ from .aligned_blocks import (
     group_alive,
     is_aligned,
 )
-from .aligned_checks import check_aligned, check_aligned_start, check_reachable, max_sparsity
+from .aligned_checks import (
+    check_aligned,
+    check_aligned_start,
+    check_local_start,
+    check_reachable,
+    max_sparsity,
+)
 from .weight_budget import block_starts, greedy_removal
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "block_kept",
     "check_aligned",
     "check_aligned_start",
+    "check_local_start",
     "check_reachable",
     "check_round_to",
     "entry_groups",

@@ -105,8 +105,10 @@ def prune(
             ``docs/performance.md``). ``local`` rounds each block's count to the nearest
             such width; ``global`` removes whole chunks of ``round_to`` groups, within one
             chunk of the requested sparsity (:mod:`sfpk.aligned_cut`). A sparsity the
-            rounding cannot come near is an error. None: the starting ``masks``'
-            ``round_to``, else no rounding (as 1). With ``include_bias`` a layer's bias
+            rounding cannot come near is an error, before any work (the reach rule of
+            :mod:`sfpk.aligned_checks`; SynFlow's inner rounds at lower targets only round).
+            None: the starting ``masks``' ``round_to`` (a divisor of it is accepted too),
+            else no rounding (as 1). With ``include_bias`` a layer's bias
             follows its filters. SFPK/SpODE simulate as without it; only the final
             selection rounds.
         particle_batching: SFPK/SpODE's n forward+backward passes one per particle
@@ -123,9 +125,9 @@ def prune(
         UnknownNameError: unknown method, scope or structure.
         ConfigError: sparsity outside (0, 1), an unknown option, a bad option value, a
             ``structure`` that differs from the starting ``masks``', a ``round_to`` that is
-            not a whole number >= 1, comes with another structure or differs from the
+            not a whole number >= 1, comes with another structure or does not divide the
             starting masks' one, or a ``round_to`` cut that cannot reach ``sparsity`` (the
-            message gives the highest reachable sparsity).
+            message gives the highest sparsity the scope accepts).
 
     Example:
         >>> masks = sfpk.prune(model, loader, method="sfpk", sparsity=0.9)  # doctest: +SKIP
@@ -176,6 +178,7 @@ def run_pruner(
     round_to: int | None = None,
     particle_batching: str = "auto",
     precision: str = "fp32",
+    final_sparsity: float | None = None,
     **options: Any,
 ) -> PruneResult:
     """:func:`prune`, returning the full :class:`PruneResult` (masks, history, state).
@@ -186,6 +189,11 @@ def run_pruner(
         observer: progress bar, per-step callback and trace, periodic checkpoints.
         distributed: split the work over an initialised ``torch.distributed`` group
             (None: when one with more than one rank exists).
+        final_sparsity: when this call is one round of a schedule (the pipelines'
+            iterative rounds), the schedule's final target (>= ``sparsity``). The
+            ``round_to`` reach rule is checked in full at it; at this round's ``sparsity``
+            the local rounding only rounds, never refused for landing short
+            (:mod:`sfpk.aligned_checks`, "Reach"). None: ``sparsity`` is final.
 
     Example:
         >>> first = sfpk.run_pruner(model, loader, method="sfpk", sparsity=0.5)  # doctest: +SKIP
@@ -196,7 +204,7 @@ def run_pruner(
         model, data, method=method, sparsity=sparsity, scope=scope, structure=structure,
         seed=seed, masks=masks, include=include, exclude=exclude, include_bias=include_bias,
         collapse_guard=collapse_guard, protect_output=protect_output, options=options,
-        round_to=round_to,
+        round_to=round_to, final_sparsity=final_sparsity,
     )  # fmt: skip
     check_choice("particle_batching", particle_batching, BATCHINGS)
     device = next(model.parameters()).device
@@ -284,8 +292,9 @@ def check_pruning(
     The same checks :func:`run_pruner` makes before any work (the pipelines call this
     before a run's folder exists). Returns the starting masks. ``data`` (one batch is
     enough) is needed only by ``structure="coupled"`` and by ``"filter"`` with
-    ``protect_output``, which trace the model. A global ``round_to`` that cannot reach
-    ``sparsity`` is found here too (it depends on the widths only, not on any score).
+    ``protect_output``, which trace the model. A ``round_to`` that cannot reach
+    ``sparsity`` (the final target; the reach rule of :mod:`sfpk.aligned_checks`) is found
+    here too: it depends on the widths only, not on any score.
 
     Raises:
         ConfigError: as :func:`prune`; NonFiniteError: NaN or inf in the model's weights.

@@ -42,6 +42,8 @@ __all__ = [
 
 Scope = Literal["global", "local", "row"]
 SCOPES: tuple[str, ...] = ("global", "local", "row")
+# The structures whose widths round_to aligns (sfpk.aligned_cut).
+ALIGNED_STRUCTURES: tuple[str, ...] = ("filter", "channel", "coupled")
 
 
 def reduce_to_mask(score: Tensor, shape: Sequence[int]) -> Tensor:
@@ -310,25 +312,34 @@ class Masks(MaskConstruction, Mapping[str, Tensor]):
             collapse_guard=info.get("collapse_guard"),
             coupling=Coupling.from_json(info["coupling"]) if info.get("coupling") else None,
             unpruned_outputs=info.get("unpruned_outputs") or (),
-            round_to=_header_round_to(path, info.get("round_to")),
+            round_to=_header_round_to(path, info.get("round_to"), info["structure"]),
         )
         if model is not None:
             masks.check_fits(model)
         return masks
 
 
-def _header_round_to(path: str | os.PathLike, value: Any) -> int | None:
-    """The ``round_to`` of a mask file's header: absent (None) or an integer >= 1.
+def _header_round_to(path: str | os.PathLike, value: Any, structure: str) -> int | None:
+    """The ``round_to`` of a mask file's header: absent (None) or an integer >= 1, above 1
+    only with a structure that ``round_to`` aligns (:data:`ALIGNED_STRUCTURES`).
 
     Raises:
-        CheckpointError: any other value, with the file and the value.
+        CheckpointError: any other value, or one the file's structure cannot carry, with
+            the file and the value.
     """
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return value
-    raise CheckpointError(
-        f"mask file {str(path)!r}: round_to={value!r} in its header must be an integer >= 1 "
-        "or absent"
-    )
+    if not (
+        value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    ):
+        raise CheckpointError(
+            f"mask file {str(path)!r}: round_to={value!r} in its header must be an integer "
+            ">= 1 or absent"
+        )
+    if value is not None and value > 1 and structure not in ALIGNED_STRUCTURES:
+        raise CheckpointError(
+            f"mask file {str(path)!r}: round_to={value} in its header needs structure "
+            f"{', '.join(ALIGNED_STRUCTURES)}, not the file's structure={structure!r}"
+        )
+    return value
 
 
 def load_masks(path: str | os.PathLike, model: nn.Module | None = None) -> Masks:

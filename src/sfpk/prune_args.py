@@ -17,7 +17,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from .aligned_cut import check_aligned_start, check_reachable, check_round_to, is_aligned
+from .aligned_cut import (
+    check_aligned_start,
+    check_local_start,
+    check_reachable,
+    check_round_to,
+    is_aligned,
+)
 from .collapse import GUARDS, Guard
 from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
 from .masks import SCOPES, Masks, Scope, prunable_parameters
@@ -55,9 +61,15 @@ def checked_call(
     protect_output: bool,
     options: dict[str, Any],
     round_to: Any = None,
+    final_sparsity: Any = None,
 ) -> tuple[Pruner, Masks, float, Scope, int | None]:
     """Every argument check of a pruning call: the pruner, the starting masks, the resolved
-    sparsity, scope and ``round_to`` (not given: the starting masks' own)."""
+    sparsity, scope and ``round_to`` (not given: the starting masks' own).
+
+    ``final_sparsity``: the target this call is one round towards (the pipelines'
+    iterative rounds; None: ``sparsity`` itself). The ``round_to`` reach rule is checked in
+    full at it; ``sparsity`` is then only rounded (:mod:`sfpk.aligned_checks`, "Reach").
+    """
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)
     check_seed(seed)
@@ -70,7 +82,18 @@ def checked_call(
     unpruned: list[str] = []
     if masks is None and structure == "filter" and protect_output:
         exclude, unpruned = _exclude_output_layers(model, data, include, exclude, include_bias)
-    masks = _starting_masks(model, data, masks, sparsity, structure, include, exclude, include_bias)
+    start_given = masks is not None
+    masks = _starting_masks(model, data, masks, structure, include, exclude, include_bias)
+    keep_pruned = not getattr(pruner.options, "revive_pruned", False)
+    # round_to: an earlier round's local rounding may overshoot this target; harmless when
+    # the start's zeros may revive, checked per block under scope local (below)
+    local_start = is_aligned(round_to) and scope == "local" and keep_pruned
+    overshoot_ok = local_start or (is_aligned(round_to) and not keep_pruned)
+    if start_given and not overshoot_ok and masks.sparsity() > sparsity + 1e-9:
+        raise ConfigError(
+            f"the starting masks already remove {masks.sparsity():.4f} of the weights, "
+            f"more than the requested sparsity={sparsity}; pruned entries never revive"
+        )
     if unpruned:
         masks.unpruned_outputs = unpruned
     nm = parse_nm(masks.structure)
@@ -83,28 +106,53 @@ def checked_call(
         scope = pruner.default_scope if masks.structure == "unstructured" else "global"
     check_choice("scope", scope, SCOPES)
     check_choice("collapse_guard", collapse_guard, GUARDS)
-    keep_pruned = not getattr(pruner.options, "revive_pruned", False)
+    if start_given and local_start:
+        _check_local_start(masks, sparsity, round_to)
     check_aligned_start(masks, round_to, keep_pruned=keep_pruned)
-    check_reachable(masks, sparsity, scope, round_to)
+    final = sparsity if final_sparsity is None else check_fraction("final_sparsity", final_sparsity)
+    if final < sparsity:
+        raise ConfigError(
+            f"final_sparsity={final_sparsity!r} is below this round's sparsity={sparsity!r}; "
+            "a schedule's rounds lead up to its final target"
+        )
+    check_reachable(masks, final, scope, round_to)  # the final target: the whole rule
+    check_reachable(masks, sparsity, scope, round_to, shortfall=False)
     return pruner, masks, sparsity, scope, round_to
+
+
+def _check_local_start(masks: Masks, sparsity: float, round_to: Any) -> None:
+    """Starting masks under ``round_to`` and scope local may already remove more than
+    ``sparsity``: an earlier round's rounding can overshoot a later round's target. The
+    local cut then keeps each block's rounded count (the start's own wherever the target
+    asks for no more), provided no block keeps fewer than that."""
+    check_local_start(masks, sparsity, round_to)
+    if masks.sparsity() >= sparsity:
+        log.info(
+            "round_to=%d, scope local: the starting masks already remove %.4f of the weights, "
+            "at least the requested %.4f; every block keeps its rounded count at it (pruned "
+            "entries never revive)",
+            round_to, masks.sparsity(), sparsity,
+        )  # fmt: skip
 
 
 def _resolve_round_to(round_to: Any, masks: Masks | None, structure: str) -> int | None:
     """``round_to`` checked; when not given, the starting masks' ``round_to``, so an
-    iterative round keeps the widths its start was aligned to.
+    iterative round keeps the widths its start was aligned to. A divisor of the start's
+    is accepted too: widths aligned to 4 are aligned to 2 (and to 1, no rounding).
 
     Raises:
         ConfigError: a bad value (:func:`sfpk.aligned_cut.check_round_to`), or one that
-            differs from the starting masks' ``round_to`` (both named).
+            does not divide the starting masks' ``round_to`` (both named).
     """
     start = masks.round_to if isinstance(masks, Masks) else None
     if round_to is None:
         return check_round_to(start, structure, name="the starting masks' round_to")
     value = check_round_to(round_to, structure)
-    if is_aligned(start) and value != start:
+    if is_aligned(start) and start % (value or 1):
         raise ConfigError(
-            f"round_to={value} differs from the starting masks' round_to={start}; pass "
-            f"round_to={start} (or leave it out) to keep their aligned widths"
+            f"round_to={value} does not divide the starting masks' round_to={start}; pass "
+            f"round_to={start} (or leave it out) or one of its divisors to keep their "
+            "aligned widths"
         )
     return value
 
@@ -242,7 +290,6 @@ def _starting_masks(
     model: nn.Module,
     data: Iterable[Batch] | None,
     masks: Masks | None,
-    sparsity: float,
     structure: Structure | None,
     include: Sequence[str] | None,
     exclude: Sequence[str] | None,
@@ -269,10 +316,5 @@ def _starting_masks(
         raise ConfigError(
             f"structure={structure!r} differs from the starting masks' "
             f"structure={masks.structure!r}; the result keeps the masks' structure"
-        )
-    if masks.sparsity() > sparsity + 1e-9:
-        raise ConfigError(
-            f"the starting masks already remove {masks.sparsity():.4f} of the weights, "
-            f"more than the requested sparsity={sparsity}; pruned entries never revive"
         )
     return masks

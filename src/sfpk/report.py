@@ -7,6 +7,11 @@ accuracy over seeds and writes ``OUT/report.md``, ``OUT/report.csv`` and
 (mean ± std over seeds) in a perplexity column; their accuracy is the token accuracy.
 Runs whose summaries carry cost figures (:func:`sfpk.cost_summary`) get a parameters and a
 MACs column, "nonzero / all" (and a slim column when the summaries have ``slim_params``).
+
+Summaries written before ``structure``, ``scope`` or ``round_to`` were recorded get them
+from the run folder's ``config.yaml`` (its ``prune`` section), else the config defaults; a
+scope left to the method (None) is the method's default, and ``round_to`` 1 is None (no
+rounding). Dense (pretrain) rows carry none of these settings.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+import yaml
+
+from .errors import CheckpointError, SfpkError
 from .plots import plot_accuracy_vs_sparsity
+from .pruners.base import pruner_class
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,9 @@ PERPLEXITY_KEYS = ("last_k_mean_test_ppl", "final_test_ppl", "best_val_test_ppl"
 # Pruning settings that tell runs of one method apart (pipeline, then the masks' shape):
 # when the runs differ in one, it joins the row label, so they are never averaged as seeds.
 PRUNING_KEYS = ("pipeline", "structure", "scope", "round_to")
+# The masks' settings a summary may lack (older runs) and the prune section's defaults.
+MASK_KEYS = ("structure", "scope", "round_to")
+_MASK_DEFAULTS: dict[str, Any] = {"structure": "unstructured", "scope": None, "round_to": None}
 # Cost figures of summary.json (sfpk.costs), averaged over a row's runs when all have them.
 COST_KEYS = ("params", "nonzero_params", "macs", "nonzero_macs", "slim_params", "slim_macs")
 
@@ -82,8 +93,47 @@ def load_summaries(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{str(path)!r} is not valid JSON: {exc}") from exc
         summary["_run_dir"] = str(run_dir)
+        if summary.get("method") and any(key not in summary for key in MASK_KEYS):
+            prune = _config_prune(Path(run_dir) / "config.yaml")
+            for key in MASK_KEYS:
+                if key not in summary and key in prune:
+                    summary[key] = prune[key]
         summaries.append(summary)
     return summaries
+
+
+def _config_prune(path: Path) -> dict[str, Any]:
+    """The ``prune`` section of a run's ``config.yaml`` ({} when absent or unreadable)."""
+    try:
+        config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("cannot read %s (%s); its run's settings take the defaults", path, exc)
+        return {}
+    prune = config.get("prune") if isinstance(config, dict) else None
+    return prune if isinstance(prune, dict) else {}
+
+
+def _mask_settings(summary: dict[str, Any]) -> dict[str, Any]:
+    """A pruned run's structure, scope and ``round_to``: missing ones take the defaults,
+    scope None the method's default, ``round_to`` 1 is None (no rounding)."""
+    settings = {key: summary.get(key, _MASK_DEFAULTS[key]) for key in MASK_KEYS}
+    if settings["scope"] is None:
+        settings["scope"] = "global"
+        if settings["structure"] in (None, "unstructured"):
+            try:
+                settings["scope"] = pruner_class(str(summary.get("method"))).default_scope
+            except SfpkError:  # a method this version does not know
+                pass
+    if settings["round_to"] == 1:
+        settings["round_to"] = None
+    return settings
+
+
+def _normalized(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with its masks' settings resolved (pruned runs) or None (dense runs)."""
+    if summary.get("method"):
+        return {**summary, **_mask_settings(summary)}
+    return {**summary, **dict.fromkeys(MASK_KEYS)}
 
 
 def _first(summary: dict[str, Any], keys: tuple[str, ...], what: str) -> float:
@@ -123,13 +173,16 @@ def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows hold None there.
     """
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
-    keys = [k for k in ("dataset", "model") if len({str(s.get(k)) for s in summaries}) > 1]
+    summaries = [_normalized(s) for s in summaries]
+    data_keys = [k for k in ("dataset", "model") if len({str(s.get(k)) for s in summaries}) > 1]
     pruned = [s for s in summaries if s.get("method")]
     # oneshot and iterative runs of one method differ, and so do the masks' settings
-    keys += [k for k in PRUNING_KEYS if len({_setting(s, k) for s in pruned}) > 1]
+    pruning_keys = [k for k in PRUNING_KEYS if len({_setting(s, k) for s in pruned}) > 1]
     for summary in summaries:
-        # dense (pretrain) runs have method and sparsity None: one "dense" row at 0
+        # dense (pretrain) runs have method and sparsity None: one "dense" row at 0, labelled
+        # by data and model only (no pruning settings)
         method = str(summary.get("method") or "dense")
+        keys = data_keys + (pruning_keys if summary.get("method") else [])
         if keys:  # never average runs of different data / model / pipeline as seeds
             method += f" ({' '.join(_setting(summary, k) for k in keys)})"
         sparsity = summary.get("sparsity") or 0.0
@@ -155,7 +208,7 @@ def summarize_runs(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "ppl_mean": ppl_mean,
                 "ppl_std": ppl_std,
                 # equal over the row's runs (a difference would be in the label)
-                **{key: runs[0].get(key) for key in ("structure", "scope", "round_to")},
+                **{key: runs[0].get(key) for key in MASK_KEYS},
                 **_cost_fields(runs),
             }
         )

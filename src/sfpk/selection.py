@@ -130,13 +130,19 @@ def select_topk(
         New :class:`Masks` with exact 0/1 values and ``target_sparsity`` set.
 
     Raises:
-        ConfigError: a bad sparsity, scope or ``round_to``, or a global ``round_to`` cut
-            that cannot come near ``sparsity`` (the message gives the highest reachable).
+        ConfigError: a bad sparsity, scope or ``round_to``, or a ``round_to`` cut that
+            cannot come near ``sparsity`` because every block at its floor removes less
+            (the message gives the highest reachable). Local rounding that lands more than
+            one chunk short is not refused here: that is a check of a call's final target
+            (:func:`sfpk.aligned_cut.check_reachable`, made by :func:`sfpk.prune`).
     """
     check_fraction("sparsity", sparsity)
     check_choice("scope", scope, SCOPES)
     round_to = check_round_to(round_to, template.structure)
-    check_reachable(template, sparsity, scope, round_to)
+    # the local shortfall test is one of the final target, made by the callers before any
+    # work (sfpk.aligned_checks): a selection at a lower target (SynFlow's inner rounds,
+    # iterative rounds) only rounds
+    check_reachable(template, sparsity, scope, round_to, shortfall=False)
     flat = _flat(scores, template)
     current = torch.cat([template[n].detach().reshape(-1).to("cpu") for n in template])
     if keep_pruned:

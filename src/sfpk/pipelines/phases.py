@@ -219,6 +219,7 @@ def prune_round(ctx: Context, round_index: int) -> Masks:
         collapse_guard=cfg.collapse_guard,
         protect_output=cfg.protect_output,
         round_to=cfg.round_to,
+        final_sparsity=cfg.sparsity,  # round_to: the reach rule is the final target's
         precision=ctx.config.run.precision,
         start=_start_state(ctx, key),
         observer=_observer(ctx, key),
