@@ -106,9 +106,9 @@ def checked_call(
         scope = pruner.default_scope if masks.structure == "unstructured" else "global"
     check_choice("scope", scope, SCOPES)
     check_choice("collapse_guard", collapse_guard, GUARDS)
+    check_aligned_start(masks, round_to, keep_pruned=keep_pruned)
     if start_given and local_start:
         _check_local_start(masks, sparsity, round_to)
-    check_aligned_start(masks, round_to, keep_pruned=keep_pruned)
     final = sparsity if final_sparsity is None else check_fraction("final_sparsity", final_sparsity)
     if final < sparsity:
         raise ConfigError(
