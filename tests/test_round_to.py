@@ -419,13 +419,20 @@ def test_the_starting_masks_round_to_is_the_default():
     check_achieved_sparsity(second, 0.6, "global")
 
 
-def test_a_round_to_that_does_not_divide_the_starting_masks_one_is_refused():
-    """Widths aligned to 4 are not aligned to 8 or 3; they are to 2 (test_round_to_rounds)."""
+def test_a_round_to_that_does_not_keep_the_starting_masks_one_is_refused():
+    """Widths aligned to 4 are not aligned to 8 or 3; they are to 2 (test_round_to_rounds).
+    round_to=1 (no rounding) is refused too: the plain cut's counts differ from the aligned
+    start's, so the call used to fail only in the check after the work."""
     model, data = _mlp(), random_batches((12,), 3)
     first = sfpk.prune(model, data, method="mag", sparsity=0.3, structure="filter", round_to=4)
-    for value in (8, 3):
-        with pytest.raises(ConfigError, match=rf"round_to={value} does not divide the starting masks' round_to=4"):  # fmt: skip # noqa: E501
+    for value in (8, 3, 1):
+        with pytest.raises(ConfigError, match=rf"round_to={value} does not keep the starting masks' round_to=4"):  # fmt: skip # noqa: E501
             sfpk.prune(model, data, method="mag", sparsity=0.6, masks=first, round_to=value)
+    local = sfpk.prune(
+        model, data, method="mag", sparsity=0.5, structure="filter", scope="local", round_to=4
+    )
+    with pytest.raises(ConfigError, match="round_to=1 does not keep"):
+        sfpk.prune(model, data, method="mag", sparsity=0.55, scope="local", masks=local, round_to=1)
 
 
 def test_unaligned_starting_masks_are_accepted_when_their_zeros_may_revive():

@@ -125,9 +125,10 @@ def prune(
         UnknownNameError: unknown method, scope or structure.
         ConfigError: sparsity outside (0, 1), an unknown option, a bad option value, a
             ``structure`` that differs from the starting ``masks``', a ``round_to`` that is
-            not a whole number >= 1, comes with another structure or does not divide the
-            starting masks' one, or a ``round_to`` cut that cannot reach ``sparsity`` (the
-            message gives the highest sparsity the scope accepts).
+            not a whole number >= 1, comes with another structure or does not keep the
+            starting masks' one (1, or not a divisor of it), or a ``round_to`` cut that
+            cannot reach ``sparsity`` (the message gives the highest sparsity the scope
+            accepts).
 
     Example:
         >>> masks = sfpk.prune(model, loader, method="sfpk", sparsity=0.9)  # doctest: +SKIP

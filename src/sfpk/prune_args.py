@@ -137,22 +137,25 @@ def _check_local_start(masks: Masks, sparsity: float, round_to: Any) -> None:
 
 def _resolve_round_to(round_to: Any, masks: Masks | None, structure: str) -> int | None:
     """``round_to`` checked; when not given, the starting masks' ``round_to``, so an
-    iterative round keeps the widths its start was aligned to. A divisor of the start's
-    is accepted too: widths aligned to 4 are aligned to 2 (and to 1, no rounding).
+    iterative round keeps the widths its start was aligned to. A divisor above 1 of the
+    start's is accepted too: widths aligned to 4 are aligned to 2. Not 1 (no rounding): the
+    plain cut's counts would not match the aligned start's, and the check after the work
+    would fail.
 
     Raises:
         ConfigError: a bad value (:func:`sfpk.aligned_cut.check_round_to`), or one that
-            does not divide the starting masks' ``round_to`` (both named).
+            does not keep the starting masks' ``round_to`` (1, or not a divisor; both named).
     """
     start = masks.round_to if isinstance(masks, Masks) else None
     if round_to is None:
         return check_round_to(start, structure, name="the starting masks' round_to")
     value = check_round_to(round_to, structure)
-    if is_aligned(start) and start % (value or 1):
+    if is_aligned(start) and (not is_aligned(value) or start % value):
         raise ConfigError(
-            f"round_to={value} does not divide the starting masks' round_to={start}; pass "
-            f"round_to={start} (or leave it out) or one of its divisors to keep their "
-            "aligned widths"
+            f"round_to={value} does not keep the starting masks' round_to={start}; pass "
+            f"round_to={start} (or leave it out) or one of its divisors above 1 to keep "
+            "their aligned widths (round_to=1, no rounding, needs starting masks without "
+            "round_to: their counts would not match the plain cut's)"
         )
     return value
 
