@@ -263,6 +263,28 @@ def test_coupled_resnet20_slims_to_widths_that_are_multiples_of_8(scope):
         torch.testing.assert_close(small(data[1][0]), masked(data[1][0]), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["sfpk", "spode"])
+def test_particle_methods_keep_coupled_resnet20_widths_aligned(method):
+    """The particle methods' final vote goes through the aligned cut too: every coupled
+    group keeps a multiple of 8 channels, and the slim model computes the masked one."""
+    from sfpk.slim import slim_model
+
+    model, data = _resnet20()
+    masks = sfpk.prune(
+        model, data, method=method, sparsity=0.6, structure="coupled", round_to=8,
+        **tiny_options(method),
+    )  # fmt: skip
+    assert masks.round_to == 8
+    check_achieved_sparsity(masks, 0.6, "global")
+    small = slim_model(model, masks, data[0][0][:1])
+    convs = [m for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.out_channels % 8 == 0 for c in convs)
+    assert {c.out_channels for c in convs} != {16, 32, 64}
+    masked = masks.apply(copy.deepcopy(model)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(data[1][0]), masked(data[1][0]), rtol=1e-4, atol=1e-5)
+
+
 def test_coupled_resnet20_at_90_percent_with_round_to_16_is_out_of_reach():
     """Stage 1 (16 channels) cannot shrink and the others keep >= 16: the error names the
     highest reachable sparsity, computed here from the channel groups, before any work."""
