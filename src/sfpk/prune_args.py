@@ -115,8 +115,9 @@ def checked_call(
             f"final_sparsity={final_sparsity!r} is below this round's sparsity={sparsity!r}; "
             "a schedule's rounds lead up to its final target"
         )
-    check_reachable(masks, final, scope, round_to)  # the final target: the whole rule
-    check_reachable(masks, sparsity, scope, round_to, shortfall=False)
+    # the final target, by the whole rule; this round's lower target then fits too (its
+    # budget is no larger), and select_topk only rounds it
+    check_reachable(masks, final, scope, round_to)
     return pruner, masks, sparsity, scope, round_to
 
 
