@@ -20,6 +20,7 @@ from .errors import (
 )
 from .errors import (
     DataError as DataError,
+    DataMismatchError as DataMismatchError,
 )
 from .errors import (
     MaskMismatchError as MaskMismatchError,
@@ -58,6 +59,7 @@ __all__ = [
     "ConfigError",
     "Costs",
     "DataError",
+    "DataMismatchError",
     "MaskMismatchError",
     "Masks",
     "NonFiniteError",
