@@ -20,6 +20,8 @@ from .errors import (
 )
 from .errors import (
     DataError as DataError,
+)
+from .errors import (
     DataMismatchError as DataMismatchError,
 )
 from .errors import (

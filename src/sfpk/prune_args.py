@@ -38,8 +38,8 @@ from .losses import check_loss_targets
 from .masks import SCOPES, Masks, Scope, prunable_parameters
 from .model_state import ModelState
 from .output_layers import declared_output_layers, find_output_layers, output_parameter_names
-from .prunable import Structure, check_structure, parse_nm
 from .precision import autocast
+from .prunable import Structure, check_structure, parse_nm
 from .pruners.base import Batch, Pruner, create_pruner, to_device
 
 __all__ = [
