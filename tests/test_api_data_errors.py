@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import sfpk
 from helpers import assert_same_state, snapshot, tiny_options
 from sfpk.errors import DataMismatchError, SfpkError
-from sfpk.losses import next_token_loss
+from sfpk.losses import check_loss_targets, next_token_loss
 from sfpk.models import create
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
@@ -192,7 +192,7 @@ def test_shifted_language_model_targets_still_name_next_token_loss(gpt2):
     """Already shifted targets under the default loss: refused too (no guessing)."""
     model = create(f"hf:{gpt2}", num_classes=VOCAB)
     ids = _tokens()
-    with pytest.raises(DataMismatchError, match=r"next_token_loss \(targets\[:, t\] is then"):
+    with pytest.raises(DataMismatchError, match=r"next_token_loss, which takes targets\[:, t\] as"):
         _prune(model, [(ids[:, :-1], ids[:, 1:])], method="snip")
 
 
@@ -264,6 +264,30 @@ def test_valid_classification_call_is_unchanged():
     masks = _prune(model, _batches())
     assert masks.sparsity() == pytest.approx(0.5)
     assert_same_state(model, before)
+
+
+def test_the_check_runs_in_eval_mode_and_the_method_sees_the_callers_mode():
+    """The check's eval-mode forward does not leak: SFPK's passes run in the caller's mode."""
+    model = _model()
+    modes = []
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    _prune(model, _batches(), method="sfpk")
+    assert modes[0] is False and modes[1:] and all(modes[1:])
+
+
+def test_class_layout_with_a_trailing_dimension_is_not_a_language_model():
+    """[B, C, L] logits for [B, L] targets (C != L) are cross-entropy's own layout: passed."""
+    check_loss_targets(torch.zeros(2, 3, 5), torch.zeros(2, 5, dtype=torch.long), loss_fn=None)
+    with pytest.raises(DataMismatchError, match="looks like a language model's"):
+        check_loss_targets(torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long), loss_fn=None)
+
+
+def test_a_declared_language_model_is_refused_even_when_t_equals_v():
+    """T == V fits both layouts; a model's sfpk_task="language_model" settles it."""
+    logits, targets = torch.zeros(2, 4, 4), torch.zeros(2, 4, dtype=torch.long)
+    check_loss_targets(logits, targets, loss_fn=None)
+    with pytest.raises(DataMismatchError, match="next_token_loss"):
+        check_loss_targets(logits, targets, loss_fn=None, task="language_model")
 
 
 def test_the_error_is_an_sfpk_error_and_a_value_error():

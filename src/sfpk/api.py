@@ -320,7 +320,9 @@ def check_pruning(
     enough) is needed only by ``structure="coupled"`` and by ``"filter"`` with
     ``protect_output``, which trace the model. A ``round_to`` that cannot reach
     ``sparsity`` (the final target; the reach rule of :mod:`sfpk.aligned_checks`) is found
-    here too: it depends on the widths only, not on any score.
+    here too: it depends on the widths only, not on any score. The check of the first
+    batch against the model and the loss (:func:`sfpk.prune_args.check_first_batch`) is
+    not made here: it needs the call's ``loss_fn``, and :func:`run_pruner` makes it first.
 
     Raises:
         ConfigError: as :func:`prune`; NonFiniteError: NaN or inf in the model's weights.

@@ -40,6 +40,7 @@ __all__ = [
     "flatten_for_task",
     "perplexity",
     "check_loss_targets",
+    "IGNORE_INDEX",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,9 @@ def check_loss_targets(
     if targets.is_floating_point() or targets.is_complex():
         return  # class probabilities: cross-entropy checks their shape itself
     if loss_fn is next_token_loss:
-        if output.dim() == 3:
+        if output.dim() == 3 and targets.shape == output.shape[:2]:
             _check_class_range(targets, output.shape[-1], where, "tokens in the vocabulary")
-            if isinstance(inputs, Tensor) and torch.equal(inputs, targets):
+            if _same_tokens(inputs, targets):
                 log.warning(
                     "next_token_loss scores targets[:, t] as the token after inputs[:, t], "
                     "and the pruning data's targets equal its inputs: pass the pairs shifted "
@@ -183,12 +184,12 @@ def check_loss_targets(
     tokens = output.dim() == 3 and tuple(targets.shape) == tuple(output.shape[:2])
     classes = output.dim() == 3 and tuple(targets.shape) == (output.shape[0], output.shape[2])
     if tokens and (task == "language_model" or not classes):
-        same = isinstance(inputs, Tensor) and torch.equal(inputs, targets)
+        same = _same_tokens(inputs, targets)
         shift = (
             "; the targets equal the inputs, and next_token_loss scores targets[:, t] as the "
             "token after inputs[:, t]: pass the pairs shifted by one, (ids[:, :-1], ids[:, 1:])"
             if same
-            else " (targets[:, t] is then the token after inputs[:, t])"
+            else ", which takes targets[:, t] as the token after inputs[:, t]"
         )
         raise DataMismatchError(
             f"{where} looks like a language model's ([B, T, V] logits for [B, T] token "
@@ -196,8 +197,19 @@ def check_loss_targets(
             "1; sfpk.prune does not guess whether the targets are already shifted: pass "
             f"loss_fn=sfpk.losses.next_token_loss{shift}"
         )
-    _check_class_range(targets, output.shape[1] if output.dim() > 1 else output.shape[0],
-                       where, "classes")  # fmt: skip
+    fits = output.shape[:1] + output.shape[2:] if output.dim() > 1 else torch.Size([])
+    if targets.shape == fits:  # else cross-entropy refuses the shapes itself
+        _check_class_range(targets, output.shape[1 if output.dim() > 1 else 0], where, "classes")
+
+
+def _same_tokens(inputs: Any, targets: Tensor) -> bool:
+    """Whether the targets are the inputs themselves (not shifted by one token)."""
+    return (
+        isinstance(inputs, Tensor)
+        and inputs.shape == targets.shape
+        and inputs.dtype == targets.dtype
+        and torch.equal(inputs, targets)
+    )
 
 
 def _check_class_range(targets: Tensor, classes: int, where: str, what: str) -> None:
