@@ -257,6 +257,42 @@ def test_a_one_shot_iterator_keeps_its_first_batch():
         assert torch.equal(from_list[name], from_iter[name]), name
 
 
+class _Recorded:
+    """A re-iterable (neither a list nor a DataLoader) that logs the batches read."""
+
+    def __init__(self, batches) -> None:
+        self.batches, self.read = batches, []
+
+    def __iter__(self):
+        for index, batch in enumerate(self.batches):
+            self.read.append(index)
+            yield batch
+
+
+def test_a_custom_reiterable_is_read_once_in_order():
+    """The check of a custom re-iterable takes the method's own first read: no extra pass,
+    the same batches in the same order."""
+    data = _Recorded([_batches()[0]] * 3)
+    _prune(_model(), data, method="snip", batches=2)
+    assert data.read == [0, 1]
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+def test_a_custom_reiterable_that_does_not_fit_is_refused_by_sfpk(batching):
+    """The deferred check stops SFPK (both particle batchings) at its first read."""
+    model = _model()
+    before = snapshot(model)
+    with pytest.raises(DataMismatchError, match=r"inputs float32 \[16, 5\]"):
+        _prune(model, _Recorded(_batches(features=5)), method="sfpk", particle_batching=batching)
+    assert_same_state(model, before)
+
+
+def test_a_generator_that_does_not_fit_is_refused():
+    """A one-shot generator's first batch is checked when read, not drawn early."""
+    with pytest.raises(DataMismatchError, match=r"values in \[7, 7\]"):
+        _prune(_model(), (b for b in _batches(targets=torch.full((16,), 7))), batches=1)
+
+
 def test_valid_classification_call_is_unchanged():
     """A fitting call prunes exactly and leaves the model (the check restores its modes)."""
     model = _model()

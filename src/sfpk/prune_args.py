@@ -9,7 +9,6 @@ layers that filter masks leave alone (:mod:`sfpk.output_layers`).
 from __future__ import annotations
 
 import glob
-import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -354,10 +353,13 @@ def check_first_batch(
     before any work: a batch that does not fit the model, targets outside its classes, or
     a language model's output under the default classification loss are then one
     :class:`DataMismatchError` naming the argument to change, with the raw error as its
-    cause, instead of a PyTorch error from deep inside the first step. A one-shot iterator
-    comes back with its first batch put back in front; a list gives its first item; a
-    map-style DataLoader's check batch is its collation of the data set's first
-    ``batch_size`` items (no workers start); any other re-iterable opens one pass for it.
+    cause, instead of a PyTorch error from deep inside the first step.
+
+    Nothing is read twice and no random number is drawn: a list's first item and a
+    map-style DataLoader's collation of its data set's first ``batch_size`` items (no
+    worker starts, no pass opens) are checked here; a one-shot iterator or any other
+    re-iterable comes back wrapped, and its first batch is checked when the method reads
+    it, before the method's first forward, so the batches and their order stay the same.
 
     Args:
         loss_fn: the caller's loss; None is the default, mean cross-entropy over a class
@@ -371,18 +373,58 @@ def check_first_batch(
             model returns ``[B, T, V]`` logits for ``[B, T]`` token targets under the
             default loss (pass ``loss_fn=sfpk.losses.next_token_loss``).
     """
-    first, data = _first_batch(data)
-    if first is None:  # the method says that the data has no batch, in its own words
+
+    def check(batch: Batch) -> None:
+        inputs, targets = to_device(batch, device)
+        saved = ModelState(model)
+        try:
+            model.eval()
+            with torch.random.fork_rng(devices=[]):
+                _check_batch(model, inputs, targets, loss_fn=loss_fn, uses_loss=uses_loss,
+                             device=device, precision=precision)  # fmt: skip
+        finally:
+            saved.restore(model)
+
+    if data is None:
+        return data  # the method says that it has no data, in its own words
+    if isinstance(data, Iterator):
+        return _checked_stream(data, check)
+    if isinstance(data, Sequence):
+        if len(data):
+            check(data[0])
         return data
-    inputs, targets = to_device(first, device)
-    saved = ModelState(model)
-    try:
-        model.eval()
-        _check_batch(model, inputs, targets, loss_fn=loss_fn, uses_loss=uses_loss,
-                     device=device, precision=precision)  # fmt: skip
-    finally:
-        saved.restore(model)
-    return data
+    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
+        first = _first_loader_batch(data)
+        if first is not None:
+            check(first)
+        return data
+    return _CheckedData(data, check)
+
+
+def _checked_stream(batches: Iterable[Batch], check: Callable[[Batch], None]) -> Iterator[Batch]:
+    """``batches``, with ``check`` run on the first one before it is handed on."""
+    for batch in batches:
+        if check is not None:
+            check(batch)
+            check = None
+        yield batch
+
+
+class _CheckedData:
+    """A re-iterable ``data`` whose first batch read, in any pass, is checked first."""
+
+    def __init__(self, data: Iterable[Batch], check: Callable[[Batch], None]) -> None:
+        self.data, self._check = data, check
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._pass()
+
+    def _pass(self) -> Iterator[Batch]:  # a generator: nothing runs until the first read
+        for batch in self.data:
+            if self._check is not None:
+                check, self._check = self._check, None
+                check(batch)
+            yield batch
 
 
 def _check_batch(
@@ -440,25 +482,15 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
-def _first_batch(data: Iterable[Batch] | None) -> tuple[Batch | None, Iterable[Batch] | None]:
-    """The first batch of ``data`` and ``data`` to prune with (a one-shot iterator with the
-    batch put back in front), leaving every random generator as it was."""
-    if data is None:
-        return None, data
-    if isinstance(data, Iterator):
-        first = next(data, None)
-        return first, (data if first is None else itertools.chain([first], data))
-    if isinstance(data, Sequence):  # a list: its first item, without opening a pass
-        return (data[0] if len(data) else None), data
+def _first_loader_batch(loader: DataLoader) -> Batch | None:
+    """A map-style DataLoader's collation of its data set's first ``batch_size`` items (the
+    first item alone without automatic batching), with every random generator left as it
+    was; None for an empty data set."""
+    size = len(loader.dataset)
+    if size == 0:
+        return None
     with torch.random.fork_rng(devices=[]):
-        if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
-            size = len(data.dataset)
-            if size == 0:
-                return None, data
-            if data.batch_sampler is None:  # no automatic batching: an item is a batch
-                return data.collate_fn(data.dataset[0]), data
-            items = [data.dataset[i] for i in range(min(data.batch_size or 1, size))]
-            return data.collate_fn(items), data
-        for batch in data:
-            return batch, data
-    return None, data
+        if loader.batch_sampler is None:  # no automatic batching: an item is a batch
+            return loader.collate_fn(loader.dataset[0])
+        items = [loader.dataset[i] for i in range(min(loader.batch_size or 1, size))]
+        return loader.collate_fn(items)
