@@ -78,8 +78,9 @@ def prune(
         data: an iterable of ``(inputs, targets)`` batches (a DataLoader or a list). Data-free
             methods (rand, mag, synflow) need only one batch, for the input shape. The
             other methods first run the model and the loss once on the first batch (one
-            forward without gradients), so data that does not fit the model or the loss
-            is an error before any work (:func:`sfpk.prune_args.check_first_batch`).
+            forward without gradients; a list's or DataLoader's before any work, an
+            iterator's at the method's first read), so data that does not fit the model
+            or the loss is one clear error (:func:`sfpk.prune_args.check_first_batch`).
         method: one of :func:`sfpk.methods` (rand, mag, snip, grasp, synflow, wanda, spode,
             sfpk).
         sparsity: fraction of prunable weights removed, in (0, 1); 0.95 keeps 5 %.
@@ -243,7 +244,7 @@ def run_pruner(
     saved = ModelState(model)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if pruner.needs_data:  # one forward (and loss) on one batch, before any work
+            if pruner.needs_data:  # one forward (and loss) on the first batch, no gradients
                 data = check_first_batch(
                     model, data, loss_fn=loss_fn, uses_loss=pruner.uses_loss, device=device,
                     precision=ctx.precision,
