@@ -91,16 +91,17 @@ def test_structure_conflicting_with_starting_masks_is_an_error():
 
 
 def test_custom_loss_fn_is_used():
-    """loss_fn replaces cross-entropy for data-driven scores."""
+    """loss_fn replaces cross-entropy for data-driven scores: once per batch read, after
+    one call without gradients, the check of the first batch."""
     model, data = model_and_batches("mlp")
     calls = []
 
     def loss(logits, targets):
-        calls.append(logits.shape[0])
+        calls.append((logits.shape[0], torch.is_grad_enabled()))
         return F.cross_entropy(logits, targets)
 
     sfpk.prune(model, data, method="snip", sparsity=0.5, loss_fn=loss, batches=2)
-    assert calls == [8, 8]
+    assert calls == [(8, False), (8, True), (8, True)]
 
 
 def test_custom_prunable_set_with_include_exclude():

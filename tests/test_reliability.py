@@ -28,7 +28,13 @@ from cli_runs import run_env
 from conftest import TINY_DENSE_FLAGS, tiny_flags, without_pretrain
 from helpers import model_and_batches
 from sfpk.cli import main
-from sfpk.errors import ConfigError, NonFiniteError, SfpkError, UnknownNameError
+from sfpk.errors import (
+    ConfigError,
+    DataMismatchError,
+    NonFiniteError,
+    SfpkError,
+    UnknownNameError,
+)
 from sfpk.pruners.particles import ParticleOptions, SfpkPruner
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
@@ -326,6 +332,22 @@ def _int_model():
     return model, data
 
 
+def _unfitting(features: int = 8, targets: torch.Tensor | None = None):
+    """The issue's 8 -> 16 -> 3 MLP with one batch of 16 (``features`` inputs each)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    y = torch.randint(0, 3, (16,)) if targets is None else targets
+    return model, [(torch.randn(16, features), y)]
+
+
+def _lm_unshifted():
+    """A tiny causal LM and ``(tokens, tokens)`` batches, for the default loss."""
+    torch.manual_seed(0)
+    model = sfpk.models.create("gpt_tiny", num_classes=64, input_shape=(16,))
+    tokens = torch.randint(0, 64, (4, 16))
+    return model, [(tokens, tokens)]
+
+
 @dataclass(frozen=True)
 class ApiRow:
     """One bad API call: ``call()`` raises ``error`` with a message matching ``match``."""
@@ -401,6 +423,19 @@ API_ROWS = [
     ApiRow("api-round-to-out-of-reach", _prune(structure="filter", round_to=64), ConfigError,
            r"sparsity=0.5 is out of reach with round_to=64: no block has more than 64 "
            r"filters.*\(round_to=4 reaches it\)"),
+    ApiRow("api-data-does-not-fit", _prune(lambda: _unfitting(features=5), method="snip"),
+           DataMismatchError,
+           r"^the model's forward failed on the first batch of the pruning data \(inputs "
+           r"float32 \[16, 5\], targets int64 \[16\]\): RuntimeError: mat1 and mat2 shapes "
+           r"cannot be multiplied \(16x5 and 8x16\); pass `data` whose inputs the model takes$"),
+    ApiRow("api-targets-out-of-range",
+           _prune(lambda: _unfitting(targets=torch.full((16,), 7)), method="snip"),
+           DataMismatchError,
+           r"hold values in \[7, 7\], 16 of 16 outside \[0, 3\): the model's output has C=3 "
+           r"classes; pass `data` whose targets are in \[0, 3\)"),
+    ApiRow("api-lm-default-loss", _prune(_lm_unshifted, **_SFPK), DataMismatchError,
+           r"output float32 \[4, 16, 64\]\) looks like a language model's .* pass "
+           r"loss_fn=sfpk.losses.next_token_loss; the targets equal the inputs"),
 ]  # fmt: skip
 
 

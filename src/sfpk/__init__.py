@@ -22,6 +22,9 @@ from .errors import (
     DataError as DataError,
 )
 from .errors import (
+    DataMismatchError as DataMismatchError,
+)
+from .errors import (
     MaskMismatchError as MaskMismatchError,
 )
 from .errors import (
@@ -58,6 +61,7 @@ __all__ = [
     "ConfigError",
     "Costs",
     "DataError",
+    "DataMismatchError",
     "MaskMismatchError",
     "Masks",
     "NonFiniteError",

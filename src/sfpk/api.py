@@ -16,7 +16,14 @@ from .masks import Masks, Scope
 from .model_state import ModelState
 from .precision import check_precision
 from .prunable import Structure
-from .prune_args import SEED_MAX, check_finite_tensors, check_model, check_seed, checked_call
+from .prune_args import (
+    SEED_MAX,
+    check_finite_tensors,
+    check_first_batch,
+    check_model,
+    check_seed,
+    checked_call,
+)
 from .pruners.base import Batch, PruneContext, PruneObserver, PruneResult, StartState
 from .pruners.particles.batching import BATCHINGS
 from .sparsity_check import check_achieved_sparsity
@@ -69,7 +76,11 @@ def prune(
         model: any ``nn.Module`` made of standard layers; its conv and linear weights are
             pruned (see :func:`sfpk.prunable.prunable_parameters` and ``include``/``exclude``).
         data: an iterable of ``(inputs, targets)`` batches (a DataLoader or a list). Data-free
-            methods (rand, mag, synflow) need only one batch, for the input shape.
+            methods (rand, mag, synflow) need only one batch, for the input shape. The
+            other methods first run the model and the loss once on the first batch (one
+            forward without gradients; a list's or DataLoader's before any work, an
+            iterator's at the method's first read), so data that does not fit the model
+            or the loss is one clear error (:func:`sfpk.prune_args.check_first_batch`).
         method: one of :func:`sfpk.methods` (rand, mag, snip, grasp, synflow, wanda, spode,
             sfpk).
         sparsity: fraction of prunable weights removed, in (0, 1); 0.95 keeps 5 %.
@@ -85,7 +96,12 @@ def prune(
         masks: starting masks (iterative pruning); entries already pruned stay pruned.
             Their ``round_to`` is the default of ``round_to``.
         include, exclude, include_bias: choose the prunable parameters.
-        loss_fn: the loss for data-driven methods (mean cross-entropy by default).
+        loss_fn: the loss for data-driven methods, ``loss_fn(logits, targets) -> scalar``;
+            None: mean cross-entropy over dimension 1 (classification). It is never
+            inferred: a language model (``[B, T, V]`` logits for ``[B, T]`` token targets)
+            needs ``loss_fn=sfpk.losses.next_token_loss``, with targets already shifted by
+            one token, and is refused without it, since sfpk cannot tell shifted targets
+            from unshifted ones and a guess would silently change the objective.
         progress: show a progress bar for long methods.
         collapse_guard: keep at least one weight per output row (``"row"``, default), per
             layer (``"layer"``) or none (``"off"``) in unstructured global/local cuts, so
@@ -129,6 +145,11 @@ def prune(
             starting masks' one (1, or not a divisor of it), or a ``round_to`` cut that
             cannot reach ``sparsity`` (the message gives the highest sparsity the scope
             accepts).
+        DataMismatchError: the first batch does not fit the model (its forward fails) or
+            the loss (it fails, does not reduce to a scalar, integer targets outside
+            ``[0, C)``, or a language model's output under the default loss); the message
+            gives the batch's shapes and dtypes, the model's output shape and the argument
+            to change, with the PyTorch error as its cause.
 
     Example:
         >>> masks = sfpk.prune(model, loader, method="sfpk", sparsity=0.9)  # doctest: +SKIP
@@ -223,6 +244,11 @@ def run_pruner(
     saved = ModelState(model)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if pruner.needs_data:  # one forward (and loss) on the first batch, no gradients
+                data = check_first_batch(
+                    model, data, loss_fn=loss_fn, uses_loss=pruner.uses_loss, device=device,
+                    precision=ctx.precision,
+                )  # fmt: skip
             torch.manual_seed(seed)
             result = pruner.prune(
                 model,
@@ -295,7 +321,9 @@ def check_pruning(
     enough) is needed only by ``structure="coupled"`` and by ``"filter"`` with
     ``protect_output``, which trace the model. A ``round_to`` that cannot reach
     ``sparsity`` (the final target; the reach rule of :mod:`sfpk.aligned_checks`) is found
-    here too: it depends on the widths only, not on any score.
+    here too: it depends on the widths only, not on any score. The check of the first
+    batch against the model and the loss (:func:`sfpk.prune_args.check_first_batch`) is
+    not made here: it needs the call's ``loss_fn``, and :func:`run_pruner` makes it first.
 
     Raises:
         ConfigError: as :func:`prune`; NonFiniteError: NaN or inf in the model's weights.

@@ -30,6 +30,7 @@ __all__ = [
     "UnknownNameError",
     "MaskMismatchError",
     "DataError",
+    "DataMismatchError",
     "CheckpointError",
     "NonFiniteError",
     "SparsityCheckError",
@@ -74,6 +75,11 @@ class MaskMismatchError(SfpkError, ValueError):
 
 class DataError(SfpkError):
     """A data set directory is missing or not in the expected layout."""
+
+
+class DataMismatchError(SfpkError, ValueError):
+    """The pruning data does not fit the model or the loss: the first forward or loss of a
+    pruning call failed on it, or its targets lie outside the model's classes."""
 
 
 class CheckpointError(SfpkError):

@@ -18,15 +18,17 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import typing
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import SfpkError, check_choice
+from .errors import DataMismatchError, SfpkError, check_choice
 
 __all__ = [
     "TASKS",
@@ -37,7 +39,13 @@ __all__ = [
     "task_loss",
     "flatten_for_task",
     "perplexity",
+    "check_loss_targets",
+    "IGNORE_INDEX",
 ]
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # cross_entropy's default ignore_index: targets of this value are skipped
 
 Task = Literal["classification", "language_model"]
 TASKS: tuple[str, ...] = typing.get_args(Task)
@@ -128,3 +136,94 @@ def perplexity(mean_token_loss: float) -> float:
         return math.exp(mean_token_loss)
     except OverflowError:
         return math.inf
+
+
+def check_loss_targets(
+    output: Any,
+    targets: Tensor,
+    *,
+    loss_fn: LossFn | None,
+    inputs: Any = None,
+    task: str | None = None,
+    where: str = "the batch",
+) -> None:
+    """Refuse targets that the loss would misread or index out of range, before it runs.
+
+    With the default loss (``loss_fn=None``, cross-entropy over dimension 1) and with
+    :func:`next_token_loss`, integer targets must lie in ``[0, C)`` (``C`` the classes or
+    the vocabulary; :data:`IGNORE_INDEX` is skipped): on a GPU an index out of range is a
+    device-side assert that ends the process, not an error. ``[B, T, V]`` logits for
+    ``[B, T]`` integer targets are a language model's, which the default loss would read
+    with ``T`` as the classes: refused, naming ``loss_fn=sfpk.losses.next_token_loss``
+    (``task="language_model"``, a model's ``sfpk_task``, settles the case ``T == V``).
+    Other losses are the caller's: nothing is assumed about their targets.
+
+    Args:
+        output: the model's output on ``inputs``.
+        where: the batch, in words, for the messages (with its shapes).
+
+    Raises:
+        DataMismatchError: naming the targets' range and ``C``, or the loss to pass.
+    """
+    if not isinstance(output, Tensor) or output.dim() == 0:
+        return
+    if targets.is_floating_point() or targets.is_complex():
+        return  # class probabilities: cross-entropy checks their shape itself
+    if loss_fn is next_token_loss:
+        if output.dim() == 3 and targets.shape == output.shape[:2]:
+            _check_class_range(targets, output.shape[-1], where, "tokens in the vocabulary")
+            if _same_tokens(inputs, targets):
+                log.warning(
+                    "next_token_loss scores targets[:, t] as the token after inputs[:, t], "
+                    "and the pruning data's targets equal its inputs: pass the pairs shifted "
+                    "by one token, (ids[:, :-1], ids[:, 1:])"
+                )
+        return
+    if loss_fn is not None:
+        return
+    tokens = output.dim() == 3 and tuple(targets.shape) == tuple(output.shape[:2])
+    classes = output.dim() == 3 and tuple(targets.shape) == (output.shape[0], output.shape[2])
+    if tokens and (task == "language_model" or not classes):
+        same = _same_tokens(inputs, targets)
+        shift = (
+            "; the targets equal the inputs, and next_token_loss scores targets[:, t] as the "
+            "token after inputs[:, t]: pass the pairs shifted by one, (ids[:, :-1], ids[:, 1:])"
+            if same
+            else ", which takes targets[:, t] as the token after inputs[:, t]"
+        )
+        raise DataMismatchError(
+            f"{where} looks like a language model's ([B, T, V] logits for [B, T] token "
+            "targets), and the default loss_fn is classification cross-entropy over dimension "
+            "1; sfpk.prune does not guess whether the targets are already shifted: pass "
+            f"loss_fn=sfpk.losses.next_token_loss{shift}"
+        )
+    fits = output.shape[:1] + output.shape[2:] if output.dim() > 1 else torch.Size([])
+    if targets.shape == fits:  # else cross-entropy refuses the shapes itself
+        _check_class_range(targets, output.shape[1 if output.dim() > 1 else 0], where, "classes")
+
+
+def _same_tokens(inputs: Any, targets: Tensor) -> bool:
+    """Whether the targets are the inputs themselves (not shifted by one token)."""
+    return (
+        isinstance(inputs, Tensor)
+        and inputs.shape == targets.shape
+        and inputs.dtype == targets.dtype
+        and torch.equal(inputs, targets)
+    )
+
+
+def _check_class_range(targets: Tensor, classes: int, where: str, what: str) -> None:
+    """Integer ``targets`` lie in ``[0, classes)``, or are :data:`IGNORE_INDEX`."""
+    counted = targets[targets != IGNORE_INDEX]
+    if counted.numel() == 0:
+        return
+    low, high = int(counted.min()), int(counted.max())
+    if low >= 0 and high < classes:
+        return
+    bad = int(((counted < 0) | (counted >= classes)).sum())
+    raise DataMismatchError(
+        f"the targets of {where} hold values in [{low}, {high}], {bad} of {counted.numel()} "
+        f"outside [0, {classes}): the model's output has C={classes} {what}; pass `data` "
+        f"whose targets are in [0, {classes}) ({IGNORE_INDEX}: ignored), a model with as many "
+        "outputs, or a `loss_fn` for these targets"
+    )

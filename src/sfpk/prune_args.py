@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,11 +25,21 @@ from .aligned_cut import (
     is_aligned,
 )
 from .collapse import GUARDS, Guard
-from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
+from .errors import (
+    ConfigError,
+    DataMismatchError,
+    NonFiniteError,
+    check_choice,
+    check_fraction,
+    check_number,
+)
+from .losses import check_loss_targets
 from .masks import SCOPES, Masks, Scope, prunable_parameters
+from .model_state import ModelState
 from .output_layers import declared_output_layers, find_output_layers, output_parameter_names
+from .precision import autocast
 from .prunable import Structure, check_structure, parse_nm
-from .pruners.base import Batch, Pruner, create_pruner
+from .pruners.base import Batch, Pruner, create_pruner, to_device
 
 __all__ = [
     "SEED_MAX",
@@ -37,6 +47,7 @@ __all__ = [
     "check_seed",
     "check_model",
     "check_finite_tensors",
+    "check_first_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -322,3 +333,164 @@ def _starting_masks(
             f"structure={masks.structure!r}; the result keeps the masks' structure"
         )
     return masks
+
+
+_FIRST = "the first batch of the pruning data"
+
+
+def check_first_batch(
+    model: nn.Module,
+    data: Iterable[Batch] | None,
+    *,
+    loss_fn: Callable[..., Tensor] | None,
+    uses_loss: bool,
+    device: torch.device,
+    precision: str = "fp32",
+) -> Iterable[Batch] | None:
+    """Run the model, and the loss, once on the first batch of ``data``; return ``data``.
+
+    One forward without gradients, in eval mode (the model is then left as it was),
+    before any work: a batch that does not fit the model, targets outside its classes, or
+    a language model's output under the default classification loss are then one
+    :class:`DataMismatchError` naming the argument to change, with the raw error as its
+    cause, instead of a PyTorch error from deep inside the first step.
+
+    Nothing is read twice and no random number is drawn: a list's first item and a
+    map-style DataLoader's collation of its data set's first ``batch_size`` items (no
+    worker starts, no pass opens) are checked here; a one-shot iterator or any other
+    re-iterable comes back wrapped, and its first batch is checked when the method reads
+    it, before the method's first forward, so the batches and their order stay the same.
+
+    Args:
+        loss_fn: the caller's loss; None is the default, mean cross-entropy over a class
+            dimension (:func:`torch.nn.functional.cross_entropy`).
+        uses_loss: False for methods that only run forward passes (wanda): the targets and
+            the loss are not checked.
+
+    Raises:
+        DataMismatchError: the forward or the loss fails on the batch, integer targets
+            fall outside ``[0, C)`` for a classification output of ``C`` classes, or the
+            model returns ``[B, T, V]`` logits for ``[B, T]`` token targets under the
+            default loss (pass ``loss_fn=sfpk.losses.next_token_loss``).
+    """
+
+    def check(batch: Batch) -> None:
+        inputs, targets = to_device(batch, device)
+        saved = ModelState(model)
+        try:
+            model.eval()
+            with torch.random.fork_rng(devices=[]):
+                _check_batch(model, inputs, targets, loss_fn=loss_fn, uses_loss=uses_loss,
+                             device=device, precision=precision)  # fmt: skip
+        finally:
+            saved.restore(model)
+
+    if data is None:
+        return data  # the method says that it has no data, in its own words
+    if isinstance(data, Iterator):
+        return _checked_stream(data, check)
+    if isinstance(data, Sequence):
+        if len(data):
+            check(data[0])
+        return data
+    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
+        first = _first_loader_batch(data)
+        if first is not None:
+            check(first)
+        return data
+    return _CheckedData(data, check)
+
+
+def _checked_stream(batches: Iterable[Batch], check: Callable[[Batch], None]) -> Iterator[Batch]:
+    """``batches``, with ``check`` run on the first one before it is handed on."""
+    for batch in batches:
+        if check is not None:
+            check(batch)
+            check = None
+        yield batch
+
+
+class _CheckedData:
+    """A re-iterable ``data`` whose first batch read, in any pass, is checked first."""
+
+    def __init__(self, data: Iterable[Batch], check: Callable[[Batch], None]) -> None:
+        self.data, self._check = data, check
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._pass()
+
+    def _pass(self) -> Iterator[Batch]:  # a generator: nothing runs until the first read
+        for batch in self.data:
+            if self._check is not None:
+                check, self._check = self._check, None
+                check(batch)
+            yield batch
+
+
+def _check_batch(
+    model: nn.Module,
+    inputs: Any,
+    targets: Tensor,
+    *,
+    loss_fn: Callable[..., Tensor] | None,
+    uses_loss: bool,
+    device: torch.device,
+    precision: str,
+) -> None:
+    """:func:`check_first_batch` on the batch, on the device, with the model in eval mode."""
+    shapes = f"inputs {_describe(inputs)}, targets {_describe(targets)}"
+    with torch.no_grad(), autocast(device, precision):
+        try:
+            output = model(inputs)
+        except Exception as err:
+            raise DataMismatchError(
+                f"the model's forward failed on {_FIRST} ({shapes}): {_first_line(err)}; "
+                "pass `data` whose inputs the model takes"
+            ) from err
+        if not uses_loss:
+            return
+        shapes += f"; the model's output {_describe(output)}"
+        check_loss_targets(
+            output, targets, loss_fn=loss_fn, inputs=inputs, where=f"{_FIRST} ({shapes})",
+            task=getattr(model, "sfpk_task", None),
+        )  # fmt: skip
+        try:
+            loss = (loss_fn or torch.nn.functional.cross_entropy)(output, targets)
+        except Exception as err:
+            which = "the default loss_fn (cross-entropy)" if loss_fn is None else "loss_fn"
+            raise DataMismatchError(
+                f"{which} failed on {_FIRST} ({shapes}): {_first_line(err)}; pass a `loss_fn` "
+                "that takes this output and these targets, or `data` whose targets fit it"
+            ) from err
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise DataMismatchError(
+            f"loss_fn returned {_describe(loss)} on {_FIRST} ({shapes}); the pruning "
+            "methods differentiate one number: pass a `loss_fn` that reduces to a scalar"
+        )
+
+
+def _describe(value: Any) -> str:
+    """``float32 [16, 5]`` for a tensor, else the type's name."""
+    if isinstance(value, Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')} {list(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error's message (messages stay one line), with its type."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def _first_loader_batch(loader: DataLoader) -> Batch | None:
+    """A map-style DataLoader's collation of its data set's first ``batch_size`` items (the
+    first item alone without automatic batching), with every random generator left as it
+    was; None for an empty data set."""
+    size = len(loader.dataset)
+    if size == 0:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        if loader.batch_sampler is None:  # no automatic batching: an item is a batch
+            return loader.collate_fn(loader.dataset[0])
+        items = [loader.dataset[i] for i in range(min(loader.batch_size or 1, size))]
+        return loader.collate_fn(items)

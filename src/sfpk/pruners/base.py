@@ -169,7 +169,8 @@ class Pruner(abc.ABC):
     """
 
     name: ClassVar[str]
-    needs_data: ClassVar[bool] = True
+    needs_data: ClassVar[bool] = True  # False: never runs the model on the data's batches
+    uses_loss: ClassVar[bool] = True  # False: forward passes only (no loss of the targets)
     default_scope: ClassVar[Scope] = "global"  # the scope when the caller gives none
 
     @dataclass(frozen=True)

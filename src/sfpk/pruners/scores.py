@@ -223,9 +223,11 @@ class SynFlowPruner(ScorePruner):
             output = functional_call(model, {**state, **weights}, (ones,), strict=False)
         except (RuntimeError, TypeError) as exc:  # e.g. an embedding lookup of a float input
             raise ConfigError(
-                f"synflow feeds an all-ones {ones.dtype} input and this model cannot take it "
-                f"({str(exc).splitlines()[0][:120]}); models of token ids need to accept a float "
-                "input (the zoo and hf: language models do) or another method"
+                f"synflow feeds an all-ones {ones.dtype} input shaped like one input of the "
+                f"data, {list(ones.shape)}, and this model cannot take it "
+                f"({str(exc).splitlines()[0][:120]}): pass `data` whose inputs the model takes; "
+                "models of token ids need to accept a float input (the zoo and hf: language "
+                "models do) or another method"
             ) from exc
         grads = torch.autograd.grad(output.sum(), [leaves[n] for n in masks])
         return {

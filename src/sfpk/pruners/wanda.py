@@ -77,6 +77,7 @@ class WandaPruner(ScorePruner):
     """Wanda: ``|W| · ‖X‖₂`` per weight, compared within each output row by default."""
 
     name = "wanda"
+    uses_loss = False
     default_scope = "row"
 
     @dataclass(frozen=True)
