@@ -1,6 +1,6 @@
 """Fidelity at scale: our SFPK / SpODE against the reference's seeds on the golden 1-D CNN.
 
-Reproduces the protocol of ``shared/golden/fidelity/README.md``: the trained 1-D CNN of
+Reproduces the protocol of ``tests/golden/README.md`` (fidelity): the trained 1-D CNN of
 ``cnn_dense.safetensors``, MNIST-1D (4,000 train / 1,000 test), pruning batches of 512 drawn
 from a loader over the whole train split that reshuffles every epoch, the paper's settings
 (the library defaults: N=100, r=1.4, n=10, exp kernel, λ=0.2, soft vote), the reference's
@@ -23,7 +23,7 @@ Usage::
 10 % split), prunes on the rest and measures on it: use it, never the test split, to choose
 defaults. Writes ``<out>.csv`` (one row per run) and ``<out>.json`` (rows, summary, settings);
 ``--out`` defaults to ``benchmarks/results/fidelity``. The golden folder is
-``<repo>/../shared/golden/fidelity`` unless ``--golden DIR`` says otherwise.
+``tests/golden/fidelity`` in the repository unless ``--golden DIR`` says otherwise.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_GOLDEN = ROOT.parent / "shared" / "golden" / "fidelity"
+DEFAULT_GOLDEN = ROOT / "tests" / "golden" / "fidelity"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "fidelity"
 METHOD_NAMES = {"sfpk": "SFPK", "spode": "SpODE"}
 PRUNING_BATCH = 512

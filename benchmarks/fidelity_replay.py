@@ -1,7 +1,7 @@
 """Step-by-step check of the SFPK engine against an independent replay of the spec, at scale.
 
 The golden vectors check the dynamics on tiny, bias-free problems for a few steps. This
-script checks the same thing on the fidelity problem (``shared/golden/fidelity``: 23 k
+script checks the same thing on the fidelity problem (``tests/golden/fidelity``: 23 k
 prunable weights, optionally the classifier bias, n particles, N steps): it runs
 ``sfpk.run_pruner`` with a ``PruneObserver(trace=...)`` and, on exactly the same batches, a plain
 re-implementation of ``docs/sfpk-method.md`` §2–§3 written for this check (per-particle

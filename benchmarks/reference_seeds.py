@@ -1,10 +1,10 @@
 """More seeds of the reference's own SpODE / SFPK on the golden fidelity protocol.
 
-``shared/golden/fidelity/reference.json`` holds 5 seeds per cell. To tell whether our spread
+``tests/golden/fidelity/reference.json`` holds 5 seeds per cell. To tell whether our spread
 is wider than the reference's, this runs the reference implementation itself (its
 ``Methods.pruners.SpODE`` / ``SFPK`` classes, its ``routine.prune``, which ends with its own
 BatchNorm update on 2 fresh shuffled batches) on the golden protocol of
-``shared/golden/fidelity/README.md``: the golden weights in the reference's Conv2d twin
+``tests/golden/README.md``: the golden weights in the reference's Conv2d twin
 (kernels (1, k)), the whole mnist1d train split as a shuffled loader of 512, the paper's
 settings, the reference's pool (conv and linear weights plus the classifier bias), test
 accuracy in eval mode.
@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT.parent / "shared" / "golden" / "fidelity"
+GOLDEN = ROOT / "tests" / "golden" / "fidelity"
 
 
 def _stub_missing_modules() -> None:

@@ -1,8 +1,8 @@
-"""Load the reference implementation's golden vectors (``shared/golden``, see its README).
+"""Load the reference implementation's golden vectors (``tests/golden``, see its README).
 
-The directory is ``../shared/golden`` from the repository root, or ``$SFPK_GOLDEN_DIR``.
-Tests that need it call :func:`require_golden`, which fails with the place it looked when the
-vectors are missing (they are part of the project: CI always has them, so never skip).
+The directory is ``tests/golden`` in the repository, or ``$SFPK_GOLDEN_DIR`` when set (to test
+against another copy). Tests that need it call :func:`require_golden`, which fails with the
+place it looked when the vectors are missing (they are part of the repository, so never skip).
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-GOLDEN_DIR = Path(
-    os.environ.get("SFPK_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "shared" / "golden")
-)
+GOLDEN_DIR = Path(os.environ.get("SFPK_GOLDEN_DIR", Path(__file__).resolve().parent / "golden"))
 # Golden README, "Recommended tolerances" (float32 implementation).
 RTOL, ATOL = 1e-4, 5e-5
 

@@ -1,6 +1,6 @@
 """Golden case E: Mag, SNIP, GraSP and SynFlow agree with the reference implementation.
 
-The vectors live in the shared golden directory (``SFPK_GOLDEN_DIR`` overrides it); see its
+The vectors live in ``tests/golden`` (``SFPK_GOLDEN_DIR`` overrides it); see its
 README for the problem, the tolerances and why masks must match exactly.
 """
 
