@@ -30,6 +30,8 @@ the one-time setup around the simulation.
 ``--baseline-src DIR`` (another checkout's ``src``) also runs that version's ``sfpk.prune``
 in the same process, interleaved with raw passes and this checkout's call (raw, baseline,
 raw, this), so both meet the same load; it reports both ratios and whether the masks agree.
+``--all-threads`` does the same against this checkout with the engine's one-thread section
+(``sfpk.threads``) switched off, i.e. the step's vector work on every intra-op thread.
 
     python benchmarks/prune_overhead.py --model mlp --steps 10 --threads 1 2 --breakdown \
         --no-per-sample --baseline-src ../main/src \
@@ -39,6 +41,7 @@ raw, this), so both meet the same load; it reports both ratios and whether the m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -193,6 +196,25 @@ def _against(
     return row
 
 
+class _AllThreads:
+    """``sfpk.prune`` with the engine's one-thread section switched off (``--all-threads``):
+    the step's vector work on every intra-op thread, as before ``sfpk.threads``."""
+
+    @staticmethod
+    def prune(*args: Any, **kwargs: Any) -> Any:
+        saved = engine.intra_op_threads, energy.intra_op_threads
+        engine.intra_op_threads = energy.intra_op_threads = _unchanged_threads
+        try:
+            return sfpk.prune(*args, **kwargs)
+        finally:
+            engine.intra_op_threads, energy.intra_op_threads = saved
+
+
+@contextlib.contextmanager
+def _unchanged_threads(count: int) -> Iterator[int]:
+    yield torch.get_num_threads()
+
+
 # -- breakdown ------------------------------------------------------------------------------
 _PARTS: list[tuple[Any, str, str]] = [
     (batching, "effective_weight_grads", "passes (forward+backward)"),
@@ -288,7 +310,11 @@ def _measure(args: Any) -> list[dict]:
                 _print_breakdown(row)
             if baseline is not None:
                 row["against_baseline"] = _against(model, dataset, args, steps, baseline)
-                _print_against(row)
+                _print_against(row, "against_baseline")
+            if args.all_threads:
+                row["against_all_threads"] = _against(model, dataset, args, steps, _AllThreads)
+                print("    baseline = this checkout without the one-thread section:")
+                _print_against(row, "against_all_threads")
             row["load_average"] = [load_before, os.getloadavg()[0]]
             print(f"    load average (1 min) before / after: {load_before:.2f} / "
                   f"{row['load_average'][1]:.2f}", flush=True)  # fmt: skip
@@ -320,8 +346,8 @@ def _print_breakdown(row: dict) -> None:
               f"{wall / raw:6.3f}")  # fmt: skip
 
 
-def _print_against(row: dict) -> None:
-    against = row["against_baseline"]
+def _print_against(row: dict, key: str) -> None:
+    against = row[key]
     for clock in CLOCKS:
         for stat in STATS:
             cell = against[clock][stat]
@@ -375,6 +401,10 @@ def main() -> None:
     parser.add_argument(
         "--baseline-src", type=Path, default=None,
         help="another checkout's src/ directory: time its sfpk.prune against this one",
+    )  # fmt: skip
+    parser.add_argument(
+        "--all-threads", action="store_true",
+        help="also time this checkout with the step's vector work on every thread (baseline)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     argv = sys.argv[1:]
