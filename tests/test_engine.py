@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import model_and_batches
-from sfpk.errors import CheckpointError
+from sfpk.errors import CheckpointError, NonFiniteError
 from sfpk.masks import Masks
 from sfpk.pruners import PruneContext, PruneObserver, batch_stream
 from sfpk.pruners.particles import ParticleOptions, ParticleSystem
@@ -116,3 +116,52 @@ def test_a_state_for_other_masks_is_refused():
         other.load_state_dict(state)
     with pytest.raises(CheckpointError, match="does not fit"):
         other.continue_from(state)
+
+
+def _record_threads(system, monkeypatch) -> dict[str, list[int]]:
+    """Record the intra-op thread count of every network pass and of every repulsion."""
+    seen: dict[str, list[int]] = {"passes": [], "repulsion": []}
+    system.model.register_forward_hook(lambda *_: seen["passes"].append(torch.get_num_threads()))
+    import sfpk.pruners.particles.engine as engine
+
+    original = engine.repulsion
+
+    def repulsion(*args, **kwargs):
+        seen["repulsion"].append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "repulsion", repulsion)
+    return seen
+
+
+def test_step_runs_passes_on_the_callers_threads_and_its_vector_work_on_one(monkeypatch):
+    """At the default thread count the passes keep every thread, the small per-step vector
+    work runs on one (no OpenMP wake-up per tiny kernel), and the caller's count returns."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        system, masks, data = _engine(num_particles=3)
+        system.init_from_masks(dict(masks))
+        seen = _record_threads(system, monkeypatch)
+        system.step(batch_stream(data))
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"passes": [2, 2, 2], "repulsion": [1]}
+    assert after == 2
+
+
+def test_step_gives_the_callers_threads_back_when_it_raises():
+    """A step stopped by an error (a NaN energy) leaves the caller on its own thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        system, masks, data = _engine(num_particles=2)
+        system.init_from_masks(dict(masks))
+        bad = [(torch.full_like(x, float("nan")), y) for x, y in data]
+        with pytest.raises(NonFiniteError):
+            system.step(batch_stream(bad))
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert after == 2

@@ -10,6 +10,7 @@ algebra on the particles.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from ...distributed import all_reduce_rows_
 from ...errors import NonFiniteError
 from ...functional import LossFn
 from ...precision import autocast
+from ...threads import intra_op_threads
 from ..base import Batch, PruneContext, to_device
 from .batching import iter_particle_grads, particle_grads
 from .layout import FlatLayout
@@ -54,6 +56,7 @@ class EnergySystem(Protocol):
     thresholds: ThresholdLayout
     batching: str
     split: bool
+    pass_threads: int
 
 
 def energy_forces(
@@ -115,18 +118,26 @@ def _passes(system: EnergySystem, work: list[_Work]) -> Iterable[tuple[Tensor, d
     """Each working particle's loss and effective-weight gradients, in ``work``'s order.
 
     The loop runs lazily, so one particle's effective weights are in memory at a time; each
-    forward runs at ``ctx.precision``.
+    forward+backward runs at ``ctx.precision`` and on ``system.pass_threads`` intra-op
+    threads (the caller's, while the engine's own work around it may run on one).
     """
     ctx, layout = system.ctx, system.layout
     batches = [batch for *_, batch in work]
     loss_fn = functools.partial(_fp32_loss, ctx.loss_fn)
+    each_pass = functools.partial(_pass_context, ctx, system.pass_threads)
     if system.batching == "loop":
         lazily = (layout.effective_weights(value) for _, _, value, _ in work)
-        precision = functools.partial(autocast, ctx.device, ctx.precision)
-        return iter_particle_grads(system.model, lazily, batches, loss_fn, each_pass=precision)
+        return iter_particle_grads(system.model, lazily, batches, loss_fn, each_pass=each_pass)
     effective = [layout.effective_weights(value) for _, _, value, _ in work]
-    with autocast(ctx.device, ctx.precision):
+    with each_pass():
         return particle_grads(system.model, effective, batches, loss_fn, "vmap")
+
+
+@contextlib.contextmanager
+def _pass_context(ctx: PruneContext, threads: int) -> Iterator[None]:
+    """The network pass's precision (autocast) and intra-op thread count."""
+    with intra_op_threads(threads), autocast(ctx.device, ctx.precision):
+        yield
 
 
 def _fp32_loss(loss_fn: LossFn, logits: Tensor, targets: Tensor) -> Tensor:

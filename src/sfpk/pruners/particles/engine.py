@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ...distributed import is_main, particle_owner, rank, world_size
 from ...distributed import resolve_distributed as _resolve_distributed
 from ...errors import NonFiniteError, SfpkError
+from ...threads import intra_op_threads
 from ..base import Batch, PruneContext, PruneObserver, batch_stream
 from .batching import resolve_batching
 from .dynamics import (
@@ -131,6 +132,8 @@ class ParticleSystem:
         self.split = _resolve_distributed(ctx.distributed)
         world, me = (world_size(), rank()) if self.split else (1, 0)
         self.owned = [particle_owner(i, world) == me for i in range(n)]
+        # Intra-op threads of the network passes: the caller's, set at each step (below).
+        self.pass_threads = torch.get_num_threads()
 
     # -- initial state ----------------------------------------------------------------------
     def init_from_masks(self, masks: dict[str, Tensor]) -> None:
@@ -237,7 +240,20 @@ class ParticleSystem:
         return self.scores
 
     def step(self, draws: Iterator[Batch], trace: Trace | None = None) -> dict[str, Any]:
-        """One synchronous step of all particles (spec §3.1 loop body)."""
+        """One synchronous step of all particles (spec §3.1 loop body).
+
+        On the CPU the step's own vector work runs on one intra-op thread and the network
+        passes on the caller's count (:mod:`sfpk.threads` says why); the caller's count is
+        restored when the step returns or raises.
+        """
+        if self.layout.device.type != "cpu":
+            self.pass_threads = torch.get_num_threads()
+            return self._step(draws, trace)
+        with intra_op_threads(1) as caller:
+            self.pass_threads = caller
+            return self._step(draws, trace)
+
+    def _step(self, draws: Iterator[Batch], trace: Trace | None) -> dict[str, Any]:
         opts, t = self.options, self.step_index
         tic = time.perf_counter()
         levels = self._levels(self.particles, self.layer_ode, out=self.neg_grads)  # and -∇G
