@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DistributedSampler
 
-from sfpk import distributed
 from sfpk.data import load_dataset, make_loader
 from sfpk.models import create
-from sfpk.train import OptimizerConfig, Trainer
+from sfpk.training import distributed
+from sfpk.training.trainer import OptimizerConfig, Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ddp_epoch.json"
 

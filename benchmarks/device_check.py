@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from sfpk.models import create
 from sfpk.pruners.particles.batching import particle_grads
-from sfpk.train import OptimizerConfig, Trainer
+from sfpk.training.trainer import OptimizerConfig, Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "device_check.json"
 

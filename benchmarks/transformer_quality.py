@@ -17,8 +17,8 @@ evaluation. The protocol, per task and seed:
 Prints mean ± sd over seeds and writes ``rows.csv`` (one row per run) and ``summary.json``
 (aggregates and the exact settings) under ``benchmarks/results/transformers/``.
 
-    nice -n 19 python benchmarks/transformers.py            # the full run (see BUDGETS)
-    python benchmarks/transformers.py --quick --out /tmp/q  # seconds: the test's tiny mode
+    nice -n 19 python benchmarks/transformer_quality.py            # the full run (see BUDGETS)
+    python benchmarks/transformer_quality.py --quick --out /tmp/q  # seconds: the test's tiny mode
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import sfpk
 from sfpk.data import load_dataset, make_loader
 from sfpk.data.base import DataSplits
 from sfpk.losses import task_loss
-from sfpk.schedules import cosine
-from sfpk.train import OptimizerConfig
+from sfpk.training.schedules import cosine
+from sfpk.training.trainer import OptimizerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transformers"
 METHODS = ("mag", "wanda", "snip", "spode", "sfpk")

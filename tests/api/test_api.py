@@ -17,7 +17,7 @@ from helpers import (
     snapshot,
     tiny_options,
 )
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
 
 
 @pytest.mark.parametrize("method", ["rand", "snip"])

@@ -31,7 +31,7 @@ from sfpk.cli import main
 from sfpk.errors import ConfigError, NonFiniteError, SfpkError, UnknownNameError
 from sfpk.pruners.particles import ParticleOptions, SfpkPruner
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 SFPK = ["--method", "sfpk", "--option", "num_steps=2", "--option", "num_particles=2"]
 
 

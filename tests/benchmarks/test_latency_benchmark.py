@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from latency import INPUT_SHAPE, Unreachable, build_pair  # noqa: E402
 from latency_runtimes import runners  # noqa: E402
 
@@ -44,7 +44,7 @@ def test_runtime_runs_dense_and_slim_like_eager_torch(runtime, tmp_path):
     files = {}
     if runtime == "onnxruntime":
         pytest.importorskip("onnxruntime")
-        from sfpk.onnx_export import export_onnx
+        from sfpk.deploy.onnx_export import export_onnx
 
         for label in ("dense", "slim"):
             model = getattr(pair, label)

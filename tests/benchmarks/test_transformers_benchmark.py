@@ -1,4 +1,4 @@
-"""benchmarks/transformers.py --quick and benchmarks/transformer_cost_gpu.py without CUDA.
+"""benchmarks/transformer_quality.py --quick and benchmarks/transformer_cost_gpu.py without CUDA.
 
 No perplexity or accuracy threshold is asserted (the full benchmark reports those); this
 checks that the benchmark runs against the current API and writes well-formed rows, and that
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = {"mag", "wanda", "snip", "spode", "sfpk"}
 
 
@@ -25,7 +25,7 @@ METHODS = {"mag", "wanda", "snip", "spode", "sfpk"}
 def test_quick_transformers_run_writes_well_formed_rows(tmp_path):
     """--quick: dense + every method at 50 % on gpt_tiny and vit_tiny, exact sparsity."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "transformers.py"), "--quick",
+        [sys.executable, str(ROOT / "benchmarks" / "transformer_quality.py"), "--quick",
          "--threads", "1", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

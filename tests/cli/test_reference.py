@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from sfpk.config import build_config
+from sfpk.cli.reference import FLAGS, native_command, translate
+from sfpk.config.core import build_config
 from sfpk.errors import ConfigError
-from sfpk.reference import FLAGS, native_command, translate
 
 # The reference README's three commands (comments after backslashes removed, as in its scripts).
 PRETRAIN = (
@@ -141,7 +141,7 @@ def test_translation_builds_a_valid_native_config(argv):
 def test_native_command_round_trips_through_the_cli_parser():
     """The printed native command parses back to the same overrides."""
     from sfpk.cli import build_parser
-    from sfpk.config_flags import overrides_from_args
+    from sfpk.cli.flags import overrides_from_args
 
     t = translate(ONESHOT)
     argv = native_command(t)
@@ -253,9 +253,9 @@ def test_reference_translation_does_not_import_the_cli():
     import ast
     from pathlib import Path
 
-    import sfpk.reference
+    import sfpk.cli.reference
 
-    tree = ast.parse(Path(sfpk.reference.__file__).read_text())
+    tree = ast.parse(Path(sfpk.cli.reference.__file__).read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):

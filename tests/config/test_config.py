@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from sfpk.cli import build_parser
-from sfpk.config import (
+from sfpk.cli.flags import overrides_from_args
+from sfpk.config.core import (
     PRETRAIN_DEFAULTS,
     Config,
     build_config,
@@ -17,7 +18,6 @@ from sfpk.config import (
     load_config,
     save_config,
 )
-from sfpk.config_flags import overrides_from_args
 from sfpk.errors import ConfigError
 
 
@@ -216,7 +216,7 @@ def test_recipes_in_configs_folder_load():
     """The shipped recipes only hold valid keys (paths are not checked: data is not here)."""
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parents[1] / "configs"
+    folder = Path(__file__).resolve().parents[2] / "configs"
     recipes = sorted(folder.glob("*.yaml"))
     assert recipes
     for recipe in recipes:
@@ -234,7 +234,7 @@ def test_iterative_ignores_warmup_when_checking_the_epoch_budget():
 
 
 @pytest.mark.parametrize(
-    "recipe", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=str
+    "recipe", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")), ids=str
 )
 def test_every_shipped_recipe_is_a_valid_config(recipe):
     """The YAML recipes in configs/ must keep loading as the config evolves."""
@@ -245,7 +245,7 @@ def test_every_shipped_recipe_is_a_valid_config(recipe):
 
 def test_demo_recipe_matches_the_demo_preset():
     """configs/demo.yaml and --demo describe the same run."""
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     from_file = build_config("oneshot", yaml_path=recipe, check_paths=False)
     preset = build_config("oneshot", demo=True, overrides={"prune.sparsity": 0.95})
     assert config_to_dict(from_file) == config_to_dict(preset)
@@ -262,7 +262,7 @@ def test_sfpk_data_is_frozen_into_the_config(tmp_path, monkeypatch):
 
 def test_training_sections_are_one_optimizer_config():
     """pretrain and train share the Trainer's fields, declared once, and stay flat in YAML."""
-    from sfpk.train import OptimizerConfig
+    from sfpk.training.trainer import OptimizerConfig
 
     config = Config()
     assert isinstance(config.pretrain, OptimizerConfig)
@@ -310,9 +310,9 @@ def _sfpk_imports(module) -> set[str]:
 
 def test_config_checks_does_not_import_config():
     """config imports config_checks, never the other way round (no import circle)."""
-    import sfpk.config_checks
+    import sfpk.config.checks
 
-    assert "config" not in _sfpk_imports(sfpk.config_checks)
+    assert "config" not in _sfpk_imports(sfpk.config.checks)
 
 
 # -- data options and language-model data ---------------------------------------------------
@@ -360,7 +360,7 @@ def test_missing_text_path_is_a_config_error_before_any_work(tmp_path, tiny):
 
 def test_hf_model_lends_its_folder_as_the_default_tokenizer(tmp_path, tiny, monkeypatch):
     """hf:<folder> without a tokenizer option tokenizes with that folder; bytes otherwise."""
-    import sfpk.config as config_module
+    import sfpk.config.core as config_module
 
     monkeypatch.setattr(config_module, "check_model", lambda name: None)  # hf: lands elsewhere
     folder = tmp_path / "gpt"

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import sfpk
-from sfpk.costs import cost_summary, count
+from sfpk.deploy.costs import cost_summary, count
 from sfpk.errors import MaskMismatchError
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
 
 INPUT = (2, 5, 5)
 
@@ -132,7 +132,7 @@ def test_token_models_are_counted_with_integer_inputs():
     """A language model takes token ids: the dummy input must be integer, not float."""
     from torch import nn
 
-    from sfpk.costs import count
+    from sfpk.deploy.costs import count
 
     model = nn.Sequential(nn.Embedding(11, 4), nn.Linear(4, 11))
     costs = count(model, (5,), input_dtype=torch.long)
@@ -143,7 +143,7 @@ def test_token_models_are_counted_with_integer_inputs():
 def test_slim_counts_of_a_filter_pruned_cnn_by_hand():
     """Slim MACs drop for the next layer's inputs too, which nonzero MACs cannot see."""
     pytest.importorskip("torch_pruning", reason="the slim extra is not installed")
-    from sfpk.costs import slim_cost_summary
+    from sfpk.deploy.costs import slim_cost_summary
 
     torch.manual_seed(0)
     model = sfpk.models.create("cnn_digits", num_classes=10, input_shape=(1, 8, 8), width=8)
@@ -163,7 +163,7 @@ def test_slim_counts_of_a_filter_pruned_cnn_by_hand():
 
 def test_slim_counts_are_none_for_unstructured_masks():
     """Nothing to slim: the figures are None (JSON null), not the dense counts."""
-    from sfpk.costs import slim_cost_summary
+    from sfpk.deploy.costs import slim_cost_summary
 
     model = _tiny()
     assert slim_cost_summary(model, _masks(model), INPUT) == {

@@ -11,10 +11,10 @@ from torch import nn
 
 import sfpk
 from helpers import tiny_options
+from sfpk.deploy.slim import slim_model
 from sfpk.errors import ConfigError
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
 from sfpk.models import create
-from sfpk.slim import slim_model
 
 pytest.importorskip("torch_pruning")
 
@@ -112,7 +112,7 @@ def test_masks_ones_explains_that_coupled_needs_an_input():
 def test_oneshot_with_coupled_channels_reports_slim_costs(tmp_path):
     """`sfpk oneshot --structure coupled`: summary.json carries the slim model's counts,
     below the masked model's nonzero ones (consumer columns go too)."""
-    from sfpk.config import build_config
+    from sfpk.config.core import build_config
     from sfpk.pipelines import start
 
     overrides = {

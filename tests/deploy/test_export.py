@@ -13,9 +13,9 @@ import sfpk
 from conftest import TINY_FLAGS
 from sfpk import models
 from sfpk.cli import main
+from sfpk.deploy.export import Architecture, export_run, run_architecture
+from sfpk.deploy.onnx_export import onnx_session
 from sfpk.errors import CheckpointError, ConfigError, DataError, MaskMismatchError
-from sfpk.export import Architecture, export_run, run_architecture
-from sfpk.onnx_export import onnx_session
 
 DIGITS = Architecture("cnn_digits", num_classes=10, input_shape=(1, 8, 8), options={"width": 8})
 

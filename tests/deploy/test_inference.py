@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from sfpk.deploy.inference import fold_batchnorm
+from sfpk.deploy.slim import slim_model
 from sfpk.errors import ConfigError, SfpkError
-from sfpk.inference import fold_batchnorm
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
 from sfpk.models import create
-from sfpk.slim import slim_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -177,7 +177,7 @@ def test_untraceable_model_is_a_config_error_naming_it():
 
 def test_output_check_raises_when_the_folded_model_differs(monkeypatch):
     """A wrong fold must not pass silently when an example input is given."""
-    import sfpk.inference as inference
+    import sfpk.deploy.inference as inference
 
     def broken(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         fused = copy.deepcopy(conv)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import sfpk
+from sfpk.deploy.export import Architecture
+from sfpk.deploy.onnx_export import export_onnx, onnx_session
 from sfpk.errors import ConfigError
-from sfpk.export import Architecture
-from sfpk.masks import Masks
-from sfpk.onnx_export import export_onnx, onnx_session
+from sfpk.masks.core import Masks
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra (onnx) is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")

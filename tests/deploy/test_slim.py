@@ -12,9 +12,9 @@ from torch import nn
 
 from sfpk import models
 from sfpk.data import load_dataset
+from sfpk.deploy.slim import coupled_channel_groups, resize_to_state_, slim_model
 from sfpk.errors import ConfigError
-from sfpk.masks import Masks
-from sfpk.slim import coupled_channel_groups, resize_to_state_, slim_model
+from sfpk.masks.core import Masks
 
 pytest.importorskip("torch_pruning", reason="the slim extra (torch-pruning) is not installed")
 

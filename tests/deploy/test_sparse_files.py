@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sfpk.errors import CheckpointError, ConfigError
-from sfpk.sparse_files import (
+from sfpk.deploy.sparse_files import (
     choose_encoding,
     encode_tensor,
     read_weights_file,
     write_weights_file,
 )
+from sfpk.errors import CheckpointError, ConfigError
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 

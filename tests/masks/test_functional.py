@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import MODELS, conv_bn_net, mlp, random_batches
-from sfpk.functional import effective_weight_grads, masked_forward
-from sfpk.masks import Masks, reduce_to_mask
+from sfpk.masks.core import Masks, reduce_to_mask
+from sfpk.masks.functional import effective_weight_grads, masked_forward
 
 
 def _random_masks(model: nn.Module, structure: str, seed: int = 0) -> Masks:

@@ -1,4 +1,4 @@
-"""Attention-head and MLP-neuron groups (sfpk.groups, sfpk.group_finder).
+"""Attention-head and MLP-neuron groups (sfpk.masks.groups, sfpk.masks.group_finder).
 
 A head spans rows of q, k, v and columns of the output projection; a neuron a row of the
 first MLP projection and a column of the second. Every method must remove whole groups at
@@ -18,12 +18,12 @@ from torch import Tensor, nn
 import sfpk
 from helpers import tiny_options
 from sfpk.errors import ConfigError, MaskMismatchError
-from sfpk.groups import Block, Coupling, Member
 from sfpk.losses import next_token_loss
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
+from sfpk.masks.groups import Block, Coupling, Member
 from sfpk.models import create
 from sfpk.pruners.particles.layout import FlatLayout
-from sfpk.sparsity_check import SparsityCheckError, check_achieved_sparsity
+from sfpk.selection.sparsity_check import SparsityCheckError, check_achieved_sparsity
 
 VOCAB, TOKENS, CLASSES = 30, 8, 3
 
@@ -319,7 +319,7 @@ def test_coupled_masks_round_trip_through_a_file(tmp_path):
 def test_iterative_sfpk_pipeline_prunes_gpt_tiny_heads_and_neurons(tmp_path):
     """`sfpk iterative --model gpt_tiny --structure head+neuron`: 2 rounds of SFPK on the
     generated corpus; the saved masks carry their coupling and remove whole groups."""
-    from sfpk.config import build_config
+    from sfpk.config.core import build_config
     from sfpk.pipelines import start
 
     overrides = {

@@ -10,8 +10,8 @@ from torch import nn
 
 import sfpk
 from helpers import conv1d_net, conv_bn_net, mlp, nested_net, random_batches
-from sfpk.masks import Masks, reduce_to_mask
-from sfpk.prunable import mask_shape, prunable_parameters
+from sfpk.masks.core import Masks, reduce_to_mask
+from sfpk.masks.prunable import mask_shape, prunable_parameters
 
 
 def _random_masks(model: nn.Module, structure: str = "unstructured", seed: int = 0) -> Masks:

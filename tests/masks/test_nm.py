@@ -9,9 +9,9 @@ from torch import nn
 import sfpk
 from helpers import tiny_options
 from sfpk.errors import ConfigError
-from sfpk.masks import Masks
-from sfpk.prunable import check_structure, parse_nm
-from sfpk.selection import nm_cut
+from sfpk.masks.core import Masks
+from sfpk.masks.prunable import check_structure, parse_nm
+from sfpk.selection.topk import nm_cut
 
 
 def _net() -> nn.Module:

@@ -8,8 +8,8 @@ from torch import nn
 
 import sfpk
 from sfpk.errors import ConfigError
+from sfpk.masks.output_layers import find_output_layers, output_parameter_names
 from sfpk.models import create
-from sfpk.output_layers import find_output_layers, output_parameter_names
 
 
 class LogSoftmaxNet(nn.Module):

@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 import sfpk
 from helpers import tiny_options
+from sfpk.cli.reference import HF_CHECKPOINTS, translate
 from sfpk.errors import ConfigError
-from sfpk.masks import Masks, prunable_parameters
+from sfpk.masks.core import Masks, prunable_parameters
 from sfpk.models import create
 from sfpk.models.hf import HFModel
-from sfpk.reference import HF_CHECKPOINTS, translate
 
 CLASSES, VOCAB, TOKENS = 3, 40, 6
 IMAGE = (1, 8, 8)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 import sfpk
 from helpers import tiny_options
 from sfpk.errors import ConfigError
-from sfpk.masks import Masks, prunable_parameters
+from sfpk.masks.core import Masks, prunable_parameters
 from sfpk.models import create
 
 VOCAB, TOKENS, CLASSES = 11, 6, 10
@@ -191,7 +191,7 @@ def test_every_method_prunes_zoo_transformer_neurons_exactly_per_layer(key, meth
 def test_vit_tiny_trains_on_digits_above_chance():
     """vit_tiny learns: 4 Adam epochs on digits reach far above the 10 % of chance."""
     from sfpk.data import load_dataset, make_loader
-    from sfpk.train import OptimizerConfig, Trainer
+    from sfpk.training.trainer import OptimizerConfig, Trainer
 
     splits = load_dataset("digits", seed=0)
     torch.manual_seed(0)

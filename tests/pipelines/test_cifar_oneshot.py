@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from sfpk.cli import main
 from sfpk.data.fake import write_fake_cifar
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
 from sfpk.models import create
 
 

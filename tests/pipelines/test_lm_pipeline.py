@@ -15,14 +15,14 @@ import torch
 import sfpk
 from lm_helpers import TinyCausalLM, register_test_lm, write_tokenizer_json
 from sfpk.cli import main
-from sfpk.config import build_config
+from sfpk.config.core import build_config
 from sfpk.data import DataSplits, load_dataset, make_loader
 from sfpk.errors import ConfigError
 from sfpk.losses import next_token_loss
 from sfpk.pipelines import Context, start
 from sfpk.pipelines.context import model_options
-from sfpk.run import Run
-from sfpk.train import OptimizerConfig
+from sfpk.pipelines.run import Run
+from sfpk.training.trainer import OptimizerConfig
 
 PPL_KEYS = {"dense_test_ppl", "pruned_test_ppl", "final_test_ppl", "last_k_mean_test_ppl",
             "best_val_test_ppl"}  # fmt: skip

@@ -10,10 +10,10 @@ import torch
 
 import sfpk
 from sfpk import api
-from sfpk.checkpoint import load_state_dict_file
-from sfpk.config import build_config
+from sfpk.config.core import build_config
 from sfpk.pipelines import start
-from sfpk.selection import round_sparsity
+from sfpk.selection.topk import round_sparsity
+from sfpk.training.checkpoint import load_state_dict_file
 
 SUMMARY_KEYS = {
     "method", "sparsity", "achieved_sparsity", "per_layer", "dense_test_acc", "pruned_test_acc",

@@ -27,13 +27,13 @@ from conftest import TINY_FLAGS
 from helpers import model_and_batches
 from pause_launcher import checkpoint_label
 from sfpk.cli import main
-from sfpk.cli_pipelines import _percent
-from sfpk.config import SECTIONS, Config
-from sfpk.config_flags import USED_BY, flag_for, used_by
+from sfpk.cli.flags import USED_BY, flag_for, used_by
+from sfpk.cli.pipelines import _percent
+from sfpk.cli.reference import translate
+from sfpk.config.core import SECTIONS, Config
 from sfpk.pipelines.context import Context
-from sfpk.reference import translate
-from sfpk.report import load_summaries
-from sfpk.train import Trainer
+from sfpk.pipelines.report import load_summaries
+from sfpk.training.trainer import Trainer
 
 FLAGS = ["oneshot", *TINY_FLAGS, "--method", "mag", "--rounds", "2"]
 
@@ -184,7 +184,7 @@ def test_a_failure_before_the_first_checkpoint_is_explained_and_the_rerun_replac
 
 _KILL_MID_WRITE = """
 import os, signal, sys
-import sfpk.checkpoint as ckpt
+import sfpk.training.checkpoint as ckpt
 from sfpk.cli import main
 real, calls = ckpt.save_state_dict, []
 def dying(state, path):

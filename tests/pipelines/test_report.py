@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from sfpk.errors import CheckpointError
-from sfpk.masks import Masks
-from sfpk.plots import make_run_plots
-from sfpk.report import summarize_runs, write_report
+from sfpk.masks.core import Masks
+from sfpk.pipelines.plots import make_run_plots
+from sfpk.pipelines.report import summarize_runs, write_report
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -98,7 +98,7 @@ def test_summary_groups_by_method_and_sparsity_with_mean_and_std(tmp_path):
         _fake_run(tmp_path, "m0", method="mag", sparsity=0.9, seed=0, acc=0.70),
     ]
     md = write_report(runs, tmp_path / "report")
-    from sfpk.report import load_summaries
+    from sfpk.pipelines.report import load_summaries
 
     rows = {r["method"]: r for r in summarize_runs(load_summaries(runs))}
     assert rows["sfpk"]["mean"] == pytest.approx(0.82)
@@ -226,7 +226,7 @@ def test_runs_with_different_structure_scope_or_round_to_are_not_averaged_as_see
                    "seed": index, "final_test_acc": acc}  # fmt: skip
         (run / "summary.json").write_text(json.dumps(summary))
         runs.append(run)
-    from sfpk.report import load_summaries
+    from sfpk.pipelines.report import load_summaries
 
     rows = {r["method"]: r for r in summarize_runs(load_summaries(runs))}
     assert {m: r["runs"] for m, r in rows.items()} == {

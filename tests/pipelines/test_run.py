@@ -1,4 +1,4 @@
-"""sfpk.run: the run directory (config.yaml, metrics.csv, summary.json, files, rank-0 writes)."""
+"""The run directory (config.yaml, metrics.csv, summary.json, files, rank-0 writes)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-import sfpk.plots
+import sfpk.pipelines.plots
 from conftest import TINY
 from helpers import mlp
-from sfpk import run as run_module
-from sfpk.checkpoint import load_state_dict_file, read_latest_checkpoint
-from sfpk.config import Config, build_config, load_config
+from sfpk.config.core import Config, build_config, load_config
 from sfpk.errors import CheckpointError, ConfigError
-from sfpk.masks import Masks
-from sfpk.run import METRIC_COLUMNS, Run, write_rows_csv
+from sfpk.masks.core import Masks
+from sfpk.pipelines import run as run_module
+from sfpk.pipelines.run import METRIC_COLUMNS, Run, write_rows_csv
+from sfpk.training.checkpoint import load_state_dict_file, read_latest_checkpoint
 
 
 def _config(out) -> Config:
@@ -188,8 +188,8 @@ def test_a_plotting_failure_is_logged_not_raised(tmp_path, monkeypatch, caplog):
     def broken(run_dir):
         raise RuntimeError("no display")
 
-    monkeypatch.setattr(sfpk.plots, "make_run_plots", broken)
-    with caplog.at_level(logging.WARNING, logger="sfpk.run"):
+    monkeypatch.setattr(sfpk.pipelines.plots, "make_run_plots", broken)
+    with caplog.at_level(logging.WARNING, logger="sfpk.pipelines.run"):
         run.make_plots()
     assert "making plots failed" in caplog.text and "no display" in caplog.text
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import sfpk
 from helpers import MODELS, conv_bn_net, model_and_batches, random_batches, tiny_options
-from sfpk.masks import Masks, reduce_to_mask
+from sfpk.masks.core import Masks, reduce_to_mask
 from sfpk.pruners import PruneContext
 
 METHODS = sfpk.methods()

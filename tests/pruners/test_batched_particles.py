@@ -12,8 +12,8 @@ from torch import nn
 import sfpk
 from sfpk.errors import ConfigError
 from sfpk.models import create
-from sfpk.precision import autocast
 from sfpk.pruners.particles.batching import particle_grads, resolve_batching
+from sfpk.training.precision import autocast
 
 CPU = torch.device("cpu")
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 import sfpk
 from helpers import model_and_batches, run_gloo_ranks
-from sfpk import distributed
 from sfpk.errors import ConfigError
+from sfpk.training import distributed
 
 WORLD = 2
 STEPS = 3

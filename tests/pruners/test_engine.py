@@ -7,7 +7,7 @@ import torch
 
 from helpers import model_and_batches
 from sfpk.errors import CheckpointError
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
 from sfpk.pruners import PruneContext, PruneObserver, batch_stream
 from sfpk.pruners.particles import ParticleOptions, ParticleSystem
 from sfpk.pruners.particles.layout import FlatLayout

@@ -14,7 +14,7 @@ import torch
 
 import sfpk
 from golden import GOLDEN_DIR, assert_close, build_model, require_golden
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
 from sfpk.pruners import PruneContext
 
 CASE_E = "baselines_case_e.json"

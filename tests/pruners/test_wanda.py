@@ -9,7 +9,7 @@ from torch import nn
 import sfpk
 from helpers import model_and_batches
 from sfpk.errors import ConfigError, SfpkError
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
 from sfpk.pruners import PruneContext
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 import sfpk
 from sfpk.errors import ConfigError
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
 from sfpk.models import create
 
 # family -> (registry name, input shape without batch dim, builder options)

@@ -10,9 +10,9 @@ from torch import nn
 
 import sfpk
 from helpers import model_and_batches, tiny_options
-from sfpk.collapse import protected_entries
-from sfpk.masks import Masks
-from sfpk.selection import select_topk
+from sfpk.masks.core import Masks
+from sfpk.selection.collapse import protected_entries
+from sfpk.selection.topk import select_topk
 
 
 def _two_layer_template() -> Masks:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sfpk.kth_select import _bracketed, _sample_stride, kth_smallest, select_kth
+from sfpk.selection.kth_select import _bracketed, _sample_stride, kth_smallest, select_kth
 
 
 def _sorted_kth(array: np.ndarray, k: int) -> float:

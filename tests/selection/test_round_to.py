@@ -12,14 +12,14 @@ from torch import nn
 
 import sfpk
 from helpers import random_batches, tiny_options
-from sfpk.aligned_cut import aligned_keep_count, check_reachable
 from sfpk.api import check_pruning
 from sfpk.cli import main
 from sfpk.errors import ConfigError, SparsityCheckError
-from sfpk.mask_files import read_mask_file
-from sfpk.masks import Masks, removal_count
-from sfpk.selection import select_topk
-from sfpk.sparsity_check import check_achieved_sparsity
+from sfpk.masks.core import Masks, removal_count
+from sfpk.masks.files import read_mask_file
+from sfpk.selection.aligned import aligned_keep_count, check_reachable
+from sfpk.selection.sparsity_check import check_achieved_sparsity
+from sfpk.selection.topk import select_topk
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
@@ -246,7 +246,7 @@ def _resnet20():
 @pytest.mark.parametrize("scope", ["global", "local"])
 def test_coupled_resnet20_slims_to_widths_that_are_multiples_of_8(scope):
     """Every conv of the slim ResNet-20 has a multiple of 8 channels, same outputs."""
-    from sfpk.slim import slim_model
+    from sfpk.deploy.slim import slim_model
 
     model, data = _resnet20()
     masks = sfpk.prune(
@@ -267,7 +267,7 @@ def test_coupled_resnet20_slims_to_widths_that_are_multiples_of_8(scope):
 def test_particle_methods_keep_coupled_resnet20_widths_aligned(method):
     """The particle methods' final vote goes through the aligned cut too: every coupled
     group keeps a multiple of 8 channels, and the slim model computes the masked one."""
-    from sfpk.slim import slim_model
+    from sfpk.deploy.slim import slim_model
 
     model, data = _resnet20()
     masks = sfpk.prune(
@@ -500,7 +500,8 @@ def test_included_biases_with_channel_masks_are_refused():
 
 
 def test_check_achieved_sparsity_is_still_importable_from_selection():
-    from sfpk import selection, sparsity_check
+    from sfpk.selection import sparsity_check
+    from sfpk.selection import topk as selection
 
     assert selection.check_achieved_sparsity is sparsity_check.check_achieved_sparsity
     assert "check_achieved_sparsity" in selection.__all__
@@ -509,7 +510,7 @@ def test_check_achieved_sparsity_is_still_importable_from_selection():
 @pytest.mark.parametrize("value", ["16", 0, 2.5, True])
 def test_a_bad_round_to_in_a_mask_file_header_is_refused_on_load(tmp_path, value):
     from sfpk.errors import CheckpointError
-    from sfpk.mask_files import write_mask_file
+    from sfpk.masks.files import write_mask_file
 
     model, data = _mlp(), random_batches((12,), 3)
     masks = sfpk.prune(model, data, method="mag", sparsity=0.5, structure="filter", round_to=4)
@@ -522,7 +523,7 @@ def test_a_bad_round_to_in_a_mask_file_header_is_refused_on_load(tmp_path, value
 def test_max_sparsity_is_the_accepted_boundary():
     """max_sparsity: accepted, and a global cut at it removes every removable chunk (28 of
     60 weights); one weight more is refused."""
-    from sfpk.aligned_cut import max_sparsity
+    from sfpk.selection.aligned import max_sparsity
 
     template, scores = _two_layers()
     top = max_sparsity(template, 4)

@@ -14,15 +14,15 @@ from torch import nn
 
 import sfpk
 from helpers import random_batches, tiny_options
-from sfpk.aligned_cut import check_reachable, max_sparsity
 from sfpk.api import run_pruner
 from sfpk.cli import main
 from sfpk.errors import CheckpointError, ConfigError
-from sfpk.mask_files import write_mask_file
-from sfpk.masks import Masks
-from sfpk.report import load_summaries, summarize_runs
-from sfpk.selection import round_sparsity
-from sfpk.sparsity_check import check_achieved_sparsity
+from sfpk.masks.core import Masks
+from sfpk.masks.files import write_mask_file
+from sfpk.pipelines.report import load_summaries, summarize_runs
+from sfpk.selection.aligned import check_reachable, max_sparsity
+from sfpk.selection.sparsity_check import check_achieved_sparsity
+from sfpk.selection.topk import round_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
@@ -230,7 +230,7 @@ def test_coupled_resnet20_local_maximum_is_below_the_global_one_and_accepted():
     """ResNet-20 coupled, round_to=4: 0.9157 is global's maximum; local rounding refuses it
     and names its own (0.8944 at 32x32), which it accepts."""
     pytest.importorskip("torch_pruning")
-    from sfpk.channel_groups import coupled_channel_masks
+    from sfpk.deploy.channel_groups import coupled_channel_masks
 
     model = sfpk.models.create("resnet20", num_classes=10, input_shape=(3, 32, 32)).eval()
     template = coupled_channel_masks(model, torch.zeros(1, 3, 32, 32))

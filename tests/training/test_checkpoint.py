@@ -1,4 +1,4 @@
-"""sfpk.checkpoint: derived seeds, RNG states, state-dict files and atomic checkpoint folders."""
+"""Checkpoints: derived seeds, RNG states, state-dict files and atomic checkpoint folders."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from helpers import conv_bn_net
-from sfpk import checkpoint as ckpt
-from sfpk.checkpoint import (
+from sfpk.errors import CheckpointError
+from sfpk.masks.core import Masks
+from sfpk.training import checkpoint as ckpt
+from sfpk.training.checkpoint import (
     derive_seed,
     load_state_dict_file,
     read_latest_checkpoint,
@@ -24,8 +26,6 @@ from sfpk.checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
-from sfpk.errors import CheckpointError
-from sfpk.masks import Masks
 
 
 def _draws() -> tuple[float, float, torch.Tensor]:
@@ -209,7 +209,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
         path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
     else:
         path.unlink()
-    with caplog.at_level(logging.WARNING, logger="sfpk.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sfpk.training.checkpoint"):
         got = read_latest_checkpoint(tmp_path)
     assert got.state == {"step": 0} and got.path.name == "ckpt-000000"
     assert got.skipped == ["ckpt-000001"]
@@ -248,7 +248,7 @@ def test_a_checkpoint_with_non_finite_weights_is_not_trusted(tmp_path, caplog):
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] = float("nan")
     write_checkpoint(tmp_path, model=model, masks=masks, state={"step": 1})
-    with caplog.at_level(logging.WARNING, logger="sfpk.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sfpk.training.checkpoint"):
         assert read_latest_checkpoint(tmp_path).state == {"step": 0}
     assert "NaN or inf" in caplog.text
 

@@ -101,7 +101,7 @@ def test_a_gpu_state_saved_to_disk_continues_on_cpu(tmp_path):
 
 @cuda
 def test_bf16_fine_tune_epoch_on_cuda():
-    from sfpk.train import OptimizerConfig, Trainer
+    from sfpk.training.trainer import OptimizerConfig, Trainer
 
     model, data = model_and_batches("conv_bn", count=4)
     trainer = Trainer(

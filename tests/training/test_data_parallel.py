@@ -13,9 +13,9 @@ from torch.utils.data import DistributedSampler, Subset, TensorDataset
 
 import sfpk
 from helpers import run_gloo_ranks
-from sfpk import distributed
 from sfpk.data import make_loader
-from sfpk.train import OptimizerConfig, Trainer
+from sfpk.training import distributed
+from sfpk.training.trainer import OptimizerConfig, Trainer
 
 WORLD, BATCH, ITEMS = 2, 16, 96
 

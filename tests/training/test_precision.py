@@ -11,7 +11,7 @@ from torch import nn
 import sfpk
 from sfpk.errors import ConfigError
 from sfpk.models import create
-from sfpk.train import OptimizerConfig, Trainer
+from sfpk.training.trainer import OptimizerConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
@@ -105,14 +105,14 @@ def test_compile_failure_falls_back_with_a_warning(monkeypatch, caplog):
     trainer = Trainer(
         model, OptimizerConfig(), device=torch.device("cpu"), progress=False, compile=True
     )
-    with caplog.at_level(logging.WARNING, logger="sfpk.train"):
+    with caplog.at_level(logging.WARNING, logger="sfpk.training.trainer"):
         result = trainer.train_epoch(data, lr=0.05)
     assert "torch.compile failed (RuntimeError: no C++ compiler for inductor)" in caplog.text
     assert torch.isfinite(torch.tensor(result.loss)) and trainer.train_model is model
 
 
 def test_run_section_accepts_precision_layout_and_compile():
-    from sfpk.config import build_config
+    from sfpk.config.core import build_config
 
     config = build_config(
         "oneshot",

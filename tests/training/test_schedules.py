@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sfpk import schedules
+from sfpk.training import schedules
 
 
 def _torch_cosine(start: float, end: float, epochs: int, total: int) -> list[float]:

@@ -9,7 +9,7 @@ from torch import nn
 import sfpk
 from sfpk.errors import ConfigError, SfpkError
 from sfpk.losses import next_token_loss
-from sfpk.train import OptimizerConfig, Trainer, make_optimizer, select_device
+from sfpk.training.trainer import OptimizerConfig, Trainer, make_optimizer, select_device
 
 CPU = torch.device("cpu")
 

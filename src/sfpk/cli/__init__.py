@@ -1,7 +1,7 @@
 """The ``sfpk`` command (also ``python -m sfpk``): pipelines, resume, and registry listings.
 
-Subcommands live in one registry (:data:`COMMANDS`, :mod:`sfpk.cli_commands`); the pipeline
-commands are :mod:`sfpk.cli_pipelines`'s, the others :mod:`sfpk.cli_tools`'s. This module
+Subcommands live in one registry (:data:`COMMANDS`, :mod:`sfpk.cli.commands`); the pipeline
+commands are :mod:`sfpk.cli.pipelines`'s, the others :mod:`sfpk.cli.tools`'s. This module
 builds the parser from the registry and runs a command line.
 
 Errors sfpk raises on purpose (:class:`sfpk.SfpkError`) and file-system errors (``OSError``,
@@ -16,13 +16,14 @@ import logging
 import sys
 from typing import NoReturn
 
+from ..errors import SfpkError
+
 # Importing the subcommand modules registers their commands, in this order.
-from . import cli_pipelines as _cli_pipelines  # noqa: F401  (pretrain ... resume)
-from . import cli_tools as _cli_tools  # noqa: F401  (methods ... reference, report, export)
-from .cli_commands import COMMANDS, Command, command
-from .cli_pipelines import Terminated, sigterm_interrupts
-from .cli_tools import PASSTHROUGH_OWN_FLAGS
-from .errors import SfpkError
+from . import pipelines as _cli_pipelines  # noqa: F401  (pretrain ... resume)
+from . import tools as _cli_tools  # noqa: F401  (methods ... reference, report, export)
+from .commands import COMMANDS, Command, command
+from .pipelines import Terminated, sigterm_interrupts
+from .tools import PASSTHROUGH_OWN_FLAGS
 
 __all__ = [
     "COMMANDS",

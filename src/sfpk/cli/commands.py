@@ -5,8 +5,8 @@ Adding a subcommand is a decorated function::
     @command("reference", help="...", configure=add_reference_flags)
     def _reference(args: argparse.Namespace) -> int: ...
 
-The subcommands themselves live in :mod:`sfpk.cli_pipelines` (the pipelines and resume) and
-:mod:`sfpk.cli_tools` (the others); :mod:`sfpk.cli` builds the parser from this registry.
+The subcommands themselves live in :mod:`sfpk.cli.pipelines` (the pipelines and resume) and
+:mod:`sfpk.cli.tools` (the others); :mod:`sfpk.cli` builds the parser from this registry.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The config as command-line flags: one flag per knob, and the dotted keys they set.
 
-Flags are generated from the config dataclasses (:mod:`sfpk.config`), so a new knob gets
+Flags are generated from the config dataclasses (:mod:`sfpk.config.core`), so a new knob gets
 its flag, help text and type without further code. Each flag stores into the dotted key
 ``"section.field"`` with ``default=SUPPRESS``: only flags the user actually typed reach
 :func:`overrides_from_args`, so a CLI default never overwrites a YAML value (style.md §6).
 
 Kept apart from :mod:`sfpk.cli` because two command-line front ends share it: the ``sfpk``
-pipeline commands, and :mod:`sfpk.reference`, which prints the native command equivalent
+pipeline commands, and :mod:`sfpk.cli.reference`, which prints the native command equivalent
 to a reference command line (:func:`args_for`, the way back from keys to flags).
 """
 
@@ -19,9 +19,9 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
-from .config import SECTIONS, Config
-from .config_layers import yaml_value
-from .errors import ConfigError
+from ..config.core import SECTIONS, Config
+from ..config.layers import yaml_value
+from ..errors import ConfigError
 
 __all__ = [
     "USED_BY",

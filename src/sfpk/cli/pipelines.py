@@ -1,7 +1,7 @@
 """The ``sfpk`` pipeline subcommands (pretrain, oneshot, iterative, resume) and how a run
 executes under the command: process group, SIGTERM, the summary printed at the end.
 
-Pipeline flags are generated from the config dataclasses (:mod:`sfpk.config_flags`), one per
+Pipeline flags are generated from the config dataclasses (:mod:`sfpk.cli.flags`), one per
 knob, with ``default=SUPPRESS`` so that only flags the user typed override the YAML recipe.
 
 Launched by ``torchrun`` (``torchrun --nproc_per_node W -m sfpk oneshot ...``), the pipeline
@@ -25,16 +25,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import distributed, pipelines
-from .cli_commands import command
-from .config import build_config, demo_preset, load_config
-from .config_flags import (
+from .. import pipelines
+from ..config.core import build_config, demo_preset, load_config
+from ..pipelines.run import read_status
+from ..training import distributed
+from .commands import command
+from .flags import (
     add_config_flags,
     check_flags_apply,
     check_pretrain_flags_apply,
     overrides_from_args,
 )
-from .run import read_status
 
 __all__ = ["Terminated", "in_process_group", "sigterm_interrupts"]
 

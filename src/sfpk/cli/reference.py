@@ -19,7 +19,7 @@ meaning of every flag, and converts them once, here, at the edge:
 Flags that are not given take sfpk's defaults, which are the reference README's recipe
 (method spec §9.1), not the reference's argparse defaults. Flags that cannot be honoured are
 an error naming them; flags that had no effect in the reference either are accepted with a
-note. Every flag is mapped in the single table :data:`FLAGS` (:mod:`sfpk.reference_flags`,
+note. Every flag is mapped in the single table :data:`FLAGS` (:mod:`sfpk.cli.reference_flags`,
 with its parser); this module holds the rules between flags.
 """
 
@@ -34,12 +34,12 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from .config import PIPELINES, DataConfig, ModelConfig, Pipeline, TrainConfig
-from .config_flags import args_for, used_by
-from .data import dataset_spec
-from .errors import ConfigError
-from .models import create_model
-from .models.hf import HF_PREFIX
+from ..config.core import PIPELINES, DataConfig, ModelConfig, Pipeline, TrainConfig
+from ..data import dataset_spec
+from ..errors import ConfigError
+from ..models import create_model
+from ..models.hf import HF_PREFIX
+from .flags import args_for, used_by
 from .reference_flags import (
     FLAGS,
     HF_CHECKPOINTS,

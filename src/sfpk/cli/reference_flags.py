@@ -2,11 +2,11 @@
 
 :data:`FLAGS` names every flag of the reference's argparse, its kind, and where its value goes
 in sfpk's config (a dotted key, a method option, or nowhere: handled by a rule of
-:func:`sfpk.reference.translate`, accepted with a note, or refused with a reason).
+:func:`sfpk.cli.reference.translate`, accepted with a note, or refused with a reason).
 :func:`parse_reference_flags` reads a command line with that table. The reference's names
 (``--pruner SFPK``, ``--opt momentum``, ``--model deit_small``) map to sfpk's through
 :data:`PRUNERS`, :data:`OPTIMIZERS` and :data:`MODELS`. What the values mean is decided in
-:mod:`sfpk.reference`; this module only knows the flags.
+:mod:`sfpk.cli.reference`; this module only knows the flags.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from .errors import ConfigError
-from .models.hf import HF_PREFIX
+from ..errors import ConfigError
+from ..models.hf import HF_PREFIX
 
 __all__ = [
     "FLAGS",

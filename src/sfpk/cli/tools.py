@@ -1,6 +1,6 @@
 """The ``sfpk`` subcommands besides the pipelines: the registry listings (methods, models,
 datasets), ``reference`` (a reference command line, translated and run through
-:func:`sfpk.cli_pipelines.in_process_group`), ``report`` over finished runs and ``export`` of
+:func:`sfpk.cli.pipelines.in_process_group`), ``report`` over finished runs and ``export`` of
 one run's pruned model."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import dataclasses
 import shlex
 import sys
 
-from . import pipelines
-from .cli_commands import command
-from .cli_pipelines import in_process_group
-from .config import build_config
-from .data import dataset_prefixes, list_datasets
-from .errors import ConfigError
-from .export import export_run
-from .models import list_models
-from .pruners import methods, pruner_class
+from .. import pipelines
+from ..config.core import build_config
+from ..data import dataset_prefixes, list_datasets
+from ..deploy.export import export_run
+from ..errors import ConfigError
+from ..models import list_models
+from ..pipelines.report import write_report
+from ..pruners import methods, pruner_class
+from .commands import command
+from .pipelines import in_process_group
 from .reference import native_command, translate
-from .report import write_report
 
 __all__ = ["PASSTHROUGH_OWN_FLAGS"]
 

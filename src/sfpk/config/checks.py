@@ -1,9 +1,9 @@
 """Checks of config values against the world: the registries, the device and the disk.
 
-A config section checks its own values when it is built (:mod:`sfpk.config`); what it
+A config section checks its own values when it is built (:mod:`sfpk.config.core`); what it
 cannot know alone is whether a name is registered, whether the device exists here and
 whether input files are where the config says. Those checks live here, take plain values,
-and never import :mod:`sfpk.config` (which imports this module). Every check names the
+and never import :mod:`sfpk.config.core` (which imports this module). Every check names the
 key, the bad value and, for names, the choices.
 """
 
@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .data import check_dataset_options, dataset_argument, dataset_spec
-from .errors import ConfigError
-from .models import is_external, model_builder
-from .pruners import create_pruner
-from .train import select_device
+from ..data import check_dataset_options, dataset_argument, dataset_spec
+from ..errors import ConfigError
+from ..models import is_external, model_builder
+from ..pruners import create_pruner
+from ..training.trainer import select_device
 
 __all__ = [
     "check_dataset",

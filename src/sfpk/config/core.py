@@ -7,10 +7,10 @@ recipes in ``configs/`` hold only their differences. Every run writes its fully 
 ``config.yaml``, which is also what ``sfpk resume`` reads back.
 
 Validation happens in three places, each next to what it knows: every section
-(:mod:`sfpk.config_sections`) checks its own values when it is built (``__post_init__``:
+(:mod:`sfpk.config.sections`) checks its own values when it is built (``__post_init__``:
 :func:`sfpk.errors.check_fields` checks each field's type, finiteness and ``_knob`` range,
 docs/reliability.md), :class:`Config` checks the rules that span sections, and
-:mod:`sfpk.config_checks` checks names, the device and paths against the registries and the
+:mod:`sfpk.config.checks` checks names, the device and paths against the registries and the
 host.
 
 Conventions: ``prune.sparsity`` is the fraction of prunable weights REMOVED, in (0, 1).
@@ -29,7 +29,11 @@ from typing import Any, Literal
 
 import yaml
 
-from .config_checks import (
+from ..data import dataset_argument
+from ..errors import ConfigError, check_choice, check_positive
+from ..prune_args import SEED_MAX
+from ..training.schedules import REFERENCE_ROUND_EPOCHS, REFERENCE_ROUND_LR_END, resample
+from .checks import (
     check_dataset,
     check_device,
     check_input_paths,
@@ -37,8 +41,8 @@ from .config_checks import (
     check_model,
     resolve_data_paths,
 )
-from .config_layers import from_dict, merge, nest, read_yaml
-from .config_sections import (
+from .layers import from_dict, merge, nest, read_yaml
+from .sections import (
     PRETRAIN_DEFAULTS,
     DataConfig,
     ModelConfig,
@@ -47,10 +51,6 @@ from .config_sections import (
     RunConfig,
     TrainConfig,
 )
-from .data import dataset_argument
-from .errors import ConfigError, check_choice, check_positive
-from .prune_args import SEED_MAX
-from .schedules import REFERENCE_ROUND_EPOCHS, REFERENCE_ROUND_LR_END, resample
 
 __all__ = [
     "Pipeline",

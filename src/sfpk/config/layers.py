@@ -1,6 +1,6 @@
 """Layered settings: nested dicts merged on top of each other, typed dataclasses built from them.
 
-The machinery under :func:`sfpk.config.build_config`, which knows nothing of sfpk's own
+The machinery under :func:`sfpk.config.core.build_config`, which knows nothing of sfpk's own
 sections: a layer (a YAML recipe, the dotted keys of typed flags) is merged into the
 defaults, rejecting keys the defaults do not have (with close matches, style.md §6), and the
 result becomes nested dataclasses, every value coerced to its field's annotation.
@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, check_bounds
-from .errors import coerce as coerce_value
+from ..errors import ConfigError, check_bounds
+from ..errors import coerce as coerce_value
 
 __all__ = ["read_yaml", "yaml_value", "merge", "nest", "from_dict", "coerce"]
 

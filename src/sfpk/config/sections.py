@@ -3,7 +3,7 @@
 Each section declares its knobs with :func:`_knob` (help text, command-line flag, range) and
 checks its own values when it is built (``__post_init__``: :func:`sfpk.errors.check_fields`
 checks each field's type, finiteness and ``_knob`` range, docs/reliability.md). The rules
-between sections, and the building from defaults, YAML and flags, are :mod:`sfpk.config`'s.
+between sections, and the building from defaults, YAML and flags, are :mod:`sfpk.config.core`'s.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .aligned_cut import check_round_to
-from .collapse import Guard
-from .errors import ConfigError, bounds, check_fields, check_fraction, check_positive
-from .masks import Scope
-from .precision import Precision
-from .prunable import Structure, check_structure
-from .prune_args import SEED_MAX
-from .schedules import PRETRAIN_LR_MIN
-from .train import OptimizerConfig
+from ..errors import ConfigError, bounds, check_fields, check_fraction, check_positive
+from ..masks.core import Scope
+from ..masks.prunable import Structure, check_structure
+from ..prune_args import SEED_MAX
+from ..selection.aligned import check_round_to
+from ..selection.collapse import Guard
+from ..training.precision import Precision
+from ..training.schedules import PRETRAIN_LR_MIN
+from ..training.trainer import OptimizerConfig
 
 __all__ = [
     "PRETRAIN_DEFAULTS",
@@ -113,7 +113,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
 class PretrainConfig(OptimizerConfig):
     """Dense pretraining (reference CIFAR recipe, spec §5.7); flags are --pretrain-*.
 
-    Its fields are :class:`sfpk.train.OptimizerConfig`'s, declared once there (see that
+    Its fields are :class:`sfpk.training.trainer.OptimizerConfig`'s, declared once there (see that
     class for why it is inherited). The defaults in which pretraining differs are
     :data:`PRETRAIN_DEFAULTS`, applied by :class:`Config` when it builds its default
     section: ``Config().pretrain`` holds the pretraining recipe, while a bare
@@ -134,7 +134,8 @@ class TrainConfig(OptimizerConfig):
     """Fine-tuning of the pruned network (final phase and iterative rounds).
 
     The training fields (``epochs``, ``lr``, ``momentum``, ...) are
-    :class:`sfpk.train.OptimizerConfig`'s; the fields below are the fine-tuning schedule's.
+    :class:`sfpk.training.optimizers.OptimizerConfig`'s;
+    the fields below are the fine-tuning schedule's.
     """
 
     key_prefix: ClassVar[str] = "train."

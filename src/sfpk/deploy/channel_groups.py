@@ -4,14 +4,14 @@ A plain filter mask decides each layer on its own. In a residual network the cha
 that an addition joins belong to several layers at once, and BatchNorm keeps emitting its
 shift for a pruned filter, so such masks save weights but cannot all be removed physically
 (``docs/models.md``, ``docs/export.md``). Here one decision covers a whole **channel
-group** of torch-pruning's dependency graph (:func:`sfpk.slim.coupled_channel_groups`):
+group** of torch-pruning's dependency graph (:func:`sfpk.deploy.slim.coupled_channel_groups`):
 
 * the masks gate the group's **producers**: the filters (output rows) of every conv or
   linear layer, depthwise convs included, that writes the channel;
 * their biases and the BatchNorm weight and bias of the channel are **tied** to those
-  masks (:attr:`sfpk.masks.Masks.tied_biases`), so a removed channel carries exactly zero;
+  masks (:attr:`sfpk.masks.core.Masks.tied_biases`), so a removed channel carries exactly zero;
 * its consumers (the next layers' input columns) need no mask: a zero input channel is
-  what :func:`sfpk.slim.slim_model` removes from them.
+  what :func:`sfpk.deploy.slim.slim_model` removes from them.
 
 So every removed channel is removed by the slimming, and the slim model computes what the
 masked one does. Groups that reach the model's output (the classifier's classes), and
@@ -25,9 +25,9 @@ from collections.abc import Collection
 
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .groups import Block, Coupling, Member
-from .masks import Masks
+from ..errors import ConfigError
+from ..masks.core import Masks
+from ..masks.groups import Block, Coupling, Member
 from .slim import coupled_channel_groups
 
 __all__ = ["coupled_channel_masks"]

@@ -10,7 +10,7 @@ fvcore and thop).
 "Nonzero" counts use the weights as the masked model sees them: an entry counts if the mask
 keeps it *and* the weight is not zero, so a pruned weight's MACs are not counted.
 "Slim" counts (:func:`slim_cost_summary`) are the dense counts of the model that
-:func:`sfpk.slim.slim_model` makes: what a structured pruning really saves without sparse
+:func:`sfpk.deploy.slim.slim_model` makes: what a structured pruning really saves without sparse
 kernels.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .masks import Masks
+from ..masks.core import Masks
 from .slim import SLIMMABLE_STRUCTURES, slim_model
 
 __all__ = ["Costs", "count", "cost_summary", "slim_cost_summary"]

@@ -6,17 +6,17 @@
   ``+0.0``; no mask keys), loadable into the plain architecture with
   ``load_state_dict(strict=True)``. Its header records the :class:`Architecture`, so
   :func:`load_model` needs nothing else (the file and its reading back are
-  :mod:`sfpk.model_files`'s). With ``sparse=True`` the masked tensors are stored
-  compressed (:mod:`sfpk.sparse_files`); the round trip is bit-exact.
+  :mod:`sfpk.deploy.model_files`'s). With ``sparse=True`` the masked tensors are stored
+  compressed (:mod:`sfpk.deploy.sparse_files`); the round trip is bit-exact.
 * ``masks.safetensors``: the masks, in the format of :meth:`sfpk.Masks.save` (they fit the
   architecture before slimming).
 
 With ``slim=True`` (structured masks) the pruned filters and channels are removed first
-(:mod:`sfpk.slim`); the header then says ``"slimmed": true`` and :func:`load_model` resizes
+(:mod:`sfpk.deploy.slim`); the header then says ``"slimmed": true`` and :func:`load_model` resizes
 the rebuilt architecture to the file's shapes. With ``format="onnx"`` the (masked or slim)
 model is written as ``model.onnx`` instead and checked in onnxruntime
-(:mod:`sfpk.onnx_export`). ``semi_structured=True`` checks that 2:4 masks can be converted
-on this machine's GPU (:mod:`sfpk.semi_structured`) and lists the layers in the header.
+(:mod:`sfpk.deploy.onnx_export`). ``semi_structured=True`` checks that 2:4 masks can be converted
+on this machine's GPU (:mod:`sfpk.deploy.semi_structured`) and lists the layers in the header.
 
 :func:`export_run` does the same for a run directory, taking the architecture from its
 ``config.yaml`` and data set. The file format is described in ``docs/export.md``.
@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import data, models
-from .config import Config, load_config
-from .errors import CheckpointError, ConfigError, DataError, SfpkError, check_choice
-from .masks import Masks, load_masks
+from .. import data, models
+from ..config.core import Config, load_config
+from ..errors import CheckpointError, ConfigError, DataError, SfpkError, check_choice
+from ..masks.core import Masks, load_masks
 from .model_files import (
     MASKS_FILE,
     MODEL_FILE,
@@ -127,8 +127,8 @@ def _example_input(model: nn.Module, architecture: Architecture | None, why: str
     if architecture is None or architecture.input_shape is None:
         raise ConfigError(
             f"{why} needs the input shape: pass architecture=Architecture(..., input_shape=...)"
-            " (for a model outside the zoo, use sfpk.slim.slim_model or "
-            "sfpk.onnx_export.export_onnx with an example input)"
+            " (for a model outside the zoo, use sfpk.deploy.slim.slim_model or "
+            "sfpk.deploy.onnx_export.export_onnx with an example input)"
         )
     generator = torch.Generator().manual_seed(0)
     shape = (2, *architecture.input_shape)
@@ -193,9 +193,9 @@ def export(
         architecture: how :func:`load_model` rebuilds the model; None for a model that is not
             from the zoo (the file then holds weights only).
         sparse: store each masked tensor compressed (kept values + bitmask or int32
-            indices, whichever is smaller; see :mod:`sfpk.sparse_files`). Lossless.
+            indices, whichever is smaller; see :mod:`sfpk.deploy.sparse_files`). Lossless.
         slim: remove the pruned filters/channels of ``filter`` or ``channel`` masks
-            (:func:`sfpk.slim.slim_model`); the outputs stay those of the masked model.
+            (:func:`sfpk.deploy.slim.slim_model`); the outputs stay those of the masked model.
         format: ``"safetensors"`` or ``"onnx"`` (checked in onnxruntime against torch).
         semi_structured: with ``2:4`` masks, convert the linear layers on this machine's
             GPU, check the outputs and list them in the header.

@@ -19,7 +19,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from .errors import ConfigError, SfpkError
+from ..errors import ConfigError, SfpkError
 
 __all__ = ["fold_batchnorm"]
 

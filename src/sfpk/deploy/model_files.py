@@ -1,12 +1,12 @@
 """The exported model file: its names, the :class:`Architecture` its header records, and
 reading it back (:func:`read_weights`, :func:`load_model`).
 
-``model.safetensors`` (written by :func:`sfpk.export.export`) holds the state dict with the
+``model.safetensors`` (written by :func:`sfpk.deploy.export.export`) holds the state dict with the
 masks baked in; its header (safetensors metadata ``"sfpk"``) records the
 :class:`Architecture` (zoo model name, options, ``num_classes``, ``input_shape``), so
-:func:`load_model` needs nothing else. Compressed tensors (:mod:`sfpk.sparse_files`) are
+:func:`load_model` needs nothing else. Compressed tensors (:mod:`sfpk.deploy.sparse_files`) are
 read back bit-exact; a slimmed file (``"slimmed": true``) resizes the rebuilt architecture
-to the file's shapes (:func:`sfpk.slim_resize.resize_to_state_`). The format is described in
+to the file's shapes (:func:`sfpk.deploy.slim_resize.resize_to_state_`). The format is described in
 ``docs/export.md``.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import models
-from .errors import CheckpointError, SfpkError
+from .. import models
+from ..errors import CheckpointError, SfpkError
 from .slim_resize import resize_to_state_
 from .sparse_files import read_weights_file
 

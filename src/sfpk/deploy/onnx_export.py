@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, SfpkError
+from ..errors import ConfigError, SfpkError
 
 __all__ = ["ONNX_OPSET", "export_onnx", "onnx_session", "require_onnx"]
 

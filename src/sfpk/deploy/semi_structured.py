@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .masks import Masks
+from ..errors import ConfigError
+from ..masks.core import Masks
 
 __all__ = [
     "SEMI_STRUCTURED",

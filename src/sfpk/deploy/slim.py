@@ -3,7 +3,7 @@
 This is the one module of sfpk that imports ``torch_pruning`` (the optional extra
 ``sfpk[slim]``), and only inside functions, so ``import sfpk`` works without it; so does
 :func:`resize_to_state_` (used by :func:`sfpk.load_model`), which lives in
-:mod:`sfpk.slim_resize` and is re-exported here.
+:mod:`sfpk.deploy.slim_resize` and is re-exported here.
 
 **Coupled groups.** torch-pruning traces the model once and finds, for every conv/linear
 output, the set of tensor dims that must lose the same channel together: the producing
@@ -50,8 +50,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .masks import Masks
+from ..errors import ConfigError
+from ..masks.core import Masks
 from .slim_resize import CONV_TYPES, is_depthwise, resize_to_state_
 
 __all__ = [

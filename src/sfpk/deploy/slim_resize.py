@@ -1,7 +1,7 @@
 """Rebuilding a slim model without torch-pruning: :func:`resize_to_state_` gives a freshly
-built architecture the layer widths of a slim state dict (:mod:`sfpk.slim` made it), so that
+built architecture the layer widths of a slim state dict (:mod:`sfpk.deploy.slim` made it), so that
 :func:`sfpk.load_model` can load it. Also the conv kinds slimming knows, shared with
-:mod:`sfpk.slim`.
+:mod:`sfpk.deploy.slim`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = ["CONV_TYPES", "is_depthwise", "resize_to_state_"]
 

@@ -16,7 +16,7 @@ values and the round trip is bit-exact; the restored zeros are ``+0.0``.
 
 The JSON header (safetensors metadata key ``"sfpk"``) records the format and version, each
 compressed tensor's encoding, shape and dtype, and whatever the caller adds (the model's
-architecture, see :mod:`sfpk.export`). This module knows tensors and dicts only.
+architecture, see :mod:`sfpk.deploy.export`). This module knows tensors and dicts only.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 
 __all__ = [
     "FORMAT",

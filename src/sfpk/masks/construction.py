@@ -1,10 +1,10 @@
-"""How :class:`sfpk.masks.Masks` are first made for a model: all-ones masks of a structure.
+"""How :class:`sfpk.masks.core.Masks` are first made for a model: all-ones masks of a structure.
 
 :class:`MaskConstruction` holds the constructors :meth:`~MaskConstruction.ones` and
-:meth:`~MaskConstruction.coupled_ones` (a mixin of :class:`~sfpk.masks.Masks`, which is
-what ``cls`` is): which parameters get masks (:func:`sfpk.prunable.prunable_parameters`),
+:meth:`~MaskConstruction.coupled_ones` (a mixin of :class:`~sfpk.masks.core.Masks`, which is
+what ``cls`` is): which parameters get masks (:func:`sfpk.masks.prunable.prunable_parameters`),
 which of them can carry a mask of the structure, and, for head/neuron structures, the
-coupled groups found in the model (:mod:`sfpk.group_finder`).
+coupled groups found in the model (:mod:`sfpk.masks.group_finder`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Self
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .group_finder import find_groups
 from .groups import Coupling, group_mask_shape
 from .prunable import (
@@ -33,7 +33,7 @@ __all__ = ["MaskConstruction"]
 
 
 class MaskConstruction:
-    """The constructors of :class:`sfpk.masks.Masks` from a model (its mixin)."""
+    """The constructors of :class:`sfpk.masks.core.Masks` from a model (its mixin)."""
 
     @classmethod
     def ones(
@@ -51,7 +51,7 @@ class MaskConstruction:
         Parameters that cannot carry a mask of ``structure`` are left out: channel masks
         skip weights with one input channel per group (depthwise convs, a conv on
         one-channel inputs), N:M masks skip biases and weights whose input dimension is not
-        a multiple of M (see :mod:`sfpk.prunable`).
+        a multiple of M (see :mod:`sfpk.masks.prunable`).
 
         Raises:
             ConfigError: if no parameter is left to mask.
@@ -64,7 +64,7 @@ class MaskConstruction:
         if structure == "coupled":
             raise ConfigError(
                 "structure='coupled' traces the model on an input: use sfpk.prune (it "
-                "takes one from the data) or sfpk.channel_groups.coupled_channel_masks"
+                "takes one from the data) or sfpk.deploy.channel_groups.coupled_channel_masks"
             )
         if kinds is not None:
             return cls._coupled_ones(model, params, structure, kinds)

@@ -1,10 +1,10 @@
 """Masks: a set of masks keyed by parameter name, with counting, apply and mask files.
 
 The all-ones masks of a model (:meth:`Masks.ones`, :meth:`Masks.coupled_ones`) are made by
-the mixin :class:`sfpk.mask_construction.MaskConstruction`.
+the mixin :class:`sfpk.masks.construction.MaskConstruction`.
 
 Conventions used everywhere in sfpk (written once, here; mask shapes per structure are in
-:mod:`sfpk.prunable`):
+:mod:`sfpk.masks.prunable`):
 
 * ``sparsity`` is the fraction of prunable **weights removed**, in (0, 1); ``density`` is the
   fraction kept, ``1 - sparsity``. Both are counted in weights, also for structured masks.
@@ -24,12 +24,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, MaskMismatchError
+from ..errors import CheckpointError, MaskMismatchError
+from .construction import MaskConstruction
+from .files import read_mask_file, write_mask_file
 from .groups import Coupling, group_mask_shape
-from .mask_construction import MaskConstruction
-from .mask_files import read_mask_file, write_mask_file
 from .prunable import Structure, check_structure, group_kinds, mask_shape
-from .prunable import prunable_parameters as prunable_parameters  # sfpk.masks' name too
+from .prunable import prunable_parameters as prunable_parameters  # sfpk.masks.core' name too
 
 __all__ = [
     "Scope",
@@ -42,7 +42,7 @@ __all__ = [
 
 Scope = Literal["global", "local", "row"]
 SCOPES: tuple[str, ...] = ("global", "local", "row")
-# The structures whose widths round_to aligns (sfpk.aligned_cut).
+# The structures whose widths round_to aligns (sfpk.selection.aligned).
 ALIGNED_STRUCTURES: tuple[str, ...] = ("filter", "channel", "coupled")
 
 
@@ -67,7 +67,7 @@ class Masks(MaskConstruction, Mapping[str, Tensor]):
     It maps names to float tensors of 0/1 values (or continuous values while a particle
     simulation runs) that broadcast against the named parameters. ``shapes`` records the
     parameter shapes so a mask file can be checked against a model without it. Head and
-    neuron structures carry a ``coupling`` (:mod:`sfpk.groups`): which mask entries form one
+    neuron structures carry a ``coupling`` (:mod:`sfpk.masks.groups`): which mask entries form one
     attention head or MLP neuron.
 
     Example:
@@ -125,14 +125,14 @@ class Masks(MaskConstruction, Mapping[str, Tensor]):
         # Filter masks also silence the bias of the same layer (a removed filter must not
         # keep emitting its constant bias): bias name -> weight name.
         self.tied_biases: dict[str, str] = dict(tied_biases or {})
-        # What the collapse guard of the selection did (sfpk.collapse): {"mode", "rescued"}.
+        # What the selection's collapse guard did (sfpk.selection.collapse): {"mode", "rescued"}.
         self.collapse_guard: dict[str, Any] | None = (
             dict(collapse_guard) if collapse_guard is not None else None
         )
         # Layers producing the model's output that filter masks left unpruned, because their
-        # filters are the outputs themselves (sfpk.output_layers; protect_output).
+        # filters are the outputs themselves (sfpk.masks.output_layers; protect_output).
         self.unpruned_outputs: list[str] = list(unpruned_outputs)
-        # Every block keeps a multiple of this many filters/channels (sfpk.aligned_cut).
+        # Every block keeps a multiple of this many filters/channels (sfpk.selection.aligned).
         self.round_to = round_to
 
     def with_tensors(self, tensors: Mapping[str, Tensor], **info: Any) -> Masks:
@@ -270,7 +270,7 @@ class Masks(MaskConstruction, Mapping[str, Tensor]):
         """A copy on another device / dtype."""
         return self.with_tensors({n: m.to(device=device, dtype=dtype) for n, m in self.items()})
 
-    # -- files (the format lives in sfpk.mask_files) -----------------------------------
+    # -- files (the format lives in sfpk.masks.files) -----------------------------------
     def header(self) -> dict[str, Any]:
         """The JSON header written with the tensors (besides the format and version)."""
         return {

@@ -1,10 +1,10 @@
 """Mask files: safetensors tensors plus a JSON header, written atomically, read with checks.
 
 The header (safetensors metadata key ``"sfpk"``) records the format and version and what
-:meth:`sfpk.masks.Masks.header` gives: method, target and achieved sparsity, structure,
+:meth:`sfpk.masks.core.Masks.header` gives: method, target and achieved sparsity, structure,
 scope, ``round_to``, the parameter shapes and tied biases, so a file can be checked against
-a model (:meth:`sfpk.masks.Masks.check_fits`) and its selection rules without it. This
-module knows the file, not :class:`~sfpk.masks.Masks`, which builds on it.
+a model (:meth:`sfpk.masks.core.Masks.check_fits`) and its selection rules without it. This
+module knows the file, not :class:`~sfpk.masks.core.Masks`, which builds on it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "write_mask_file", "read_mask_file"]
 

@@ -1,4 +1,4 @@
-"""Find the attention heads and MLP neurons of a transformer (see :mod:`sfpk.groups`).
+"""Find the attention heads and MLP neurons of a transformer (see :mod:`sfpk.masks.groups`).
 
 The finder reads module attributes, not class names, so it covers every model that names
 its projections one of the common ways:
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .groups import Block, Coupling, Member
 
 __all__ = ["find_groups"]
@@ -174,6 +174,6 @@ def find_groups(
             "head/neuron pruning needs attention modules with q/k/v/o (or q_proj.., "
             "query/key/value, GPT-2's c_attn) and MLPs with fc1/fc2 (or gate/up/down, c_fc/"
             "c_proj, intermediate/output.dense), all prunable; or a model method "
-            "sfpk_groups(kinds) returning a sfpk.groups.Coupling"
+            "sfpk_groups(kinds) returning a sfpk.masks.groups.Coupling"
         )
     return Coupling(tuple(blocks))

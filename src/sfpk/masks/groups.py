@@ -20,7 +20,7 @@ parameter, from ``offset``: group ``g`` owns entries ``offset + g * span ...
 offset + (g + 1) * span - 1`` (a fused ``qkv`` weight is three members of one parameter, at
 offsets ``0``, ``dim`` and ``2 dim``). A :class:`Block` is one attention module's heads or one
 MLP's neurons; ``local`` scope removes the same fraction of groups from every block.
-Finding the groups of a model is :mod:`sfpk.group_finder`'s job.
+Finding the groups of a model is :mod:`sfpk.masks.group_finder`'s job.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import MaskMismatchError
+from ..errors import MaskMismatchError
 
 __all__ = ["Block", "Coupling", "GROUP_KINDS", "Member", "group_mask_shape"]
 

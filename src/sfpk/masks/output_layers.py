@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .errors import ConfigError
-from .model_state import ModelState
+from ..errors import ConfigError
+from ..model_state import ModelState
 
 __all__ = ["declared_output_layers", "find_output_layers", "output_parameter_names"]
 

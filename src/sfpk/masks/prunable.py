@@ -15,10 +15,10 @@ Conventions (the rest of sfpk refers here):
   channels at each kernel position) keeps exactly ``N``. Only weights whose dim 1 is a
   multiple of ``M`` get such a mask (others, and biases, stay dense).
 * ``"head"``, ``"neuron"`` and ``"head+neuron"`` are coupled groups that span several
-  tensors (attention heads, MLP neurons; :mod:`sfpk.groups`): each member tensor gets a
+  tensors (attention heads, MLP neurons; :mod:`sfpk.masks.groups`): each member tensor gets a
   row (filter-shaped) or column (channel-shaped) mask, and a coupling table ties the entries
   of one group together. ``"coupled"`` gates the channel groups of a conv net's
-  dependency graph the same way (:mod:`sfpk.channel_groups`), so that slimming removes
+  dependency graph the same way (:mod:`sfpk.deploy.channel_groups`), so that slimming removes
   every pruned channel.
 """
 
@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
-from .errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 
 __all__ = [
     "FilterFn",
@@ -197,7 +197,7 @@ def mask_shape(name: str, shape: Sequence[int], structure: Structure) -> tuple[i
     if structure in _GROUP_STRUCTURES:
         raise ConfigError(
             f"the mask shape of {name!r} under structure={structure!r} depends on its coupled "
-            "group (sfpk.groups.group_mask_shape)"
+            "group (sfpk.masks.groups.group_mask_shape)"
         )
     if structure == "unstructured" or _is_bias(name, shape) or parse_nm(structure):
         return shape

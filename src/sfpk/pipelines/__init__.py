@@ -18,13 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import distributed
-from ..checkpoint import checkpoint_names, discard_skipped, read_latest_checkpoint
-from ..config import Config
+from ..config.core import Config
 from ..errors import CheckpointError
-from ..run import Run, read_status
+from ..training import distributed
+from ..training.checkpoint import checkpoint_names, discard_skipped, read_latest_checkpoint
 from .context import Context, Prepared, prepare
 from .flows import run_iterative, run_oneshot, run_pretrain, summarize
+from .run import Run, read_status
 
 __all__ = ["PIPELINES", "Context", "start", "resume", "execute", "summarize"]
 

@@ -92,7 +92,7 @@ def plot_learning_curves(metrics_csv: str | os.PathLike, out: str | os.PathLike)
 
 def plot_layer_density(masks_path: str | os.PathLike, out: str | os.PathLike) -> Path | None:
     """Bar chart of the fraction of weights kept in every pruned layer."""
-    from .masks import Masks
+    from ..masks.core import Masks
 
     if not Path(masks_path).is_file():
         return None

@@ -28,9 +28,9 @@ from typing import Any
 
 import yaml
 
-from .errors import CheckpointError, SfpkError
+from ..errors import CheckpointError, SfpkError
+from ..pruners.base import pruner_class
 from .plots import plot_accuracy_vs_sparsity
-from .pruners.base import pruner_class
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ PRUNING_KEYS = ("pipeline", "structure", "scope", "round_to")
 # The masks' settings a summary may lack (older runs) and the prune section's defaults.
 MASK_KEYS = ("structure", "scope", "round_to")
 _MASK_DEFAULTS: dict[str, Any] = {"structure": "unstructured", "scope": None, "round_to": None}
-# Cost figures of summary.json (sfpk.costs), averaged over a row's runs when all have them.
+# Cost figures of summary.json (sfpk.deploy.costs), averaged over a row's runs when all have them.
 COST_KEYS = ("params", "nonzero_params", "macs", "nonzero_macs", "slim_params", "slim_macs")
 
 

@@ -5,14 +5,14 @@ Layout of ``--out DIR`` (design.md, "A Run directory is self-describing")::
     config.yaml          the fully resolved config (what `sfpk resume DIR` reads back)
     metrics.csv          one row per epoch / pruning round, appended and flushed as it goes
                          (val_ppl / test_ppl: perplexities, language-model runs only)
-    checkpoints/         the latest checkpoint (see sfpk.checkpoint), best dense weights
+    checkpoints/         the latest checkpoint (see sfpk.training.checkpoint), best dense weights
     dense.safetensors    the dense (pretrained, best-on-validation) model, when pretrained here
     model.safetensors    the final model (pruned weights are exact zeros)
     masks.safetensors    the final masks
     sfpk_steps.csv       per-step history of SFPK / SpODE pruning calls
     summary.json         the reported numbers
     status.json          only after a failure or an interrupt: {"status", "error", ...}
-    plots/               figures, made by ``sfpk.plots.make_run_plots(run_dir)`` if available
+    plots/               figures, by ``sfpk.pipelines.plots.make_run_plots(run_dir)`` if available
     events/              TensorBoard logs with ``--tensorboard``
 
 Under ``torchrun`` every rank holds a :class:`Run` for the same directory, but only rank 0
@@ -35,11 +35,11 @@ from typing import Any
 
 from torch import nn
 
-from . import distributed
-from .checkpoint import checkpoint_names, save_state_dict, write_checkpoint
-from .config import Config, load_config, save_config
-from .errors import CheckpointError, ConfigError, SfpkError
-from .masks import Masks
+from ..config.core import Config, load_config, save_config
+from ..errors import CheckpointError, ConfigError, SfpkError
+from ..masks.core import Masks
+from ..training import distributed
+from ..training.checkpoint import checkpoint_names, save_state_dict, write_checkpoint
 
 __all__ = ["METRIC_COLUMNS", "STATUS_FILE", "Run", "read_status", "write_rows_csv"]
 
@@ -269,7 +269,7 @@ class Run:
     def write_checkpoint(
         self, model: nn.Module, masks: Masks | None, state: dict[str, Any]
     ) -> None:
-        """Write a checkpoint of ``model``, ``masks`` and ``state`` (:mod:`sfpk.checkpoint`)."""
+        """Write a checkpoint of ``model``, ``masks`` and ``state`` (``training.checkpoint``)."""
         if self.writer:
             write_checkpoint(self.checkpoints_dir, model=model, masks=masks, state=state)
 
@@ -311,16 +311,16 @@ class Run:
         return self.summary_path
 
     def make_plots(self) -> None:
-        """Call ``sfpk.plots.make_run_plots(run_dir)`` when that module exists.
+        """Call ``sfpk.pipelines.plots.make_run_plots(run_dir)`` when that module exists.
 
         A plotting failure is logged, not raised: the run's numbers are already written.
         """
         if not self.writer:
             return
         try:
-            plots = importlib.import_module("sfpk.plots")
+            plots = importlib.import_module("sfpk.pipelines.plots")
         except ModuleNotFoundError as exc:
-            if exc.name == "sfpk.plots":
+            if exc.name == "sfpk.pipelines.plots":
                 return
             raise
         hook = getattr(plots, "make_run_plots", None)

@@ -7,7 +7,7 @@ arithmetic rate than its MAC count suggests (``docs/performance.md``, "Why not")
 
 * a **block** is one mask tensor for ``structure="filter"`` / ``"channel"`` (its filters or
   input channels are the groups), and one coupled channel group of
-  :mod:`sfpk.channel_groups` for ``"coupled"`` (its channels are the groups). A bias with a
+  :mod:`sfpk.deploy.channel_groups` for ``"coupled"`` (its channels are the groups). A bias with a
   mask of its own (``include_bias=True``) is no block: entry ``i`` follows filter ``i`` of
   its layer (:func:`bias_followers`), whose weight it joins; 1-D masks with no filter to
   follow (channel masks) are an error;
@@ -20,14 +20,14 @@ arithmetic rate than its MAC count suggests (``docs/performance.md``, "Why not")
   first the ``G mod K`` lowest (so what stays is a multiple of K), then chunks of K; the
   best K are never a chunk. Chunks of every block are ranked by their mean score per
   weight and removed lowest first within ``floor(sparsity * P)`` weights, skipping one that
-  would overshoot (:func:`sfpk.weight_budget.greedy_removal`, the rule of the plain global
+  would overshoot (:func:`sfpk.selection.weight_budget.greedy_removal`, the rule of the plain global
   cut). Within a block the chunk scores never decrease and later chunks are never smaller,
   so a block loses its chunks in order, and the total is within one chunk of the budget.
 
 **Reach** (which sparsities a cut can get near, checked before pruning) and the checks of
-starting and finished masks are :mod:`sfpk.aligned_checks`'s; the blocks of a mask set and
-their counts :mod:`sfpk.aligned_blocks`'s. The particle engine's in-simulation thresholds
-ignore ``round_to``; only the final selection (:func:`sfpk.selection.select_topk`) and its
+starting and finished masks are :mod:`sfpk.selection.aligned_checks`'s; the blocks of a mask set and
+their counts :mod:`sfpk.selection.aligned_blocks`'s. The particle engine's in-simulation thresholds
+ignore ``round_to``; only the final selection (:func:`sfpk.selection.topk.select_topk`) and its
 check use it.
 """
 

@@ -1,4 +1,4 @@
-"""The blocks of a ``round_to`` mask set (:mod:`sfpk.aligned_cut`) and what they keep.
+"""The blocks of a ``round_to`` mask set (:mod:`sfpk.selection.aligned`) and what they keep.
 
 A block is one mask tensor of filter/channel masks (biases that follow their layer's filters
 join those filters) or one coupled channel group; this module resolves ``round_to``, finds
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, SparsityCheckError, check_number
-from .masks import ALIGNED_STRUCTURES, Masks, removal_count
+from ..errors import ConfigError, SparsityCheckError, check_number
+from ..masks.core import ALIGNED_STRUCTURES, Masks, removal_count
 from .weight_budget import block_starts
 
 __all__ = [

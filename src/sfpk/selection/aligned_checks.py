@@ -1,4 +1,4 @@
-"""The checks of ``round_to`` cuts (:mod:`sfpk.aligned_cut`): the reach rule before pruning,
+"""The checks of ``round_to`` cuts (:mod:`sfpk.selection.aligned`): the reach rule before pruning,
 the alignment of starting masks, and the alignment and counts of finished masks.
 
 **Reach.** Every block at its floor (K groups, or all) removes ``R`` weights, the most any
@@ -30,6 +30,8 @@ import math
 
 import torch
 
+from ..errors import ConfigError, SparsityCheckError, check_choice
+from ..masks.core import Masks, removal_count
 from .aligned_blocks import (
     AlignedBlock,
     aligned_blocks,
@@ -39,8 +41,6 @@ from .aligned_blocks import (
     check_round_to,
     is_aligned,
 )
-from .errors import ConfigError, SparsityCheckError, check_choice
-from .masks import Masks, removal_count
 
 __all__ = [
     "check_aligned",

@@ -5,7 +5,7 @@ Higher score means keep; every cut returns a 0/1 keep vector in the order of its
 reference's tie rules (the particle engine's in-simulation thresholds: polarisation, hard
 vote); :func:`weighted_cut` is the engine's global structured threshold; :func:`nm_cut`
 cuts N:M groups; :func:`structured_global_cut` is the plain global cut of structured
-groups. :mod:`sfpk.selection` turns scores of a mask set into masks with them.
+groups. :mod:`sfpk.selection.topk` turns scores of a mask set into masks with them.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..masks.core import removal_count
 from .kth_select import kth_smallest, select_kth
-from .masks import removal_count
 from .weight_budget import block_starts, greedy_removal
 
 __all__ = ["Ties", "cut", "nm_cut", "structured_global_cut", "weighted_cut"]

@@ -1,9 +1,9 @@
 """The achieved-sparsity check run after every pruning (:func:`sfpk.prune` and the pipelines).
 
-It re-derives, from the masks alone, what :func:`sfpk.selection.select_topk` promises:
+It re-derives, from the masks alone, what :func:`sfpk.selection.topk.select_topk` promises:
 exact counts (unstructured global / local / row, N:M groups, structured local), the
 within-one-group total of structured global cuts, whole coupled groups, and for masks with
-``round_to`` the aligned widths (:func:`sfpk.aligned_cut.check_aligned`). So a mask file
+``round_to`` the aligned widths (:func:`sfpk.selection.aligned.check_aligned`). So a mask file
 read back, with its recorded sparsity, scope and ``round_to``, can be checked too.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from .aligned_cut import check_aligned, group_alive, is_aligned
-from .errors import SparsityCheckError
-from .masks import Masks, Scope, removal_count
-from .prunable import output_rows, parse_nm
+from ..errors import SparsityCheckError
+from ..masks.core import Masks, Scope, removal_count
+from ..masks.prunable import output_rows, parse_nm
+from .aligned import check_aligned, group_alive, is_aligned
 
 __all__ = ["SparsityCheckError", "check_achieved_sparsity"]
 
@@ -58,7 +58,7 @@ def _check_nm(masks: Masks, m: int, sparsity: float) -> None:
 def check_achieved_sparsity(masks: Masks, sparsity: float, scope: Scope) -> None:
     """Assert the achieved sparsity, global and per layer, matches the selection rules.
 
-    Masks with ``round_to`` > 1 are checked by :func:`sfpk.aligned_cut.check_aligned`:
+    Masks with ``round_to`` > 1 are checked by :func:`sfpk.selection.aligned.check_aligned`:
     every block keeps a multiple of ``round_to`` groups or all, and the counts of ``scope``.
 
     Raises:

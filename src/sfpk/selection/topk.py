@@ -1,11 +1,11 @@
 """Every "keep the top k" decision: exact final masks and the engine's thresholds.
 
 This is the one place where scores become 0/1 masks (pruners only score). Higher score means
-keep. See :mod:`sfpk.masks` for the sparsity and tie-breaking conventions. The particle
+keep. See :mod:`sfpk.masks.core` for the sparsity and tie-breaking conventions. The particle
 engine's in-simulation thresholds (polarisation, hard vote) use :func:`cut` and
 :func:`weighted_cut` with the reference's tie rules; final masks use :func:`select_topk`,
-and :mod:`sfpk.sparsity_check` checks them against the rules below. The cuts of one flat
-score vector (:func:`cut`, :func:`weighted_cut`, :func:`nm_cut`) live in :mod:`sfpk.cuts`
+and :mod:`sfpk.selection.sparsity_check` checks them against the rules below. The cuts of one flat
+score vector (:func:`cut`, :func:`weighted_cut`, :func:`nm_cut`) live in :mod:`sfpk.selection.cuts`
 and are re-exported here.
 
 Counting rules:
@@ -18,7 +18,7 @@ Counting rules:
   ``floor(sparsity * M)`` lowest, whatever the scope (at ``1 - N/M`` each keeps exactly N).
 * structured, ``local``: ``floor(sparsity * C)`` of the ``C`` filters/channels of each tensor
   go, so each layer is exact up to one group.
-* heads / neurons (coupled groups, :mod:`sfpk.groups`): a group's score is the sum over
+* heads / neurons (coupled groups, :mod:`sfpk.masks.groups`): a group's score is the sum over
   its entries in every member tensor; ``local`` removes ``floor(sparsity * G)`` groups of
   every block (attention module or MLP), ``global`` ranks them as structured global does.
 * structured, ``global``: groups are ranked by their score per weight (a group's score is a
@@ -29,7 +29,7 @@ Counting rules:
 * ``round_to=K`` (filter, channel and coupled masks): every block (a tensor's filters or
   channels, or a coupled channel group) keeps a multiple of K of its groups or all of
   them; ``local`` rounds each block's count, ``global`` removes whole chunks of K
-  (:mod:`sfpk.aligned_cut`).
+  (:mod:`sfpk.selection.aligned`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .aligned_cut import (
+from ..errors import ConfigError, SfpkError, SparsityCheckError, check_choice, check_fraction
+from ..masks.core import SCOPES, Masks, Scope, removal_count
+from ..masks.prunable import output_rows, parse_nm
+from .aligned import (
     aligned_global_cut,
     aligned_keep_count,
     check_reachable,
@@ -51,10 +54,7 @@ from .aligned_cut import (
 )
 from .collapse import Guard, protected_entries
 from .cuts import Ties, cut, nm_cut, structured_global_cut, weighted_cut
-from .errors import ConfigError, SfpkError, SparsityCheckError, check_choice, check_fraction
 from .kth_select import kth_smallest
-from .masks import SCOPES, Masks, Scope, removal_count
-from .prunable import output_rows, parse_nm
 from .sparsity_check import check_achieved_sparsity
 
 __all__ = [
@@ -118,12 +118,12 @@ def select_topk(
         scope: ``"global"`` (one ranking over all tensors) or ``"local"`` (per tensor).
         keep_pruned: entries already zero in ``template`` stay zero (ranked lowest), so
             signed scores can never revive them.
-        guard: the collapse guard of unstructured global/local cuts (:mod:`sfpk.collapse`):
+        guard: the collapse guard of unstructured global/local cuts (``selection.collapse``):
             ``"row"`` keeps one weight per output row, ``"layer"`` one per tensor, ``"off"``
             (the default here; ``sfpk.prune`` guards rows by default) none. The counts stay
             exact; what it did is in the result's ``collapse_guard``.
         round_to: filter, channel and coupled masks: every block keeps a multiple of this
-            many filters/channels, or all of them (:mod:`sfpk.aligned_cut`); None or 1
+            many filters/channels, or all of them (:mod:`sfpk.selection.aligned`); None or 1
             (default): no rounding. Recorded in the result's ``round_to``.
 
     Returns:
@@ -134,13 +134,13 @@ def select_topk(
             cannot come near ``sparsity`` because every block at its floor removes less
             (the message gives the highest reachable). Local rounding that lands more than
             one chunk short is not refused here: that is a check of a call's final target
-            (:func:`sfpk.aligned_cut.check_reachable`, made by :func:`sfpk.prune`).
+            (:func:`sfpk.selection.aligned.check_reachable`, made by :func:`sfpk.prune`).
     """
     check_fraction("sparsity", sparsity)
     check_choice("scope", scope, SCOPES)
     round_to = check_round_to(round_to, template.structure)
     # the local shortfall test is one of the final target, made by the callers before any
-    # work (sfpk.aligned_checks): a selection at a lower target (SynFlow's inner rounds,
+    # work (sfpk.selection.aligned_checks): a selection at a lower target (SynFlow's inner rounds,
     # iterative rounds) only rounds
     check_reachable(template, sparsity, scope, round_to, shortfall=False)
     flat = _flat(scores, template)
@@ -214,7 +214,7 @@ def _global_cut(
 
 def _local_cut(flat: Tensor, sizes: list[int], sparsity: float, round_to: int | None) -> Tensor:
     """Per block of ``sizes`` groups, the exact cut of ``floor(sparsity * G)`` groups, or of
-    what :func:`sfpk.aligned_cut.aligned_keep_count` leaves to go."""
+    what :func:`sfpk.selection.aligned.aligned_keep_count` leaves to go."""
     if not is_aligned(round_to):
         return _plain_cut(flat, sizes, sparsity, "local")
     assert round_to is not None

@@ -1,8 +1,8 @@
 """Removing structured pieces within a budget of weights: the greedy rule of global cuts.
 
 A global structured cut counts sparsity in weights, but removes whole pieces (filters,
-channels, coupled groups, or the ``round_to`` chunks of :mod:`sfpk.aligned_cut`) of
-different sizes. Both the plain cut (:mod:`sfpk.selection`) and the channel-aligned one
+channels, coupled groups, or the ``round_to`` chunks of :mod:`sfpk.selection.aligned`) of
+different sizes. Both the plain cut (:mod:`sfpk.selection.topk`) and the channel-aligned one
 remove pieces lowest-ranked first while they fit in ``floor(sparsity * P)`` weights, and
 skip a piece that would overshoot, so the total is exact up to one piece.
 """

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
-from .masks import Masks
+from ..errors import CheckpointError
+from ..masks.core import Masks
 
 __all__ = [
     "Checkpoint",

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _T = TypeVar("_T")
 

@@ -2,8 +2,8 @@
 
 :class:`OptimizerConfig` is a phase's budget, LR range, optimizer and loss settings, checked
 at construction; :func:`make_optimizer` turns it into a ``torch.optim`` optimizer. The
-:class:`sfpk.train.Trainer` runs the epochs with both; the config sections ``pretrain`` and
-``train`` (:mod:`sfpk.config`) inherit the fields.
+:class:`sfpk.Trainer` runs the epochs with both; the config sections ``pretrain`` and
+``train`` (:mod:`sfpk.config.core`) inherit the fields.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import nn
 
-from .errors import ConfigError, SfpkError, check_choice, check_positive
+from ..errors import ConfigError, SfpkError, check_choice, check_positive
 
 __all__ = ["OPTIMIZERS", "OptimizerName", "OptimizerConfig", "make_optimizer"]
 
@@ -32,10 +32,10 @@ def _setting(default: Any, help: str) -> Any:
 class OptimizerConfig:
     """How one training phase runs: its budget, LR range, optimizer and loss.
 
-    Declared once here and shared: the :class:`sfpk.train.Trainer` reads the optimizer and loss
+    Declared once here and shared: the :class:`sfpk.Trainer` reads the optimizer and loss
     fields, the pipelines read ``epochs``, ``batch_size``, ``lr`` and ``lr_min`` to build the LR
-    schedule (:mod:`sfpk.schedules`), and the config sections ``pretrain`` and ``train``
-    (:mod:`sfpk.config`) inherit every field. Inheritance rather than a nested field keeps the
+    schedule (:mod:`sfpk.training.schedules`), and the config sections ``pretrain`` and ``train``
+    (:mod:`sfpk.config.core`) inherit every field. Inheritance rather than a nested field keeps the
     YAML keys and flags flat under their section (``train.momentum``, ``--momentum``) with no
     flattening code in the loader, the writer or the CLI, and a config section can be handed to
     the Trainer as it is.
@@ -49,7 +49,8 @@ class OptimizerConfig:
             ``"adamw"`` (decoupled weight decay).
         lr: peak learning rate; the caller sets the LR of each epoch.
         lr_min: floor of the cosine schedule; None means the phase's default
-            (:func:`sfpk.schedules.resolve_lr_min`, :data:`sfpk.schedules.PRETRAIN_LR_MIN`).
+            (:func:`~sfpk.training.schedules.resolve_lr_min`,
+            :data:`~sfpk.training.schedules.PRETRAIN_LR_MIN`).
         momentum: SGD momentum (ignored by Adam/AdamW).
         nesterov: Nesterov momentum for SGD.
         weight_decay: L2 penalty (SGD, Adam) or decoupled decay (AdamW).

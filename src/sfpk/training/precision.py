@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from .errors import ConfigError, check_choice
+from ..errors import ConfigError, check_choice
 
 __all__ = ["PRECISIONS", "Precision", "autocast", "grad_scaler", "check_precision"]
 

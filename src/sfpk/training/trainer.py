@@ -3,15 +3,15 @@
 The loop is straight-line code (style.md §7): set lr -> forward -> loss / accumulation ->
 backward -> mask gradients -> clip -> step -> re-apply masks. There is no callback framework;
 the pipelines (:mod:`sfpk.pipelines`) call :meth:`Trainer.train_epoch` and
-:meth:`Trainer.evaluate` once per epoch and choose the LR with :mod:`sfpk.schedules`.
+:meth:`Trainer.evaluate` once per epoch and choose the LR with :mod:`sfpk.training.schedules`.
 
 Pruned weights stay exactly zero: their gradients are zeroed before every optimizer step
 and the masks are multiplied into the weights again after it. The second half matters for
 optimizers whose update is not a function of the current gradient alone (momentum buffers
 filled before pruning, or any future optimizer with decoupled terms).
 
-A phase's settings (:class:`sfpk.optimizers.OptimizerConfig`) and the optimizer they build
-are declared in :mod:`sfpk.optimizers`.
+A phase's settings (:class:`sfpk.training.optimizers.OptimizerConfig`) and the optimizer they build
+are declared in :mod:`sfpk.training.optimizers`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..errors import ConfigError, NonFiniteError, SfpkError, check_choice
+from ..losses import TASKS, Task, flatten_for_task, perplexity, task_loss
+from ..masks.core import Masks
 from .distributed import all_reduce_sum_, data_parallel, is_distributed
-from .errors import ConfigError, NonFiniteError, SfpkError, check_choice
-from .losses import TASKS, Task, flatten_for_task, perplexity, task_loss
-from .masks import Masks
 from .optimizers import OPTIMIZERS, OptimizerConfig, OptimizerName, make_optimizer
 from .precision import Precision, autocast, check_precision, grad_scaler
 
@@ -111,7 +111,7 @@ class Trainer:
             accuracy and loss are per token). The data set declares it
             (:attr:`sfpk.data.DataSplits.task`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 with loss scaling;
-            :mod:`sfpk.precision`). Weights, gradients and optimizer state stay fp32.
+            :mod:`sfpk.training.precision`). Weights, gradients and optimizer state stay fp32.
         channels_last: store 4-D conv weights and inputs channels-last (faster convs on
             GPUs and recent CPUs); no effect on other models.
         compile: train through ``torch.compile(model)``; when compiling fails the epoch
@@ -283,7 +283,7 @@ class Trainer:
 
         Sums over items (tokens for language models) and divides once at the end, so
         batches of unequal size weigh by their size. ``sharded=True``: under torchrun each
-        rank's ``loader`` holds its own share of the data (``sfpk.distributed.shard_bounds``)
+        rank's ``loader`` holds its own share of the data (``distributed.shard_bounds``)
         and the sums are all-reduced, so every rank gets the single-process figures.
         """
         self.model.eval()

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ...distributed import all_reduce_rows_
 from ...errors import NonFiniteError
-from ...functional import LossFn
-from ...precision import autocast
+from ...masks.functional import LossFn
+from ...training.distributed import all_reduce_rows_
+from ...training.precision import autocast
 from ..base import Batch, PruneContext, to_device
 from .batching import iter_particle_grads, particle_grads
 from .layout import FlatLayout
