@@ -18,7 +18,7 @@ from .pruners.base import Batch, PruneContext, PruneObserver, PruneResult, Start
 from .pruners.particles.batching import BATCHINGS
 from .selection.aligned import is_aligned
 from .selection.collapse import Guard
-from .selection.sparsity_check import check_achieved_sparsity
+from .selection.topk import check_achieved_sparsity
 from .training.precision import check_precision
 
 __all__ = [
@@ -194,7 +194,7 @@ def run_pruner(
             iterative rounds), the schedule's final target (>= ``sparsity``). The
             ``round_to`` reach rule is checked in full at it; at this round's ``sparsity``
             the local rounding only rounds, never refused for landing short
-            (:mod:`sfpk.selection.aligned_checks`, "Reach"). None: ``sparsity`` is final.
+            (:mod:`sfpk.selection.aligned`, "Reach"). None: ``sparsity`` is final.
 
     Example:
         >>> first = sfpk.run_pruner(model, loader, method="sfpk", sparsity=0.5)  # doctest: +SKIP
@@ -294,7 +294,7 @@ def check_pruning(
     before a run's folder exists). Returns the starting masks. ``data`` (one batch is
     enough) is needed only by ``structure="coupled"`` and by ``"filter"`` with
     ``protect_output``, which trace the model. A ``round_to`` that cannot reach
-    ``sparsity`` (the final target; the reach rule of :mod:`sfpk.selection.aligned_checks`) is found
+    ``sparsity`` (the final target; the reach rule of :mod:`sfpk.selection.aligned`) is found
     here too: it depends on the widths only, not on any score.
 
     Raises:

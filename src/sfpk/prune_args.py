@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from .errors import ConfigError, NonFiniteError, check_choice, check_fraction, check_number
-from .masks.core import SCOPES, Masks, Scope, prunable_parameters
+from .masks.core import SCOPES, Masks, Scope
 from .masks.output_layers import declared_output_layers, find_output_layers, output_parameter_names
-from .masks.prunable import Structure, check_structure, parse_nm
+from .masks.prunable import Structure, check_structure, parse_nm, prunable_parameters
 from .pruners.base import Batch, Pruner, create_pruner
 from .selection.aligned import (
     check_aligned_start,
@@ -68,7 +68,7 @@ def checked_call(
 
     ``final_sparsity``: the target this call is one round towards (the pipelines'
     iterative rounds; None: ``sparsity`` itself). The ``round_to`` reach rule is checked in
-    full at it; ``sparsity`` is then only rounded (:mod:`sfpk.selection.aligned_checks`, "Reach").
+    full at it; ``sparsity`` is then only rounded (:mod:`sfpk.selection.aligned`, "Reach").
     """
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)

@@ -1,4 +1,4 @@
-"""Attention-head and MLP-neuron groups (sfpk.masks.groups, sfpk.masks.group_finder).
+"""Attention-head and MLP-neuron groups (sfpk.masks.groups).
 
 A head spans rows of q, k, v and columns of the output projection; a neuron a row of the
 first MLP projection and a column of the second. Every method must remove whole groups at
@@ -17,13 +17,13 @@ from torch import Tensor, nn
 
 import sfpk
 from helpers import tiny_options
-from sfpk.errors import ConfigError, MaskMismatchError
+from sfpk.errors import ConfigError, MaskMismatchError, SparsityCheckError
 from sfpk.losses import next_token_loss
 from sfpk.masks.core import Masks
 from sfpk.masks.groups import Block, Coupling, Member
 from sfpk.models import create
 from sfpk.pruners.particles.layout import FlatLayout
-from sfpk.selection.sparsity_check import SparsityCheckError, check_achieved_sparsity
+from sfpk.selection.topk import check_achieved_sparsity
 
 VOCAB, TOKENS, CLASSES = 30, 8, 3
 

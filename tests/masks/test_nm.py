@@ -11,7 +11,7 @@ from helpers import tiny_options
 from sfpk.errors import ConfigError
 from sfpk.masks.core import Masks
 from sfpk.masks.prunable import check_structure, parse_nm
-from sfpk.selection.topk import nm_cut
+from sfpk.selection.cuts import nm_cut
 
 
 def _net() -> nn.Module:

@@ -21,7 +21,8 @@ import sfpk
 from helpers import tiny_options
 from sfpk.cli.reference import HF_CHECKPOINTS, translate
 from sfpk.errors import ConfigError
-from sfpk.masks.core import Masks, prunable_parameters
+from sfpk.masks.core import Masks
+from sfpk.masks.prunable import prunable_parameters
 from sfpk.models import create
 from sfpk.models.hf import HFModel
 

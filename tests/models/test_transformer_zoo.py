@@ -17,7 +17,8 @@ from torch import Tensor, nn
 import sfpk
 from helpers import tiny_options
 from sfpk.errors import ConfigError
-from sfpk.masks.core import Masks, prunable_parameters
+from sfpk.masks.core import Masks
+from sfpk.masks.prunable import prunable_parameters
 from sfpk.models import create
 
 VOCAB, TOKENS, CLASSES = 11, 6, 10

@@ -46,7 +46,7 @@ def test_exact_sparsity_for_every_structure_and_scope(structure, scope, method):
     """The final top-k hits the target exactly (structured: up to one group per layer)."""
     options = dict(FAST) if method == "sfpk" else {"num_steps": 6}
     masks = _prune("residual", method, 0.7, structure=structure, scope=scope, **options)
-    sfpk.selection.sparsity_check.check_achieved_sparsity(masks, 0.7, scope)
+    sfpk.selection.topk.check_achieved_sparsity(masks, 0.7, scope)
     assert all(((m == 0) | (m == 1)).all() for m in masks.values())
     if structure == "unstructured" and scope == "global":
         assert masks.total_weights() - masks.kept_weights() == int(0.7 * masks.total_weights())

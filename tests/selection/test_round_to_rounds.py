@@ -21,8 +21,7 @@ from sfpk.masks.core import Masks
 from sfpk.masks.files import write_mask_file
 from sfpk.pipelines.report import load_summaries, summarize_runs
 from sfpk.selection.aligned import check_reachable, max_sparsity
-from sfpk.selection.sparsity_check import check_achieved_sparsity
-from sfpk.selection.topk import round_sparsity
+from sfpk.selection.topk import check_achieved_sparsity, round_sparsity
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import sfpk
-from sfpk.errors import ConfigError
+from sfpk.errors import ConfigError, SparsityCheckError
 from sfpk.masks.core import Masks, removal_count
-from sfpk.selection.sparsity_check import SparsityCheckError, check_achieved_sparsity
-from sfpk.selection.topk import select_topk
+from sfpk.selection.topk import check_achieved_sparsity, select_topk
 
 
 def _template(*sizes: int) -> Masks:
@@ -231,7 +230,7 @@ def test_scores_for_unmasked_parameters_are_an_error():
 # -- the shared cuts used by the particle engine --------------------------------------------
 def test_cut_tie_rules():
     """stable drops exactly k (ties by index); drop removes every tie at τ; keep none."""
-    from sfpk.selection.topk import cut
+    from sfpk.selection.cuts import cut
 
     values = torch.tensor([3.0, 1.0, 2.0, 1.0, 5.0])
     assert cut(values, 1).tolist() == [1, 0, 1, 1, 1]
@@ -248,7 +247,7 @@ def test_cut_thresholds_match_a_sorted_reference(dtype, ties):
     """Every tie rule (numpy on CPU floats, torch otherwise) keeps exactly the entries
     above (drop) or at least (keep) the k-th smallest, or all but the k lowest in a stable
     sort (stable), ties included, in the values' dtype, also on a strided row."""
-    from sfpk.selection.topk import cut
+    from sfpk.selection.cuts import cut
 
     gen = torch.Generator().manual_seed(5)
     values = (torch.randint(0, 200, (2, 9000), generator=gen).to(dtype) / 7)[0]  # ties
@@ -267,7 +266,7 @@ def test_cut_thresholds_match_a_sorted_reference(dtype, ties):
 
 def test_weighted_cut_counts_removed_weights():
     """Groups are ranked by score per weight and the budget is counted in weights."""
-    from sfpk.selection.topk import weighted_cut
+    from sfpk.selection.cuts import weighted_cut
 
     values = torch.tensor([4.0, 1.0, 9.0, 2.0])
     weights = torch.tensor([4.0, 1.0, 3.0, 1.0])  # per weight 1, 1, 3, 2; cumsum 4, 5, 6, 9

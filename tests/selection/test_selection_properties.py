@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from sfpk.errors import SfpkError
 from sfpk.masks.core import Masks, removal_count
-from sfpk.selection.topk import cut, select_topk
+from sfpk.selection.cuts import cut
+from sfpk.selection.topk import select_topk
 
 # Few distinct values: ties everywhere, and zeros (pruned-looking scores) often.
 _VALUES = st.sampled_from([0.0, 0.0, 1.0, 1.0, 2.0, -1.0, 0.5, 3.0])

@@ -1,7 +1,9 @@
 """Masks: a set of masks keyed by parameter name, with counting, apply and mask files.
 
-The all-ones masks of a model (:meth:`Masks.ones`, :meth:`Masks.coupled_ones`) are made by
-the mixin :class:`sfpk.masks.construction.MaskConstruction`.
+The all-ones masks of a model (:meth:`Masks.ones`, :meth:`Masks.coupled_ones`) start every
+pruning call: which parameters get masks (:func:`sfpk.masks.prunable.prunable_parameters`),
+which of them can carry a mask of the structure, and, for head/neuron structures, the
+coupled groups found in the model (:mod:`sfpk.masks.groups`).
 
 Conventions used everywhere in sfpk (written once, here; mask shapes per structure are in
 :mod:`sfpk.masks.prunable`):
@@ -24,12 +26,19 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, MaskMismatchError
-from .construction import MaskConstruction
+from ..errors import CheckpointError, ConfigError, MaskMismatchError
 from .files import read_mask_file, write_mask_file
-from .groups import Coupling, group_mask_shape
-from .prunable import Structure, check_structure, group_kinds, mask_shape
-from .prunable import prunable_parameters as prunable_parameters  # sfpk.masks.core' name too
+from .groups import Coupling, find_groups, group_mask_shape
+from .prunable import (
+    FilterFn,
+    Structure,
+    check_structure,
+    eligible_for,
+    group_kinds,
+    mask_shape,
+    prunable_parameters,
+    tied_biases,
+)
 
 __all__ = [
     "Scope",
@@ -61,7 +70,7 @@ def removal_count(total: int, sparsity: float) -> int:
     return min(total, math.floor(sparsity * total + 1e-9 + total * 1e-15))
 
 
-class Masks(MaskConstruction, Mapping[str, Tensor]):
+class Masks(Mapping[str, Tensor]):
     """A set of masks keyed by parameter name, with its structure and provenance.
 
     It maps names to float tensors of 0/1 values (or continuous values while a particle
@@ -134,6 +143,106 @@ class Masks(MaskConstruction, Mapping[str, Tensor]):
         self.unpruned_outputs: list[str] = list(unpruned_outputs)
         # Every block keeps a multiple of this many filters/channels (sfpk.selection.aligned).
         self.round_to = round_to
+
+    @classmethod
+    def ones(
+        cls,
+        model: nn.Module,
+        *,
+        structure: Structure = "unstructured",
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        include_bias: bool = False,
+        filter_fn: FilterFn | None = None,
+    ) -> Masks:
+        """All-ones masks for the prunable parameters of ``model`` (see prunable_parameters).
+
+        Parameters that cannot carry a mask of ``structure`` are left out: channel masks
+        skip weights with one input channel per group (depthwise convs, a conv on
+        one-channel inputs), N:M masks skip biases and weights whose input dimension is not
+        a multiple of M (see :mod:`sfpk.masks.prunable`).
+
+        Raises:
+            ConfigError: if no parameter is left to mask.
+        """
+        check_structure(structure)
+        params = prunable_parameters(
+            model, include=include, exclude=exclude, include_bias=include_bias, filter_fn=filter_fn
+        )
+        kinds = group_kinds(structure)
+        if structure == "coupled":
+            raise ConfigError(
+                "structure='coupled' traces the model on an input: use sfpk.prune (it "
+                "takes one from the data) or sfpk.deploy.channel_groups.coupled_channel_masks"
+            )
+        if kinds is not None:
+            return cls._coupled_ones(model, params, structure, kinds)
+        params = {n: p for n, p in params.items() if eligible_for(structure, n, p.shape)}
+        if not params:
+            why = (
+                "every selected weight has a single input channel per group (depthwise or "
+                "one-channel convs)"
+                if structure == "channel"
+                else "no selected weight has an input dimension that is a multiple of M"
+            )
+            raise ConfigError(
+                f"no parameter can get a {structure} mask: {why}; use structure='filter' "
+                "or 'unstructured'"
+            )
+        tensors = {
+            n: torch.ones(mask_shape(n, p.shape, structure), device=p.device, dtype=p.dtype)
+            for n, p in params.items()
+        }
+        tied = tied_biases(model, params) if structure == "filter" else {}
+        return cls(
+            tensors,
+            shapes={n: p.shape for n, p in params.items()},
+            structure=structure,
+            tied_biases=tied,
+        )
+
+    @classmethod
+    def _coupled_ones(
+        cls,
+        model: nn.Module,
+        prunable: Mapping[str, nn.Parameter],
+        structure: Structure,
+        kinds: Sequence[str],
+    ) -> Masks:
+        """All-ones head/neuron masks over the groups whose every member is prunable."""
+        coupling = find_groups(model, kinds, keep=lambda name: name in prunable)
+        params = dict(model.named_parameters())
+        rows = {n: params[n] for n in coupling.names() if coupling.dim_of(n) == 0}
+        return cls.coupled_ones(model, coupling, structure, tied_biases(model, rows))
+
+    @classmethod
+    def coupled_ones(
+        cls,
+        model: nn.Module,
+        coupling: Coupling,
+        structure: Structure,
+        tied: Mapping[str, str],
+    ) -> Masks:
+        """All-ones masks of a coupled ``structure`` over the members of ``coupling``:
+        row masks for dim-0 members, column masks for dim-1 ones; ``tied`` parameters
+        (bias name -> weight name) follow their weight's mask."""
+        params = dict(model.named_parameters())
+        names = coupling.names()
+        tensors = {
+            n: torch.ones(
+                group_mask_shape(params[n].shape, coupling.dim_of(n)),
+                device=params[n].device,
+                dtype=params[n].dtype,
+            )
+            for n in names
+        }
+        return cls(
+            tensors,
+            shapes={n: params[n].shape for n in names},
+            structure=structure,
+            tied_biases=tied,
+            coupling=coupling,
+        )
 
     def with_tensors(self, tensors: Mapping[str, Tensor], **info: Any) -> Masks:
         """A new mask set with the same names/shapes/structure and new tensors."""

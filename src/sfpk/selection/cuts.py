@@ -6,10 +6,18 @@ reference's tie rules (the particle engine's in-simulation thresholds: polarisat
 vote); :func:`weighted_cut` is the engine's global structured threshold; :func:`nm_cut`
 cuts N:M groups; :func:`structured_global_cut` is the plain global cut of structured
 groups. :mod:`sfpk.selection.topk` turns scores of a mask set into masks with them.
+
+**Weight budgets.** A global structured cut counts sparsity in weights, but removes whole pieces
+(filters, channels, coupled groups, or the ``round_to`` chunks of :mod:`sfpk.selection.aligned`)
+of different sizes. Both the plain cut (:func:`structured_global_cut`) and the channel-aligned
+one remove pieces lowest-ranked first while they fit in ``floor(sparsity * P)`` weights, and
+skip a piece that would overshoot (:func:`greedy_removal`), so the total is exact up to one
+piece.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -19,9 +27,16 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..masks.core import removal_count
 from .kth_select import kth_smallest, select_kth
-from .weight_budget import block_starts, greedy_removal
 
-__all__ = ["Ties", "cut", "nm_cut", "structured_global_cut", "weighted_cut"]
+__all__ = [
+    "Ties",
+    "cut",
+    "nm_cut",
+    "structured_global_cut",
+    "weighted_cut",
+    "block_starts",
+    "greedy_removal",
+]
 
 Ties = Literal["stable", "drop", "keep"]
 
@@ -151,3 +166,39 @@ def structured_global_cut(values: Tensor, weights: Tensor, sizes: list[int], bud
     keep = torch.ones_like(values)
     keep[greedy_removal(order, weights, budget)] = 0.0
     return keep
+
+
+def block_starts(sizes: Sequence[int]) -> list[int]:
+    """Flat index of the first entry of every block of ``sizes`` consecutive entries."""
+    starts, total = [], 0
+    for size in sizes:
+        starts.append(total)
+        total += size
+    return starts
+
+
+def greedy_removal(order: Tensor, weights: Tensor, budget: int) -> Tensor:
+    """Indices to remove: ``order`` (lowest ranked first) taken while the removed
+    ``weights`` fit in ``budget``, skipping pieces that would overshoot it.
+
+    Args:
+        order: candidate piece indices, lowest ranked first.
+        weights: ``[pieces]`` weights of every piece (indexed by the entries of ``order``).
+        budget: how many weights may go.
+    """
+    if order.numel() == 0:  # nothing may go (e.g. every tensor has a single group)
+        return order
+    sizes = weights[order]
+    prefix = int((torch.cumsum(sizes, 0) <= budget).sum())
+    chosen = [order[:prefix]]
+    left = budget - int(sizes[:prefix].sum())
+    smallest = int(sizes.min())
+    extra = []
+    for index, size in zip(order[prefix:].tolist(), sizes[prefix:].tolist(), strict=True):
+        if left < smallest:
+            break
+        if size <= left:
+            extra.append(index)
+            left -= int(size)
+    chosen.append(torch.tensor(extra, dtype=order.dtype, device=order.device))
+    return torch.cat(chosen)
