@@ -23,7 +23,8 @@ from torch.utils.data import DistributedSampler
 from sfpk.data import load_dataset, make_loader
 from sfpk.models import create
 from sfpk.training import distributed
-from sfpk.training.trainer import OptimizerConfig, Trainer
+from sfpk.training.optimizers import OptimizerConfig
+from sfpk.training.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ddp_epoch.json"
 

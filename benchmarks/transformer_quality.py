@@ -42,8 +42,8 @@ import sfpk
 from sfpk.data import load_dataset, make_loader
 from sfpk.data.base import DataSplits
 from sfpk.losses import task_loss
+from sfpk.training.optimizers import OptimizerConfig
 from sfpk.training.schedules import cosine
-from sfpk.training.trainer import OptimizerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transformers"
 METHODS = ("mag", "wanda", "snip", "spode", "sfpk")

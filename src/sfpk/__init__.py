@@ -12,6 +12,7 @@ from .deploy.costs import Costs as Costs
 from .deploy.costs import cost_summary as cost_summary
 from .deploy.costs import count as count
 from .deploy.export import Architecture as Architecture
+from .deploy.export import ExportOptions as ExportOptions
 from .deploy.export import export as export
 from .deploy.export import load_model as load_model
 from .deploy.export import read_weights as read_weights
@@ -58,6 +59,7 @@ __all__ = [
     "ConfigError",
     "Costs",
     "DataError",
+    "ExportOptions",
     "MaskMismatchError",
     "Masks",
     "NonFiniteError",

@@ -262,7 +262,7 @@ def test_sfpk_data_is_frozen_into_the_config(tmp_path, monkeypatch):
 
 def test_training_sections_are_one_optimizer_config():
     """pretrain and train share the Trainer's fields, declared once, and stay flat in YAML."""
-    from sfpk.training.trainer import OptimizerConfig
+    from sfpk.training.optimizers import OptimizerConfig
 
     config = Config()
     assert isinstance(config.pretrain, OptimizerConfig)

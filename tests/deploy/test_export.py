@@ -13,9 +13,10 @@ import sfpk
 from conftest import TINY_FLAGS
 from sfpk import models
 from sfpk.cli import main
-from sfpk.deploy.export import Architecture, export_run, run_architecture
+from sfpk.deploy.export import Architecture
 from sfpk.deploy.onnx_export import onnx_session
 from sfpk.errors import CheckpointError, ConfigError, DataError, MaskMismatchError
+from sfpk.pipelines.run import export_run, run_architecture
 
 DIGITS = Architecture("cnn_digits", num_classes=10, input_shape=(1, 8, 8), options={"width": 8})
 
@@ -154,6 +155,28 @@ def test_architecture_that_does_not_fit_the_model(tmp_path):
     wrong = Architecture("cnn_digits", num_classes=10, input_shape=(1, 8, 8))  # width 32
     with pytest.raises(ConfigError, match="does not fit"):
         sfpk.export(model, masks, tmp_path / "out", architecture=wrong)
+
+
+def test_export_options_object_writes_what_the_keywords_write(tmp_path):
+    """ExportOptions and the keywords it groups are two spellings of one export."""
+    model, masks, _ = _pruned(DIGITS)
+    options = sfpk.ExportOptions(sparse=True)
+    by_options = sfpk.export(model, masks, tmp_path / "a", architecture=DIGITS, options=options)
+    by_keywords = sfpk.export(model, masks, tmp_path / "b", architecture=DIGITS, sparse=True)
+    assert by_options.read_bytes() == by_keywords.read_bytes()
+
+
+def test_export_options_refuses_unknown_or_doubled_options(tmp_path):
+    """A misspelt option names the real ones; options and keywords together are ambiguous."""
+    model, masks, _ = _pruned(DIGITS)
+    with pytest.raises(ConfigError, match=r"unknown export option\(s\) \['sparce'\].*'sparse'"):
+        sfpk.export(model, masks, tmp_path, architecture=DIGITS, sparce=True)
+    with pytest.raises(ConfigError, match="either as options=ExportOptions"):
+        sfpk.export(model, masks, tmp_path, architecture=DIGITS,
+                    options=sfpk.ExportOptions(), slim=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="sparse=True stores safetensors"):
+        sfpk.ExportOptions(sparse=True, format="onnx")
+    assert not any(tmp_path.iterdir())
 
 
 def test_export_never_overwrites_a_run_or_an_export(tmp_path):

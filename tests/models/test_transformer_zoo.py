@@ -192,7 +192,8 @@ def test_every_method_prunes_zoo_transformer_neurons_exactly_per_layer(key, meth
 def test_vit_tiny_trains_on_digits_above_chance():
     """vit_tiny learns: 4 Adam epochs on digits reach far above the 10 % of chance."""
     from sfpk.data import load_dataset, make_loader
-    from sfpk.training.trainer import OptimizerConfig, Trainer
+    from sfpk.training.optimizers import OptimizerConfig
+    from sfpk.training.trainer import Trainer
 
     splits = load_dataset("digits", seed=0)
     torch.manual_seed(0)

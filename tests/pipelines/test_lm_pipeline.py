@@ -22,7 +22,7 @@ from sfpk.losses import next_token_loss
 from sfpk.pipelines import Context, start
 from sfpk.pipelines.context import model_options
 from sfpk.pipelines.run import Run
-from sfpk.training.trainer import OptimizerConfig
+from sfpk.training.optimizers import OptimizerConfig
 
 PPL_KEYS = {"dense_test_ppl", "pruned_test_ppl", "final_test_ppl", "last_k_mean_test_ppl",
             "best_val_test_ppl"}  # fmt: skip

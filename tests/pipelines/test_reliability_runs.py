@@ -27,8 +27,8 @@ from conftest import TINY_FLAGS
 from helpers import model_and_batches
 from pause_launcher import checkpoint_label
 from sfpk.cli import main
+from sfpk.cli.commands import _percent
 from sfpk.cli.flags import USED_BY, flag_for, used_by
-from sfpk.cli.pipelines import _percent
 from sfpk.cli.reference import translate
 from sfpk.config.core import SECTIONS, Config
 from sfpk.pipelines.context import Context

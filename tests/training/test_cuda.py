@@ -101,7 +101,8 @@ def test_a_gpu_state_saved_to_disk_continues_on_cpu(tmp_path):
 
 @cuda
 def test_bf16_fine_tune_epoch_on_cuda():
-    from sfpk.training.trainer import OptimizerConfig, Trainer
+    from sfpk.training.optimizers import OptimizerConfig
+    from sfpk.training.trainer import Trainer
 
     model, data = model_and_batches("conv_bn", count=4)
     trainer = Trainer(

@@ -15,7 +15,8 @@ import sfpk
 from helpers import run_gloo_ranks
 from sfpk.data import make_loader
 from sfpk.training import distributed
-from sfpk.training.trainer import OptimizerConfig, Trainer
+from sfpk.training.optimizers import OptimizerConfig
+from sfpk.training.trainer import Trainer
 
 WORLD, BATCH, ITEMS = 2, 16, 96
 

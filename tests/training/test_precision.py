@@ -11,7 +11,8 @@ from torch import nn
 import sfpk
 from sfpk.errors import ConfigError
 from sfpk.models import create
-from sfpk.training.trainer import OptimizerConfig, Trainer
+from sfpk.training.optimizers import OptimizerConfig
+from sfpk.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 

@@ -9,7 +9,8 @@ from torch import nn
 import sfpk
 from sfpk.errors import ConfigError, SfpkError
 from sfpk.losses import next_token_loss
-from sfpk.training.trainer import OptimizerConfig, Trainer, make_optimizer, select_device
+from sfpk.training.optimizers import OptimizerConfig, make_optimizer
+from sfpk.training.trainer import Trainer, select_device
 
 CPU = torch.device("cpu")
 

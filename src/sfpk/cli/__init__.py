@@ -1,8 +1,7 @@
 """The ``sfpk`` command (also ``python -m sfpk``): pipelines, resume, and registry listings.
 
-Subcommands live in one registry (:data:`COMMANDS`, :mod:`sfpk.cli.commands`); the pipeline
-commands are :mod:`sfpk.cli.pipelines`'s, the others :mod:`sfpk.cli.tools`'s. This module
-builds the parser from the registry and runs a command line.
+Subcommands live in :mod:`sfpk.cli.commands` (the registry :data:`COMMANDS` and every
+subcommand); this module builds the parser from the registry and runs a command line.
 
 Errors sfpk raises on purpose (:class:`sfpk.SfpkError`) and file-system errors (``OSError``,
 e.g. ``--out`` naming a file) are printed on one line (``sfpk: error: ...``) and exit with
@@ -18,20 +17,15 @@ from typing import NoReturn
 
 from ..errors import SfpkError
 
-# Importing the subcommand modules registers their commands, in this order.
-from . import pipelines as _cli_pipelines  # noqa: F401  (pretrain ... resume)
-from . import tools as _cli_tools  # noqa: F401  (methods ... reference, report, export)
-from .commands import COMMANDS, Command, command
-from .pipelines import Terminated, sigterm_interrupts
-from .tools import PASSTHROUGH_OWN_FLAGS
+# Importing the subcommand module registers its commands.
+from .commands import (
+    COMMANDS,
+    PASSTHROUGH_OWN_FLAGS,
+    Terminated,
+    sigterm_interrupts,
+)
 
-__all__ = [
-    "COMMANDS",
-    "Command",
-    "command",
-    "build_parser",
-    "main",
-]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("sfpk")
 

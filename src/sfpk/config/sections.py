@@ -17,9 +17,9 @@ from ..masks.prunable import Structure, check_structure
 from ..prune_args import SEED_MAX
 from ..selection.aligned import check_round_to
 from ..selection.collapse import Guard
+from ..training.optimizers import OptimizerConfig
 from ..training.precision import Precision
 from ..training.schedules import PRETRAIN_LR_MIN
-from ..training.trainer import OptimizerConfig
 
 __all__ = [
     "PRETRAIN_DEFAULTS",
@@ -113,8 +113,8 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
 class PretrainConfig(OptimizerConfig):
     """Dense pretraining (reference CIFAR recipe, spec §5.7); flags are --pretrain-*.
 
-    Its fields are :class:`sfpk.training.trainer.OptimizerConfig`'s, declared once there (see that
-    class for why it is inherited). The defaults in which pretraining differs are
+    Its fields are :class:`sfpk.training.optimizers.OptimizerConfig`'s, declared once there
+    (see that class for why it is inherited). The defaults in which pretraining differs are
     :data:`PRETRAIN_DEFAULTS`, applied by :class:`Config` when it builds its default
     section: ``Config().pretrain`` holds the pretraining recipe, while a bare
     ``PretrainConfig()`` holds the shared defaults. Redeclaring those fields here only to

@@ -5,8 +5,8 @@
 * ``model.safetensors``: the state dict with the masks baked in (pruned entries are exact
   ``+0.0``; no mask keys), loadable into the plain architecture with
   ``load_state_dict(strict=True)``. Its header records the :class:`Architecture`, so
-  :func:`load_model` needs nothing else (the file and its reading back are
-  :mod:`sfpk.deploy.model_files`'s). With ``sparse=True`` the masked tensors are stored
+  :func:`load_model` needs nothing else (the file and its reading back: the first part
+  below). With ``sparse=True`` the masked tensors are stored
   compressed (:mod:`sfpk.deploy.sparse_files`); the round trip is bit-exact.
 * ``masks.safetensors``: the masks, in the format of :meth:`sfpk.Masks.save` (they fit the
   architecture before slimming).
@@ -18,8 +18,17 @@ model is written as ``model.onnx`` instead and checked in onnxruntime
 (:mod:`sfpk.deploy.onnx_export`). ``semi_structured=True`` checks that 2:4 masks can be converted
 on this machine's GPU (:mod:`sfpk.deploy.semi_structured`) and lists the layers in the header.
 
-:func:`export_run` does the same for a run directory, taking the architecture from its
-``config.yaml`` and data set. The file format is described in ``docs/export.md``.
+A run directory is exported by :func:`sfpk.pipelines.run.export_run` (``sfpk export``), which
+takes the architecture from its ``config.yaml`` and data set. The file format is described
+in ``docs/export.md``.
+
+**The exported model file** (the first part below): its names, the :class:`Architecture` its
+header records, and reading it back (:func:`read_weights`, :func:`load_model`).
+``model.safetensors`` holds the state dict with the masks baked in; its header (safetensors
+metadata ``"sfpk"``) records the :class:`Architecture` (zoo model name, options,
+``num_classes``, ``input_shape``), so :func:`load_model` needs nothing else. Compressed
+tensors are read back bit-exact; a slimmed file (``"slimmed": true``) resizes the rebuilt
+architecture to the file's shapes (:func:`sfpk.deploy.slim.resize_to_state_`).
 """
 
 from __future__ import annotations
@@ -27,24 +36,17 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .. import data, models
-from ..config.core import Config, load_config
-from ..errors import CheckpointError, ConfigError, DataError, SfpkError, check_choice
-from ..masks.core import Masks, load_masks
-from .model_files import (
-    MASKS_FILE,
-    MODEL_FILE,
-    ONNX_FILE,
-    Architecture,
-    load_model,
-    read_weights,
-)
+from .. import models
+from ..errors import CheckpointError, ConfigError, SfpkError, check_choice
+from ..masks.core import Masks
 from .onnx_export import export_onnx
 from .semi_structured import (
     check_semi_structured_support,
@@ -52,25 +54,198 @@ from .semi_structured import (
     to_semi_structured_,
 )
 from .slim import check_slimmable, resize_to_state_, slim_model
-from .sparse_files import write_weights_file
+from .sparse_files import read_weights_file, write_weights_file
 
 __all__ = [
     "FORMATS",
+    "ExportOptions",
     "MODEL_FILE",
     "MASKS_FILE",
     "ONNX_FILE",
     "Architecture",
     "bake",
     "export",
-    "export_run",
     "load_model",
     "read_weights",
-    "run_architecture",
 ]
+
+MODEL_FILE = "model.safetensors"
+MASKS_FILE = "masks.safetensors"
+ONNX_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to rebuild a zoo model: ``sfpk.models.create(name, num_classes=..., ...)``.
+
+    Attributes:
+        name: a name of :func:`sfpk.models.list_models` (or ``tv:`` / ``timm:`` ``<name>``).
+        num_classes: number of output classes.
+        input_shape: shape of one input sample, e.g. ``(3, 32, 32)``; None for the model's
+            natural input.
+        options: the builder's options, e.g. ``{"hidden": [32]}`` for ``mlp``.
+    """
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """A freshly initialised model of this architecture (see :func:`sfpk.models.create`)."""
+        return models.create(
+            self.name, num_classes=self.num_classes, input_shape=self.input_shape, **self.options
+        )
+
+    def to_header(self) -> dict[str, Any]:
+        """This architecture as JSON-able data."""
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_header(cls, info: Any) -> Architecture:
+        """Read :meth:`to_header`'s output back (ValueError if it is malformed)."""
+        if not isinstance(info, dict) or not isinstance(info.get("name"), str):
+            raise ValueError(f"malformed architecture record {info!r}")
+        shape = info.get("input_shape")
+        options = info.get("options") or {}
+        if not isinstance(info.get("num_classes"), int) or not isinstance(options, dict):
+            raise ValueError(f"malformed architecture record {info!r}")
+        return cls(
+            name=info["name"],
+            num_classes=info["num_classes"],
+            input_shape=None if shape is None else tuple(int(s) for s in shape),
+            options=options,
+        )
+
+
+def _model_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The dense state dict of an exported file (compressed or not) or a plain safetensors file.
+
+    Args:
+        path: a ``model.safetensors`` file, or the folder :func:`export` wrote.
+
+    Raises:
+        CheckpointError: missing, corrupted or foreign file.
+    """
+    return read_weights_file(_model_file(path))[0]
+
+
+def load_model(path: str | os.PathLike) -> nn.Module:
+    """Rebuild an exported model from its file alone, in eval mode.
+
+    Args:
+        path: a ``model.safetensors`` written by :func:`export`, or its folder.
+
+    Returns:
+        The model of the recorded architecture with the file's weights (and the file's
+        floating dtype, if that is not float32), in eval mode.
+
+    Raises:
+        CheckpointError: the file is missing or corrupted, records no architecture (weights
+            only) or an unknown one, or its weights do not fit that architecture.
+    """
+    file = _model_file(path)
+    state, info = read_weights_file(file)
+    if info.get("architecture") is None:
+        raise CheckpointError(
+            f"{str(file)!r} has weights only (no architecture recorded): build the model "
+            f"yourself and load them with sfpk.models.load_weights(model, path)"
+            + (
+                ", or model.load_state_dict(sfpk.read_weights(path)) for its compressed tensors"
+                if info.get("encodings")
+                else ""
+            )
+        )
+    try:
+        architecture = Architecture.from_header(info["architecture"])
+        model = architecture.build()
+    except (ValueError, SfpkError) as exc:  # UnknownNameError / ConfigError are ValueErrors
+        raise CheckpointError(f"{str(file)!r}: cannot rebuild its architecture: {exc}") from exc
+    if info.get("slimmed"):
+        resize_to_state_(model, state)
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) == 1 and dtypes != {torch.float32}:
+        model.to(dtypes.pop())
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(
+            f"{str(file)!r}: the weights do not fit architecture {architecture.name!r}: {detail}"
+        ) from exc
+    return model.eval()
+
 
 log = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = ("safetensors", "onnx")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How :func:`export` writes a model: the file format and what is done on the way.
+
+    The options of one export travel as one value (``sfpk export``'s flags, a run's export);
+    :func:`export` also takes them as keywords, ``export(..., slim=True)``.
+
+    Attributes:
+        sparse: store each masked tensor compressed (kept values + bitmask or int32
+            indices, whichever is smaller; see :mod:`sfpk.deploy.sparse_files`). Lossless.
+        slim: remove the pruned filters/channels of ``filter`` or ``channel`` masks
+            (:func:`sfpk.deploy.slim.slim_model`); the outputs stay those of the masked model.
+        format: ``"safetensors"`` or ``"onnx"`` (checked in onnxruntime against torch).
+        semi_structured: with ``2:4`` masks, convert the linear layers on this machine's
+            GPU, check the outputs and list them in the header.
+        overwrite: replace an existing model file in the output folder.
+
+    Raises:
+        UnknownNameError: ``format`` is not one of :data:`FORMATS`.
+        ConfigError: ``sparse`` with ONNX.
+    """
+
+    sparse: bool = False
+    slim: bool = False
+    format: str = "safetensors"
+    semi_structured: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("format", self.format, FORMATS)
+        if self.sparse and self.format != "safetensors":
+            raise ConfigError(
+                f"sparse=True stores safetensors tensors compressed; format={self.format!r}"
+            )
+
+    @classmethod
+    def of(cls, options: ExportOptions | None, keywords: Mapping[str, Any]) -> ExportOptions:
+        """The options of a call: ``options``, or the fields given as ``keywords`` (not both).
+
+        Raises:
+            ConfigError: a keyword that is no option (the message names the options), or
+                both ``options`` and keywords.
+        """
+        names = [f.name for f in fields(cls)]
+        stray = sorted(set(keywords) - set(names))
+        if stray:
+            raise ConfigError(f"unknown export option(s) {stray}; the options are {names}")
+        if options is None:
+            return cls(**keywords)
+        if keywords:
+            raise ConfigError(
+                f"give the export options either as options=ExportOptions(...) or as "
+                f"keywords, not both (got options and {sorted(keywords)})"
+            )
+        return options
 
 
 def bake(model: nn.Module, masks: Masks | None) -> dict[str, Tensor]:
@@ -140,11 +315,8 @@ def _example_input(model: nn.Module, architecture: Architecture | None, why: str
     return torch.randn(shape, generator=generator).to(dtype)
 
 
-def _check_options(masks: Masks | None, *, sparse: bool, slim: bool, format: str) -> None:
-    check_choice("format", format, FORMATS)
-    if sparse and format != "safetensors":
-        raise ConfigError(f"sparse=True stores safetensors tensors compressed; format={format!r}")
-    if slim:
+def _check_options(masks: Masks | None, options: ExportOptions) -> None:
+    if options.slim:
         if masks is None:
             raise ConfigError("slim=True removes pruned filters/channels, but masks is None")
         check_slimmable(masks.structure)
@@ -174,11 +346,8 @@ def export(
     path: str | os.PathLike,
     *,
     architecture: Architecture | None,
-    sparse: bool = False,
-    slim: bool = False,
-    format: str = "safetensors",
-    semi_structured: bool = False,
-    overwrite: bool = False,
+    options: ExportOptions | None = None,
+    **keywords: Any,
 ) -> Path:
     """Write ``model`` with ``masks`` baked in, and the masks, into the folder ``path``.
 
@@ -192,14 +361,11 @@ def export(
             ``masks.safetensors``.
         architecture: how :func:`load_model` rebuilds the model; None for a model that is not
             from the zoo (the file then holds weights only).
-        sparse: store each masked tensor compressed (kept values + bitmask or int32
-            indices, whichever is smaller; see :mod:`sfpk.deploy.sparse_files`). Lossless.
-        slim: remove the pruned filters/channels of ``filter`` or ``channel`` masks
-            (:func:`sfpk.deploy.slim.slim_model`); the outputs stay those of the masked model.
-        format: ``"safetensors"`` or ``"onnx"`` (checked in onnxruntime against torch).
-        semi_structured: with ``2:4`` masks, convert the linear layers on this machine's
-            GPU, check the outputs and list them in the header.
-        overwrite: replace an existing model file in ``path``.
+        options: how to write it (:class:`ExportOptions`: ``sparse``, ``slim``, ``format``,
+            ``semi_structured``, ``overwrite``); None: the defaults, or the options given
+            as ``keywords``.
+        **keywords: the fields of :class:`ExportOptions` instead of ``options``, e.g.
+            ``slim=True, format="onnx"``.
 
     Returns:
         The path of ``model.safetensors`` (or ``model.onnx``).
@@ -210,7 +376,7 @@ def export(
             or a file, or already holds a model (without ``overwrite``); ``slim`` with masks
             that are not structured; ``semi_structured`` without 2:4 masks or without a
             supported GPU; ``sparse`` with ONNX; an optional extra (``slim``, ``onnx``) that
-            is not installed.
+            is not installed; an unknown option, or ``options`` and keywords together.
         SfpkError: onnxruntime's outputs differ from torch's.
 
     Example:
@@ -218,10 +384,12 @@ def export(
         >>> export(model, masks, "out", architecture=arch, slim=True)   # doctest: +SKIP
         >>> model = load_model("out")                                    # doctest: +SKIP
     """
-    _check_options(masks, sparse=sparse, slim=slim, format=format)
+    opts = ExportOptions.of(options, keywords)
+    _check_options(masks, opts)
+    slim, format, semi_structured = opts.slim, opts.format, opts.semi_structured
     folder = Path(path)
     target = folder / (ONNX_FILE if format == "onnx" else MODEL_FILE)
-    _check_folder(folder, target, overwrite=overwrite)
+    _check_folder(folder, target, overwrite=opts.overwrite)
     if masks is not None:
         masks.check_fits(model)
     header: dict[str, Any] = {
@@ -249,7 +417,7 @@ def export(
         folder.mkdir(parents=True, exist_ok=True)
         written = export_onnx(final, target, sample, metadata=header)
     else:
-        sparse_names = set(masks.effective_masks()) if sparse and masks is not None else set()
+        sparse_names = set(masks.effective_masks()) if opts.sparse and masks is not None else set()
         folder.mkdir(parents=True, exist_ok=True)
         written = write_weights_file(target, state, header, sparse_names=sparse_names)
     if masks is not None:
@@ -260,96 +428,3 @@ def export(
 def _masked_copy(model: nn.Module, masks: Masks | None) -> nn.Module:
     work = copy.deepcopy(model).eval()
     return masks.apply(work) if masks is not None else work
-
-
-def run_architecture(config: Config, *, num_classes: int | None = None) -> Architecture:
-    """The architecture of a run, from its config (and its data set, for ``num_classes``).
-
-    The model is built as :class:`sfpk.pipelines.context.Context` builds it; the number of
-    classes comes from loading the run's data set unless ``num_classes`` is given.
-
-    Raises:
-        DataError: the data set cannot be loaded here (the message suggests ``num_classes``).
-    """
-    input_shape = data.dataset_spec(config.data.dataset).input_shape
-    if num_classes is None:
-        try:
-            splits = data.load_dataset(
-                config.data.dataset,
-                data_dir=config.data.data_dir,
-                seed=config.run.seed,
-                val_fraction=config.data.val_fraction,
-                augment=False,
-            )
-        except DataError as exc:
-            raise DataError(
-                f"cannot read the run's data set to count its classes ({exc}); "
-                f"give the number of classes (--num-classes N)"
-            ) from exc
-        num_classes, input_shape = splits.num_classes, splits.input_shape
-    return Architecture(
-        name=config.model.name,
-        num_classes=num_classes,
-        input_shape=tuple(input_shape),
-        options=dict(config.model.options),
-    )
-
-
-def export_run(
-    run_dir: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    sparse: bool = False,
-    slim: bool = False,
-    format: str = "safetensors",
-    semi_structured: bool = False,
-    num_classes: int | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Export the final model and masks of a finished run directory (see :func:`export`).
-
-    Args:
-        run_dir: a run directory with ``config.yaml`` and ``model.safetensors`` (and
-            ``masks.safetensors`` for a pruned run).
-        out: output folder (not the run directory).
-        sparse: store the masked tensors compressed.
-        slim: remove the pruned filters/channels (structured runs only).
-        format: ``"safetensors"`` or ``"onnx"``.
-        semi_structured: convert 2:4 linear layers on this machine's GPU (2:4 runs only).
-        num_classes: skip loading the data set to count the classes.
-        overwrite: replace an earlier export in ``out``.
-
-    Returns:
-        The path of the exported ``model.safetensors`` (or ``model.onnx``).
-
-    Raises:
-        CheckpointError: no such run directory, no ``config.yaml`` or ``model.safetensors``,
-            or files that do not fit the run's model.
-        MaskMismatchError: the run's masks do not fit its model.
-        ConfigError: an option that does not fit the run (see :func:`export`).
-    """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise CheckpointError(f"run directory {str(run)!r} does not exist")
-    if not (run / "config.yaml").is_file():
-        raise CheckpointError(f"{str(run)!r} is not a run directory (no config.yaml)")
-    if not (run / MODEL_FILE).is_file():
-        raise CheckpointError(
-            f"{str(run)!r} has no {MODEL_FILE}: the run has not finished "
-            f"(continue it with `sfpk resume {run}`)"
-        )
-    config = load_config(run / "config.yaml", check_paths=False)
-    architecture = run_architecture(config, num_classes=num_classes)
-    model = models.load_weights(architecture.build(), run / MODEL_FILE)
-    masks = load_masks(run / MASKS_FILE, model) if (run / MASKS_FILE).is_file() else None
-    return export(
-        model,
-        masks,
-        out,
-        architecture=architecture,
-        sparse=sparse,
-        slim=slim,
-        format=format,
-        semi_structured=semi_structured,
-        overwrite=overwrite,
-    )

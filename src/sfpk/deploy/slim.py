@@ -2,8 +2,7 @@
 
 This is the one module of sfpk that imports ``torch_pruning`` (the optional extra
 ``sfpk[slim]``), and only inside functions, so ``import sfpk`` works without it; so does
-:func:`resize_to_state_` (used by :func:`sfpk.load_model`), which lives in
-:mod:`sfpk.deploy.slim_resize` and is re-exported here.
+:func:`resize_to_state_` (used by :func:`sfpk.load_model`).
 
 **Coupled groups.** torch-pruning traces the model once and finds, for every conv/linear
 output, the set of tensor dims that must lose the same channel together: the producing
@@ -37,6 +36,10 @@ Groups
 that reach the model's output (no consumer: the classifier's classes) and groups holding
 layers other than conv, linear and BatchNorm (or grouped, non-depthwise convs) are left
 whole. ``docs/export.md`` explains why this rule, not "prune if any member is pruned".
+
+**Rebuilding a slim model without torch-pruning** (the last part): :func:`resize_to_state_`
+gives a freshly built architecture the layer widths of a slim state dict, so that
+:func:`sfpk.load_model` can load it; the conv kinds slimming knows are shared by both parts.
 """
 
 from __future__ import annotations
@@ -44,15 +47,15 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..masks.core import Masks
-from .slim_resize import CONV_TYPES, is_depthwise, resize_to_state_
 
 __all__ = [
     "SLIMMABLE_STRUCTURES",
@@ -61,9 +64,23 @@ __all__ = [
     "coupled_channel_groups",
     "resize_to_state_",
     "slim_model",
+    "CONV_TYPES",
+    "is_depthwise",
 ]
 
 log = logging.getLogger(__name__)
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """Whether ``module`` is a depthwise conv (one group per channel, as many out as in)."""
+    return (
+        isinstance(module, CONV_TYPES)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
+
 
 SLIMMABLE_STRUCTURES: tuple[str, ...] = ("filter", "channel", "coupled")
 _WEIGHTED = (*CONV_TYPES, nn.Linear)
@@ -339,3 +356,64 @@ def slim_model(
         graph.get_pruning_group(module, handler, remove).prune()
     log.info("slimmed %d coupled groups", len(plan))
     return work.eval()
+
+
+def _resize_conv(module: nn.Module, weight: Sequence[int]) -> None:
+    depthwise = is_depthwise(module)
+    if module.groups > 1 and not depthwise:
+        raise CheckpointError(f"cannot resize grouped conv {module} to weight {list(weight)}")
+    module.out_channels = weight[0]
+    module.in_channels = weight[0] if depthwise else weight[1]
+    if depthwise:
+        module.groups = weight[0]
+
+
+def resize_to_state_(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
+    """Mutates ``model``: resizes its conv, linear and BatchNorm layers to ``state``'s shapes.
+
+    This rebuilds a slim model from a freshly built architecture and the slim state dict
+    (no torch-pruning needed): each layer whose tensors in ``state`` have other shapes gets
+    new, uninitialised tensors of those shapes and matching ``in/out_channels``,
+    ``in/out_features``, ``groups`` or ``num_features``. Load the state dict afterwards.
+
+    Returns:
+        The names of the resized layers.
+
+    Raises:
+        CheckpointError: a layer of another kind (or a grouped conv) would need resizing.
+    """
+    resized = []
+    for prefix, module in model.named_modules():
+        own = {
+            n: t
+            for n, t in [
+                *module.named_parameters(recurse=False),
+                *module.named_buffers(recurse=False),
+            ]
+            if t is not None
+        }
+        key = f"{prefix}." if prefix else ""
+        changed = {
+            n for n, t in own.items() if key + n in state and state[key + n].shape != t.shape
+        }
+        if not changed:
+            continue
+        if isinstance(module, CONV_TYPES):
+            _resize_conv(module, state[key + "weight"].shape)
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = state[key + "weight"].shape
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.num_features = state[key + "running_mean"].shape[0]
+        else:
+            raise CheckpointError(
+                f"layer {prefix!r} ({type(module).__name__}) has tensors of other shapes in the "
+                f"file ({sorted(changed)}); only conv, linear and BatchNorm layers are resized"
+            )
+        for name in changed:
+            new = torch.empty(state[key + name].shape, dtype=own[name].dtype)
+            if isinstance(own[name], nn.Parameter):
+                setattr(module, name, nn.Parameter(new, requires_grad=own[name].requires_grad))
+            else:
+                setattr(module, name, new)
+        resized.append(prefix)
+    return resized

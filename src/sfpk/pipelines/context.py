@@ -38,8 +38,9 @@ from ..masks.core import Masks
 from ..prune_args import check_finite_tensors
 from ..training import distributed
 from ..training.checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
+from ..training.optimizers import OptimizerConfig
 from ..training.precision import check_precision
-from ..training.trainer import EvalResult, OptimizerConfig, Trainer, select_device
+from ..training.trainer import EvalResult, Trainer, select_device
 from .run import Run
 
 __all__ = ["Progress", "Context", "Prepared", "prepare", "model_options"]

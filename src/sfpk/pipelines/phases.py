@@ -21,8 +21,9 @@ from ..selection.topk import round_sparsity
 from ..training import distributed
 from ..training.batchnorm import recalibrate_bn
 from ..training.checkpoint import derive_seed, load_state_dict_file
+from ..training.optimizers import OptimizerConfig
 from ..training.schedules import PRETRAIN_LR_MIN, pretrain_lr
-from ..training.trainer import EvalResult, OptimizerConfig
+from ..training.trainer import EvalResult
 from .context import Context
 
 __all__ = [

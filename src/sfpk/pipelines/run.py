@@ -15,6 +15,8 @@ Layout of ``--out DIR`` (design.md, "A Run directory is self-describing")::
     plots/               figures, by ``sfpk.pipelines.plots.make_run_plots(run_dir)`` if available
     events/              TensorBoard logs with ``--tensorboard``
 
+:func:`export_run` exports a finished run's model (``sfpk export``, :func:`sfpk.export`).
+
 Under ``torchrun`` every rank holds a :class:`Run` for the same directory, but only rank 0
 writes (:attr:`Run.writer`): on the other ranks every writing method is a no-op, so the
 pipelines call them unconditionally.
@@ -35,13 +37,23 @@ from typing import Any
 
 from torch import nn
 
+from .. import data, models
 from ..config.core import Config, load_config, save_config
-from ..errors import CheckpointError, ConfigError, SfpkError
-from ..masks.core import Masks
+from ..deploy.export import MASKS_FILE, MODEL_FILE, Architecture, ExportOptions, export
+from ..errors import CheckpointError, ConfigError, DataError, SfpkError
+from ..masks.core import Masks, load_masks
 from ..training import distributed
 from ..training.checkpoint import checkpoint_names, save_state_dict, write_checkpoint
 
-__all__ = ["METRIC_COLUMNS", "STATUS_FILE", "Run", "read_status", "write_rows_csv"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "STATUS_FILE",
+    "Run",
+    "export_run",
+    "read_status",
+    "run_architecture",
+    "write_rows_csv",
+]
 
 log = logging.getLogger(__name__)
 
@@ -389,3 +401,85 @@ def _tensorboard_writer(path: Path) -> Any:
             "--tensorboard needs the tensorboard package: pip install 'sfpk[tensorboard]'"
         ) from None
     return SummaryWriter(log_dir=str(path))
+
+
+# Exporting a finished run (``sfpk export``): the run's architecture, then sfpk.export.
+
+
+def run_architecture(config: Config, *, num_classes: int | None = None) -> Architecture:
+    """The architecture of a run, from its config (and its data set, for ``num_classes``).
+
+    The model is built as :class:`sfpk.pipelines.context.Context` builds it; the number of
+    classes comes from loading the run's data set unless ``num_classes`` is given.
+
+    Raises:
+        DataError: the data set cannot be loaded here (the message suggests ``num_classes``).
+    """
+    input_shape = data.dataset_spec(config.data.dataset).input_shape
+    if num_classes is None:
+        try:
+            splits = data.load_dataset(
+                config.data.dataset,
+                data_dir=config.data.data_dir,
+                seed=config.run.seed,
+                val_fraction=config.data.val_fraction,
+                augment=False,
+            )
+        except DataError as exc:
+            raise DataError(
+                f"cannot read the run's data set to count its classes ({exc}); "
+                f"give the number of classes (--num-classes N)"
+            ) from exc
+        num_classes, input_shape = splits.num_classes, splits.input_shape
+    return Architecture(
+        name=config.model.name,
+        num_classes=num_classes,
+        input_shape=tuple(input_shape),
+        options=dict(config.model.options),
+    )
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    options: ExportOptions | None = None,
+    num_classes: int | None = None,
+    **keywords: Any,
+) -> Path:
+    """Export the final model and masks of a finished run directory (see :func:`export`).
+
+    Args:
+        run_dir: a run directory with ``config.yaml`` and ``model.safetensors`` (and
+            ``masks.safetensors`` for a pruned run).
+        out: output folder (not the run directory).
+        options: how to write it (:class:`sfpk.deploy.export.ExportOptions`: ``sparse``,
+            ``slim`` for structured runs, ``format``, ``semi_structured`` for 2:4 runs,
+            ``overwrite`` an earlier export in ``out``), or its fields as ``keywords``.
+        num_classes: skip loading the data set to count the classes.
+
+    Returns:
+        The path of the exported ``model.safetensors`` (or ``model.onnx``).
+
+    Raises:
+        CheckpointError: no such run directory, no ``config.yaml`` or ``model.safetensors``,
+            or files that do not fit the run's model.
+        MaskMismatchError: the run's masks do not fit its model.
+        ConfigError: an option that does not fit the run (see :func:`export`).
+    """
+    opts = ExportOptions.of(options, keywords)
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise CheckpointError(f"run directory {str(run)!r} does not exist")
+    if not (run / "config.yaml").is_file():
+        raise CheckpointError(f"{str(run)!r} is not a run directory (no config.yaml)")
+    if not (run / MODEL_FILE).is_file():
+        raise CheckpointError(
+            f"{str(run)!r} has no {MODEL_FILE}: the run has not finished "
+            f"(continue it with `sfpk resume {run}`)"
+        )
+    config = load_config(run / "config.yaml", check_paths=False)
+    architecture = run_architecture(config, num_classes=num_classes)
+    model = models.load_weights(architecture.build(), run / MODEL_FILE)
+    masks = load_masks(run / MASKS_FILE, model) if (run / MASKS_FILE).is_file() else None
+    return export(model, masks, out, architecture=architecture, options=opts)

@@ -32,19 +32,13 @@ from ..errors import ConfigError, NonFiniteError, SfpkError, check_choice
 from ..losses import TASKS, Task, flatten_for_task, perplexity, task_loss
 from ..masks.core import Masks
 from .distributed import all_reduce_sum_, data_parallel, is_distributed
-from .optimizers import OPTIMIZERS, OptimizerConfig, OptimizerName, make_optimizer
+from .optimizers import OptimizerConfig, make_optimizer
 from .precision import Precision, autocast, check_precision, grad_scaler
 
-# OPTIMIZERS, OptimizerName, OptimizerConfig and make_optimizer live in .optimizers and stay
-# importable from here.
 __all__ = [
-    "OPTIMIZERS",
-    "OptimizerName",
-    "OptimizerConfig",
     "TrainResult",
     "EvalResult",
     "Trainer",
-    "make_optimizer",
     "select_device",
 ]
 
