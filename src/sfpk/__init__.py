@@ -2,6 +2,14 @@
 
 Conventions: ``sparsity`` is the fraction of prunable weights removed; ``density`` the
 fraction kept (see :mod:`sfpk.masks.core`).
+
+Layout (``docs/architecture.md``): the subpackages are the concepts, lowest first:
+:mod:`sfpk.masks`, :mod:`sfpk.selection`, :mod:`sfpk.models`, :mod:`sfpk.data`,
+:mod:`sfpk.training`, :mod:`sfpk.deploy`, :mod:`sfpk.pruners`, :mod:`sfpk.config`,
+:mod:`sfpk.pipelines` and :mod:`sfpk.cli`. The top level holds the public surface
+(this module, :mod:`sfpk.api` with the argument checks of :mod:`sfpk.prune_args`,
+:mod:`sfpk.errors`) and the few modules every layer uses: :mod:`sfpk.losses`,
+:mod:`sfpk.index_batches`, :mod:`sfpk.model_state`.
 """
 
 from .api import prune as prune

@@ -1,7 +1,12 @@
 """The ``sfpk`` command (also ``python -m sfpk``): pipelines, resume, and registry listings.
 
 Subcommands live in :mod:`sfpk.cli.commands` (the registry :data:`COMMANDS` and every
-subcommand); this module builds the parser from the registry and runs a command line.
+subcommand); this module builds the parser from the registry and runs a command line. The
+package also owns the typed flags of the config knobs (:mod:`.flags`) and ``sfpk reference``:
+the reference implementation's flag table (:mod:`.reference_flags`) and its translation to a
+native config (:mod:`.reference`, usable without the commands). The CLI is the top layer:
+it may import every part of sfpk, and the only part that prints for humans or exits
+(``tests/api/test_architecture.py``).
 
 Errors sfpk raises on purpose (:class:`sfpk.SfpkError`) and file-system errors (``OSError``,
 e.g. ``--out`` naming a file) are printed on one line (``sfpk: error: ...``) and exit with
