@@ -18,7 +18,7 @@ from pathlib import Path
 from dense_cnn1d import COMMON, pretrained_dense
 
 from sfpk.cli import main as sfpk
-from sfpk.report import write_report
+from sfpk.pipelines.report import write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTICLE_OPTIONS = {

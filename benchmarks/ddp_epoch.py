@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DistributedSampler
 
-from sfpk import distributed
 from sfpk.data import load_dataset, make_loader
 from sfpk.models import create
-from sfpk.train import OptimizerConfig, Trainer
+from sfpk.training import distributed
+from sfpk.training.optimizers import OptimizerConfig
+from sfpk.training.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ddp_epoch.json"
 

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from sfpk.models import create
 from sfpk.pruners.particles.batching import particle_grads
-from sfpk.train import OptimizerConfig, Trainer
+from sfpk.training.optimizers import OptimizerConfig
+from sfpk.training.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "device_check.json"
 

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 
 import sfpk
-from sfpk.export import Architecture
+from sfpk.deploy.export import Architecture
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export_size.json"
 

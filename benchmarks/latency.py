@@ -2,10 +2,10 @@
 
 ResNet-20 and ResNet-56 from the zoo (CIFAR-10 head, random init: latency does not depend on
 the values) get filter masks that prune **coupled channel groups together**: for every group
-of :func:`sfpk.slim.coupled_channel_groups` but the classifier's, the same fraction of
+of :func:`sfpk.deploy.slim.coupled_channel_groups` but the classifier's, the same fraction of
 channels, those with the smallest L2 norm over the group's producing filters, is pruned in
 every producer. Masks chosen that way are slimmable by construction (a residual channel is
-pruned in every branch), so :func:`sfpk.slim.slim_model` removes all of them. The fraction
+pruned in every branch), so :func:`sfpk.deploy.slim.slim_model` removes all of them. The fraction
 is set so that the slim model has ``sparsity`` of the dense conv/linear weights removed
 (its achieved value is in the table).
 
@@ -17,7 +17,7 @@ conv/linear MACs), and ``speed-up / MAC reduction``; the target is >= 0.7 at bat
 
 Runtimes, each applied to the dense and the slim model alike (``docs/performance.md``):
 ``torch`` (eager, eval mode), ``torch-folded`` (eager after
-:func:`sfpk.inference.fold_batchnorm`), ``torchscript`` (traced, frozen,
+:func:`sfpk.deploy.inference.fold_batchnorm`), ``torchscript`` (traced, frozen,
 ``optimize_for_inference``), ``inductor`` (``torch.compile`` with freezing; needs a C++
 compiler) and ``onnxruntime`` (``ORT_ENABLE_ALL``). Every runner's output is checked against
 eager torch before it is timed.
@@ -51,12 +51,12 @@ import torch
 from torch import nn
 
 import sfpk
-from sfpk.aligned_cut import max_sparsity
-from sfpk.channel_groups import coupled_channel_masks
-from sfpk.export import Architecture
-from sfpk.masks import Masks
-from sfpk.onnx_export import export_onnx
-from sfpk.slim import ChannelGroup, coupled_channel_groups, slim_model
+from sfpk.deploy.channel_groups import coupled_channel_masks
+from sfpk.deploy.export import Architecture
+from sfpk.deploy.onnx_export import export_onnx
+from sfpk.deploy.slim import ChannelGroup, coupled_channel_groups, slim_model
+from sfpk.masks.core import Masks
+from sfpk.selection.aligned import max_sparsity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency_runtimes import RUNTIMES, ort_layout, runners  # noqa: E402

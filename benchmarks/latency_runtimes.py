@@ -16,8 +16,8 @@ import torch._dynamo
 import torch._inductor.config
 from torch import nn
 
-from sfpk.inference import fold_batchnorm
-from sfpk.onnx_export import onnx_session, require_onnx
+from sfpk.deploy.inference import fold_batchnorm
+from sfpk.deploy.onnx_export import onnx_session, require_onnx
 
 
 def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -29,7 +29,7 @@ def _torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
 
 
 def _folded_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """Eager torch on :func:`sfpk.inference.fold_batchnorm`'s copy (no BatchNorm passes)."""
+    """Eager torch on :func:`sfpk.deploy.inference.fold_batchnorm`'s copy (no BatchNorm passes)."""
     return _torch_runner(fold_batchnorm(model, x[:2]), x)
 
 

@@ -31,7 +31,7 @@ the one-time setup around the simulation.
 in the same process, interleaved with raw passes and this checkout's call (raw, baseline,
 raw, this), so both meet the same load; it reports both ratios and whether the masks agree.
 ``--all-threads`` does the same against this checkout with the engine's one-thread section
-(``sfpk.threads``) switched off, i.e. the step's vector work on every intra-op thread.
+(``sfpk.pruners.threads``) switched off, i.e. the step's vector work on every intra-op thread.
 
     python benchmarks/prune_overhead.py --model mlp --steps 10 --threads 1 2 --breakdown \
         --no-per-sample --baseline-src ../main/src \
@@ -198,7 +198,7 @@ def _against(
 
 class _AllThreads:
     """``sfpk.prune`` with the engine's one-thread section switched off (``--all-threads``):
-    the step's vector work on every intra-op thread, as before ``sfpk.threads``."""
+    the step's vector work on every intra-op thread, as before ``sfpk.pruners.threads``."""
 
     @staticmethod
     def prune(*args: Any, **kwargs: Any) -> Any:

@@ -178,7 +178,7 @@ def _base(data: str, budget: Budget, out: Path, seed: int) -> dict[str, Any]:
 def dense_weights(runs: Path, data: str, budget: Budget) -> Path:
     """``runs/dense-<data>/model.safetensors``, pretraining it (seed 0) when absent."""
     from sfpk import pipelines
-    from sfpk.config import build_config
+    from sfpk.config.core import build_config
 
     folder = runs / f"dense-{data}"
     weights = folder / "model.safetensors"
@@ -215,7 +215,7 @@ def run_cell(cell: Cell, runs: Path, budget: Budget, threads: int) -> tuple[str,
     import torch
 
     from sfpk import pipelines
-    from sfpk.config import build_config
+    from sfpk.config.core import build_config
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.ERROR, force=True)

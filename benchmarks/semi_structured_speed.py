@@ -7,7 +7,7 @@ that speed-up"). For each model and batch size it:
    method="mag")`` (exactly 2 of every 4 consecutive input weights kept) and applies the
    masks;
 2. copies it to the GPU in float16 twice: one copy stays dense (with the zeros), the other
-   gets its 2:4 linear weights converted by ``sfpk.semi_structured.to_semi_structured_``;
+   gets its 2:4 linear weights converted by ``sfpk.deploy.semi_structured.to_semi_structured_``;
 3. checks that both compute the same outputs (fp16 tolerance), then times a forward pass
    of each with CUDA events (median of ``--repeats`` after warm-up), alternately.
 
@@ -35,12 +35,12 @@ import torch
 from torch import nn
 
 import sfpk
-from sfpk.errors import ConfigError
-from sfpk.semi_structured import (
+from sfpk.deploy.semi_structured import (
     check_semi_structured_support,
     semi_structured_layers,
     to_semi_structured_,
 )
+from sfpk.errors import ConfigError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "semi_structured_speed.json"
 

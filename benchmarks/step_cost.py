@@ -48,7 +48,7 @@ from torch import Tensor, nn
 import sfpk
 from sfpk import models
 from sfpk.losses import next_token_loss
-from sfpk.masks import Masks
+from sfpk.masks.core import Masks
 from sfpk.pruners.base import PruneContext
 from sfpk.pruners.particles import ParticleOptions
 from sfpk.pruners.particles.engine import ParticleSystem

@@ -47,18 +47,10 @@ TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 256, "n_positions
         "bos_token_id": 0, "eos_token_id": 0}  # fmt: skip
 
 
-def _unshadow_transformers() -> None:
-    """Take this folder off ``sys.path``: its ``transformers.py`` (the transformers
-    benchmark) would otherwise be imported in place of the ``transformers`` package."""
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-
-
 def gpt2_workload(
     sizes: dict[str, int], *, batch_size: int, tokens: int, device: torch.device
 ) -> Workload:
     """A randomly initialised GPT-2 of ``sizes`` behind sfpk's HFModel, and a random batch."""
-    _unshadow_transformers()
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
         from transformers.pytorch_utils import Conv1D

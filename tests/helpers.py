@@ -206,7 +206,7 @@ def _gloo_rank(rank: int, world: int, port: int, out_dir: str, work: Callable[[i
     import datetime
     import os
 
-    from sfpk import distributed
+    from sfpk.training import distributed
 
     torch.set_num_threads(1)
     os.environ.update(

@@ -29,9 +29,9 @@ import signal
 import sys
 from typing import Any
 
-from sfpk import distributed
 from sfpk.cli import main
 from sfpk.pipelines.context import Context, Progress
+from sfpk.training import distributed
 
 KILLED = "pause_launcher: SIGKILL at {}"
 NOT_REACHED = 3

@@ -1,17 +1,29 @@
 """sfpk: probabilistic neural-network pruning (SFPK, SpODE and baselines) for any nn.Module.
 
 Conventions: ``sparsity`` is the fraction of prunable weights removed; ``density`` the
-fraction kept (see :mod:`sfpk.masks`).
+fraction kept (see :mod:`sfpk.masks.core`).
+
+Layout (``docs/architecture.md``): the subpackages are the concepts, lowest first:
+:mod:`sfpk.masks`, :mod:`sfpk.selection`, :mod:`sfpk.models`, :mod:`sfpk.data`,
+:mod:`sfpk.training`, :mod:`sfpk.deploy`, :mod:`sfpk.pruners`, :mod:`sfpk.config`,
+:mod:`sfpk.pipelines` and :mod:`sfpk.cli`. The top level holds the public surface
+(this module, :mod:`sfpk.api` with the argument checks of :mod:`sfpk.prune_args`,
+:mod:`sfpk.errors`) and the few modules every layer uses: :mod:`sfpk.losses`,
+:mod:`sfpk.index_batches`, :mod:`sfpk.model_state`.
 """
 
 from .api import prune as prune
 from .api import run_pruner as run_pruner
-from .batchnorm import recalibrate_bn as recalibrate_bn
-from .config import Config as Config
-from .config import build_config as build_config
-from .costs import Costs as Costs
-from .costs import cost_summary as cost_summary
-from .costs import count as count
+from .config.core import Config as Config
+from .config.core import build_config as build_config
+from .deploy.costs import Costs as Costs
+from .deploy.costs import cost_summary as cost_summary
+from .deploy.costs import count as count
+from .deploy.export import Architecture as Architecture
+from .deploy.export import ExportOptions as ExportOptions
+from .deploy.export import export as export
+from .deploy.export import load_model as load_model
+from .deploy.export import read_weights as read_weights
 from .errors import (
     CheckpointError as CheckpointError,
 )
@@ -36,21 +48,18 @@ from .errors import (
 from .errors import (
     UnknownNameError as UnknownNameError,
 )
-from .export import Architecture as Architecture
-from .export import export as export
-from .export import load_model as load_model
-from .export import read_weights as read_weights
-from .masks import Masks as Masks
-from .masks import load_masks as load_masks
-from .prunable import prunable_parameters as prunable_parameters
+from .masks.core import Masks as Masks
+from .masks.core import load_masks as load_masks
+from .masks.prunable import prunable_parameters as prunable_parameters
 from .pruners import PruneObserver as PruneObserver
 from .pruners import PruneResult as PruneResult
 from .pruners import StartState as StartState
 from .pruners import create_pruner as create_pruner
 from .pruners import methods as methods
 from .pruners import pruner_class as pruner_class
-from .selection import select_topk as select_topk
-from .train import Trainer as Trainer
+from .selection.topk import select_topk as select_topk
+from .training.batchnorm import recalibrate_bn as recalibrate_bn
+from .training.trainer import Trainer as Trainer
 
 __version__ = "0.1.0"
 
@@ -62,6 +71,7 @@ __all__ = [
     "Costs",
     "DataError",
     "DataMismatchError",
+    "ExportOptions",
     "MaskMismatchError",
     "Masks",
     "NonFiniteError",

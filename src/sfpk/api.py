@@ -9,13 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .aligned_cut import is_aligned
-from .collapse import Guard
 from .errors import check_choice
-from .masks import Masks, Scope
+from .masks.core import Masks, Scope
+from .masks.prunable import Structure
 from .model_state import ModelState
-from .precision import check_precision
-from .prunable import Structure
 from .prune_args import (
     SEED_MAX,
     check_finite_tensors,
@@ -26,7 +23,10 @@ from .prune_args import (
 )
 from .pruners.base import Batch, PruneContext, PruneObserver, PruneResult, StartState
 from .pruners.particles.batching import BATCHINGS
-from .sparsity_check import check_achieved_sparsity
+from .selection.aligned import is_aligned
+from .selection.collapse import Guard
+from .selection.topk import check_achieved_sparsity
+from .training.precision import check_precision
 
 __all__ = [
     "prune",
@@ -74,7 +74,7 @@ def prune(
 
     Args:
         model: any ``nn.Module`` made of standard layers; its conv and linear weights are
-            pruned (see :func:`sfpk.prunable.prunable_parameters` and ``include``/``exclude``).
+            pruned (see :func:`sfpk.prunable_parameters` and ``include``/``exclude``).
         data: an iterable of ``(inputs, targets)`` batches (a DataLoader or a list). Data-free
             methods (rand, mag, synflow) need only one batch, for the input shape. The
             other methods first run the model and the loss once on the first batch (one
@@ -90,7 +90,7 @@ def prune(
             paper does (globally for structured masks).
         structure: None or ``"unstructured"``, ``"filter"`` (output filters/neurons),
             ``"head"`` / ``"neuron"`` / ``"head+neuron"`` (transformer attention heads and MLP
-            neurons, each removed from every tensor it spans; :mod:`sfpk.groups`) or
+            neurons, each removed from every tensor it spans; :mod:`sfpk.masks.groups`) or
             ``"channel"`` (input channels/features).
         seed: seeds every random choice of this call (the caller's RNG state is restored).
         masks: starting masks (iterative pruning); entries already pruned stay pruned.
@@ -106,11 +106,11 @@ def prune(
         collapse_guard: keep at least one weight per output row (``"row"``, default), per
             layer (``"layer"``) or none (``"off"``) in unstructured global/local cuts, so
             extreme sparsity never disconnects a layer; counts stay exact, and what it did
-            is in the masks' ``collapse_guard`` (:mod:`sfpk.collapse`).
+            is in the masks' ``collapse_guard`` (:mod:`sfpk.selection.collapse`).
         protect_output: with ``structure="filter"``, leave the layers that produce the
             model's output unpruned: their filters are the outputs themselves (a
             classifier's classes). Found from one input of ``data``, or declared by the model
-            as ``sfpk_output_layers`` (:mod:`sfpk.output_layers`); listed in the result's
+            as ``sfpk_output_layers`` (:mod:`sfpk.masks.output_layers`); listed in the result's
             ``unpruned_outputs``. False prunes them as the reference implementation does.
             It shapes fresh masks only: starting ``masks`` keep their own parameters.
         round_to: with ``structure`` ``"filter"``, ``"channel"`` or ``"coupled"``, every
@@ -120,9 +120,9 @@ def prune(
             channel blocks (16 fp32 channels with AVX-512, 8 with AVX2;
             ``docs/performance.md``). ``local`` rounds each block's count to the nearest
             such width; ``global`` removes whole chunks of ``round_to`` groups, within one
-            chunk of the requested sparsity (:mod:`sfpk.aligned_cut`). A sparsity the
+            chunk of the requested sparsity (:mod:`sfpk.selection.aligned`). A sparsity the
             rounding cannot come near is an error, before any work (the reach rule of
-            :mod:`sfpk.aligned_checks`; SynFlow's inner rounds at lower targets only round).
+            :mod:`sfpk.selection.aligned`; SynFlow's inner rounds at lower targets only round).
             None: the starting ``masks``' ``round_to`` (a divisor of it is accepted too),
             else no rounding (as 1). With ``include_bias`` a layer's bias
             follows its filters. SFPK/SpODE simulate as without it; only the final
@@ -131,7 +131,7 @@ def prune(
             (``"loop"``), in one vmapped pass (``"vmap"``), or ``"auto"`` (vmap on GPUs, the
             loop on CPU); the results agree to fp32 tolerance.
         precision: the forward passes in ``"fp32"``, ``"bf16"`` or ``"fp16"`` (GPU only)
-            autocast (:mod:`sfpk.precision`); scores, particles and masks stay fp32.
+            autocast (:mod:`sfpk.training.precision`); scores, particles and masks stay fp32.
         **options: the method's hyperparameters (``sfpk.pruner_class(method).Options``).
 
     Returns:
@@ -215,7 +215,7 @@ def run_pruner(
             iterative rounds), the schedule's final target (>= ``sparsity``). The
             ``round_to`` reach rule is checked in full at it; at this round's ``sparsity``
             the local rounding only rounds, never refused for landing short
-            (:mod:`sfpk.aligned_checks`, "Reach"). None: ``sparsity`` is final.
+            (:mod:`sfpk.selection.aligned`, "Reach"). None: ``sparsity`` is final.
 
     Example:
         >>> first = sfpk.run_pruner(model, loader, method="sfpk", sparsity=0.5)  # doctest: +SKIP
@@ -320,7 +320,7 @@ def check_pruning(
     before a run's folder exists). Returns the starting masks. ``data`` (one batch is
     enough) is needed only by ``structure="coupled"`` and by ``"filter"`` with
     ``protect_output``, which trace the model. A ``round_to`` that cannot reach
-    ``sparsity`` (the final target; the reach rule of :mod:`sfpk.aligned_checks`) is found
+    ``sparsity`` (the final target; the reach rule of :mod:`sfpk.selection.aligned`) is found
     here too: it depends on the widths only, not on any score. The check of the first
     batch against the model and the loss (:func:`sfpk.prune_args.check_first_batch`) is
     not made here: it needs the call's ``loss_fn``, and :func:`run_pruner` makes it first.

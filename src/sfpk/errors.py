@@ -92,7 +92,7 @@ class NonFiniteError(SfpkError, ValueError):
 
 class SparsityCheckError(SfpkError):
     """The achieved sparsity after pruning differs from the requested one (or the masks
-    break their structure's rules, e.g. a ``round_to`` width); :mod:`sfpk.selection`."""
+    break their structure's rules, e.g. a ``round_to`` width); :mod:`sfpk.selection.topk`."""
 
 
 def check_number(name: str, value: Any, *, integer: bool = False) -> Any:

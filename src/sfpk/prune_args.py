@@ -3,7 +3,7 @@
 :func:`sfpk.prune`, :func:`sfpk.run_pruner` and :func:`sfpk.api.check_pruning` (which the
 pipelines call before a run's folder exists) share them: the method and its options, the
 sparsity, seed and model, the structure and scope, and the starting masks, including the
-layers that filter masks leave alone (:mod:`sfpk.output_layers`).
+layers that filter masks leave alone (:mod:`sfpk.masks.output_layers`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from .aligned_cut import (
-    check_aligned_start,
-    check_local_start,
-    check_reachable,
-    check_round_to,
-    is_aligned,
-)
-from .collapse import GUARDS, Guard
 from .errors import (
     ConfigError,
     DataMismatchError,
@@ -34,12 +26,20 @@ from .errors import (
     check_number,
 )
 from .losses import check_loss_targets
-from .masks import SCOPES, Masks, Scope, prunable_parameters
+from .masks.core import SCOPES, Masks, Scope
+from .masks.output_layers import declared_output_layers, find_output_layers, output_parameter_names
+from .masks.prunable import Structure, check_structure, parse_nm, prunable_parameters
 from .model_state import ModelState
-from .output_layers import declared_output_layers, find_output_layers, output_parameter_names
-from .precision import autocast
-from .prunable import Structure, check_structure, parse_nm
 from .pruners.base import Batch, Pruner, create_pruner, to_device
+from .selection.aligned import (
+    check_aligned_start,
+    check_local_start,
+    check_reachable,
+    check_round_to,
+    is_aligned,
+)
+from .selection.collapse import GUARDS, Guard
+from .training.precision import autocast
 
 __all__ = [
     "SEED_MAX",
@@ -79,7 +79,7 @@ def checked_call(
 
     ``final_sparsity``: the target this call is one round towards (the pipelines'
     iterative rounds; None: ``sparsity`` itself). The ``round_to`` reach rule is checked in
-    full at it; ``sparsity`` is then only rounded (:mod:`sfpk.aligned_checks`, "Reach").
+    full at it; ``sparsity`` is then only rounded (:mod:`sfpk.selection.aligned`, "Reach").
     """
     pruner = create_pruner(method, **options)
     sparsity = check_fraction("sparsity", sparsity)
@@ -155,7 +155,7 @@ def _resolve_round_to(round_to: Any, masks: Masks | None, structure: str) -> int
     would fail.
 
     Raises:
-        ConfigError: a bad value (:func:`sfpk.aligned_cut.check_round_to`), or one that
+        ConfigError: a bad value (:func:`sfpk.selection.aligned.check_round_to`), or one that
             does not keep the starting masks' ``round_to`` (1, or not a divisor; both named).
     """
     start = masks.round_to if isinstance(masks, Masks) else None
@@ -267,7 +267,7 @@ def _exclude_output_layers(
     and the names of those layers that had prunable parameters.
 
     Filter masks on those layers would remove outputs (classes), not computation
-    (:mod:`sfpk.output_layers`).
+    (:mod:`sfpk.masks.output_layers`).
     """
     layers = declared_output_layers(model)
     if layers is None:
@@ -312,7 +312,7 @@ def _starting_masks(
 ) -> Masks:
     """All-ones masks of the prunable parameters, or the checked starting ``masks``."""
     if masks is None and structure == "coupled":
-        from .channel_groups import coupled_channel_masks  # torch-pruning: the slim extra
+        from .deploy.channel_groups import coupled_channel_masks  # torch-pruning: the slim extra
 
         prunable = prunable_parameters(
             model, include=include, exclude=exclude, include_bias=include_bias

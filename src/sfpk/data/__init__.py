@@ -10,7 +10,9 @@ text (:mod:`sfpk.data.text`) and ``tinytext`` is a corpus sfpk generates
 (:mod:`sfpk.data.tinytext`); their items are next-token pairs of int64 token ids.
 
 Data sets live in one registry (:mod:`sfpk.data.registry`); importing this package
-registers every loader of the modules below.
+registers every loader of the modules below. May import only :mod:`sfpk.errors`,
+:mod:`sfpk.losses` (each data set names its task) and :mod:`sfpk.index_batches`
+(``tests/api/test_architecture.py``).
 """
 
 from __future__ import annotations

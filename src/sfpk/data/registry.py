@@ -109,7 +109,7 @@ def register_dataset_prefix(
     """Register the decorated loader for every data set named ``<prefix>:<argument>``.
 
     The loader is called as ``loader(argument, *, seed, val_fraction, augment, **options)``;
-    the argument is a file-system path (:func:`sfpk.config.build_config` makes it absolute).
+    the argument is a file-system path (:func:`sfpk.config.core.build_config` makes it absolute).
 
     Raises:
         ConfigError: if the prefix is already registered.

@@ -3,7 +3,8 @@
 Every model is built from plain ``nn.Conv1d/Conv2d``, ``nn.Linear``, ``nn.BatchNorm``,
 ``nn.LayerNorm`` and ``nn.Embedding`` layers (no special masked layers), so generic
 mask-based pruning works on all of them. Importing this package registers every builder of
-the modules below, and the external ``tv:`` / ``timm:`` / ``hf:`` prefixes.
+the modules below, and the external ``tv:`` / ``timm:`` / ``hf:`` prefixes. May import
+only :mod:`sfpk.errors` (``tests/api/test_architecture.py``).
 """
 
 from __future__ import annotations

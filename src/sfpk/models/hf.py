@@ -70,7 +70,7 @@ class HFModel(nn.Module):
         task: ``"classification"`` (pixel values -> ``[B, C]``) or ``"language_model"``
             (token ids ``[B, T]`` -> ``[B, T, V]``).
         exclude: glob patterns of parameters the default prunable rule leaves out
-            (``sfpk_default_exclude``, see :func:`sfpk.masks.prunable_parameters`).
+            (``sfpk_default_exclude``, see :func:`sfpk.masks.prunable.prunable_parameters`).
     """
 
     sfpk_pretrained = True  # the weights come from a checkpoint, not a fresh init

@@ -16,7 +16,7 @@ Attention is written out, ``softmax(q k^T / sqrt(head_dim)) v``, rather than cal
 ``F.scaled_dot_product_attention``: torch's fused CPU kernel has no double backward, which
 GraSP's Hessian-gradient product needs.
 
-Both models declare ``sfpk_default_exclude`` (:func:`sfpk.masks.prunable_parameters`): the
+Both models declare ``sfpk_default_exclude`` (:func:`sfpk.masks.prunable.prunable_parameters`): the
 embeddings, the norms and the LM head stay dense by default; every attention and MLP Linear,
 and ``vit_tiny``'s classifier, is prunable. ``sfpk_task`` names the kind of output
 (``"language_model"``: ``[B, T, V]`` logits, ``"classification"``: ``[B, C]``).

@@ -5,6 +5,12 @@ and executes the pipeline named by ``config.pipeline``; ``resume(run_dir)`` cont
 that was interrupted at any point (the result equals the uninterrupted run's, bit for bit
 on CPU).
 
+Owns the flows (:mod:`.flows`), their phases (:mod:`.phases`), the shared state of a run
+(:mod:`.context`), the run directory with its summary, status and export (:mod:`.run`), and
+the figures of one run and the report over many (:mod:`.plots`, :mod:`.report`). May import
+every library layer (api, config, pruners, selection, masks, training, data, models,
+deploy, llm), never the CLI (``tests/api/test_architecture.py``).
+
 Example:
     >>> config = build_config("oneshot", overrides={"data.dataset": "mnist1d",
     ...     "model.name": "cnn1d", "prune.method": "mag", "run.out": "runs/x"})
@@ -18,13 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import distributed
-from ..checkpoint import checkpoint_names, discard_skipped, read_latest_checkpoint
-from ..config import Config
+from ..config.core import Config
 from ..errors import CheckpointError
-from ..run import Run, read_status
+from ..training import distributed
+from ..training.checkpoint import checkpoint_names, discard_skipped, read_latest_checkpoint
 from .context import Context, Prepared, prepare
 from .flows import run_iterative, run_oneshot, run_pretrain, summarize
+from .run import Run, read_status
 
 __all__ = ["PIPELINES", "Context", "start", "resume", "execute", "summarize"]
 

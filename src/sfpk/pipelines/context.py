@@ -6,13 +6,13 @@ current one stands (epoch + optimizer state, or the pruner engine's state). It i
 every checkpoint together with the model, the masks and the RNG states, so re-running the
 same pipeline function after a restart skips what is done and continues the rest exactly.
 
-Every random stream is derived from ``(seed, phase, epoch)`` (:func:`sfpk.checkpoint.
+Every random stream is derived from ``(seed, phase, epoch)`` (:func:`sfpk.training.checkpoint.
 derive_seed`): training loaders are rebuilt per epoch from such a seed, pruning loaders per
 pruning call. A seeded CPU run is bit-identical whether or not it was interrupted.
 
 Under ``torchrun`` every rank runs the whole pipeline on its own replica (training is not
 data-parallel); the particle pruning calls split their passes over the ranks, and only
-rank 0 writes files (:class:`sfpk.run.Run`) and shows progress bars.
+rank 0 writes files (:class:`sfpk.pipelines.run.Run`) and shows progress bars.
 """
 
 from __future__ import annotations
@@ -28,18 +28,20 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .. import api, distributed, models
+from .. import api, models
 from .. import data as data_module
-from ..checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
-from ..config import Config
+from ..config.core import Config
 from ..errors import CheckpointError, ConfigError, SfpkError, coerce
 from ..index_batches import batch_taker
 from ..losses import Task, task_loss
-from ..masks import Masks
-from ..precision import check_precision
+from ..masks.core import Masks
 from ..prune_args import check_finite_tensors
-from ..run import Run
-from ..train import EvalResult, OptimizerConfig, Trainer, select_device
+from ..training import distributed
+from ..training.checkpoint import Checkpoint, derive_seed, rng_state, seed_everything, set_rng_state
+from ..training.optimizers import OptimizerConfig
+from ..training.precision import check_precision
+from ..training.trainer import EvalResult, Trainer, select_device
+from .run import Run
 
 __all__ = ["Progress", "Context", "Prepared", "prepare", "model_options"]
 

@@ -23,12 +23,12 @@ from typing import Any, Literal
 
 import torch
 
-from .. import distributed
-from ..costs import cost_summary, slim_cost_summary
+from ..deploy.costs import cost_summary, slim_cost_summary
 from ..errors import ConfigError
 from ..losses import perplexity
-from ..masks import Masks
-from ..schedules import finetune_lr, oneshot_lr, per_round, resolve_lr_min, round_lr
+from ..masks.core import Masks
+from ..training import distributed
+from ..training.schedules import finetune_lr, oneshot_lr, per_round, resolve_lr_min, round_lr
 from .context import Context
 from .phases import best_record, dense_phase, pretrain_phase, prune_round, train_phase
 
@@ -60,7 +60,7 @@ def run_pretrain(ctx: Context) -> dict[str, Any]:
 
 
 def _rounds(ctx: Context) -> int:
-    """``prune.rounds``, which :func:`sfpk.config.build_config` always resolves to an int."""
+    """``prune.rounds``, which :func:`sfpk.config.core.build_config` always resolves to an int."""
     rounds = ctx.config.prune.rounds
     if rounds is None:
         raise ConfigError("prune.rounds is unresolved; build configs with sfpk.build_config")

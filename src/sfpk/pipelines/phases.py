@@ -12,16 +12,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import api, distributed
-from ..batchnorm import recalibrate_bn
-from ..checkpoint import derive_seed, load_state_dict_file
+from .. import api
 from ..errors import SfpkError
 from ..losses import Task, perplexity
-from ..masks import Masks
+from ..masks.core import Masks
 from ..pruners import PruneObserver, StartState
-from ..schedules import PRETRAIN_LR_MIN, pretrain_lr
-from ..selection import round_sparsity
-from ..train import EvalResult, OptimizerConfig
+from ..selection.topk import round_sparsity
+from ..training import distributed
+from ..training.batchnorm import recalibrate_bn
+from ..training.checkpoint import derive_seed, load_state_dict_file
+from ..training.optimizers import OptimizerConfig
+from ..training.schedules import PRETRAIN_LR_MIN, pretrain_lr
+from ..training.trainer import EvalResult
 from .context import Context
 
 __all__ = [
@@ -75,7 +77,7 @@ def train_phase(
         ctx: the pipeline context (model, masks, data, progress).
         key: the phase name, e.g. ``"finetune"`` or ``"tune:2"``.
         epochs: number of epochs.
-        lr_at: the LR of epoch ``e`` (a function from :mod:`sfpk.schedules`).
+        lr_at: the LR of epoch ``e`` (a function from :mod:`sfpk.training.schedules`).
         options: optimizer and loss settings (a config section: ``config.train``).
         batch_size: training batch size.
         round_index: the pruning round, for the metrics rows.

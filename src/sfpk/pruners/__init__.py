@@ -3,6 +3,10 @@
 ``scores`` holds the score-and-select baselines (rand, mag, snip, grasp, synflow) and
 ``wanda`` the activation-aware one;
 ``particles`` the SFPK particle engine (sfpk, spode). Importing this package registers them.
+
+Pruners score; :mod:`sfpk.selection` turns scores into masks. May import errors,
+:mod:`sfpk.index_batches`, masks, selection and training (precision, distributed), never
+config, pipelines or the CLI (``tests/api/test_architecture.py``).
 """
 
 from . import particles as _particles  # noqa: F401  (registers sfpk, spode)

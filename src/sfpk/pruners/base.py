@@ -18,7 +18,7 @@ code path for "next round" and "resumed round", and a pruner object stays a func
 its options.
 
 Two families implement the contract. :class:`ScorePruner` methods score (one score per mask
-entry, higher means keep) and :func:`sfpk.selection.select_topk` selects, once or over
+entry, higher means keep) and :func:`sfpk.selection.topk.select_topk` selects, once or over
 ``rounds`` re-scoring rounds (style.md §2). The particle methods (``sfpk``, ``spode``,
 :mod:`sfpk.pruners.particles`) simulate and then select from their final score.
 """
@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..collapse import Guard
 from ..errors import ConfigError, SfpkError, UnknownNameError, check_fields, resolve_fields
 from ..index_batches import iterate_fast
-from ..masks import Masks, Scope
-from ..precision import autocast
-from ..selection import round_sparsity, select_topk
+from ..masks.core import Masks, Scope
+from ..selection.collapse import Guard
+from ..selection.topk import round_sparsity, select_topk
+from ..training.precision import autocast
 
 __all__ = [
     "Batch",
@@ -78,16 +78,16 @@ class PruneContext:
             group (``torchrun``): None (default) when one with more than one rank exists,
             True to require one, False never. Methods without per-rank work ignore it.
         collapse_guard: the final selection's guard against disconnected layers
-            (:mod:`sfpk.collapse`): ``"row"``, ``"layer"`` or ``"off"``.
+            (:mod:`sfpk.selection.collapse`): ``"row"``, ``"layer"`` or ``"off"``.
         round_to: every selection keeps a multiple of this many filters/channels per
-            block, or all (:mod:`sfpk.aligned_cut`); None or 1: no rounding. The particle
+            block, or all (:mod:`sfpk.selection.aligned`); None or 1: no rounding. The particle
             engine's in-simulation thresholds ignore it.
         particle_batching: how the particle methods run their n forward+backward passes:
             ``"loop"`` (one per particle), ``"vmap"`` (one batched pass, torch.func) or
             ``"auto"`` (vmap on accelerators, the loop on CPU; see
             :mod:`sfpk.pruners.particles.batching`). Other methods ignore it.
         precision: the forward passes' precision, ``"fp32"``, ``"bf16"`` or ``"fp16"``
-            (:mod:`sfpk.precision`); scores, particles and masks stay fp32.
+            (:mod:`sfpk.training.precision`); scores, particles and masks stay fp32.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..errors import ConfigError, SfpkError, check_positive
-from ..masks import Masks, reduce_to_mask
+from ..masks.core import Masks, reduce_to_mask
 from .base import Batch, PruneContext, ScorePruner, register, take_batches, to_device
 
 __all__ = ["RandomPruner", "MagnitudePruner", "SnipPruner", "GraspPruner", "SynFlowPruner"]

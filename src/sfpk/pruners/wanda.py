@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..errors import ConfigError, SfpkError, check_positive
-from ..masks import reduce_to_mask
+from ..masks.core import reduce_to_mask
 from .base import ScorePruner, register, to_device
 
 __all__ = ["WandaPruner"]

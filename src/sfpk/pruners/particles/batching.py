@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from ...errors import check_choice
-from ...functional import LossFn, effective_weight_grads
+from ...masks.functional import LossFn, effective_weight_grads
 
 __all__ = ["BATCHINGS", "Batching", "iter_particle_grads", "particle_grads", "resolve_batching"]
 

@@ -18,12 +18,12 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ...distributed import all_reduce_rows_
 from ...errors import NonFiniteError
-from ...functional import LossFn
-from ...precision import autocast
-from ...threads import intra_op_threads
+from ...masks.functional import LossFn
+from ...training.distributed import all_reduce_rows_
+from ...training.precision import autocast
 from ..base import Batch, PruneContext, to_device
+from ..threads import intra_op_threads
 from .batching import iter_particle_grads, particle_grads
 from .layout import FlatLayout
 from .processors import ThresholdLayout, process

@@ -4,7 +4,7 @@ One :class:`ParticleSystem` runs ``N`` synchronous steps of ``n`` particles. Its
 in pre-allocated flat tensors: particles ``[n, P_m]``, forces ``[n, P_m]``, ``-∇G``
 ``[n, P_m]``, one ``[n, P_m]`` work buffer and the score accumulator ``S`` ``[P_m]``. Per
 particle and step there is exactly one forward + backward pass (:mod:`.energy`, through the
-functional masked forward :func:`sfpk.functional.effective_weight_grads`); G, the repulsion,
+functional masked forward :func:`sfpk.masks.functional.effective_weight_grads`); G, the repulsion,
 the drift and the votes are closed-form tensor operations (:mod:`.dynamics`,
 :mod:`.processors`, :mod:`.voting`).
 
@@ -12,7 +12,7 @@ BatchNorm: the network runs in train mode throughout (spec §3.2), so BN normali
 statistics of each particle's own mini-batch; the running statistics drift and are restored
 by :func:`sfpk.prune` (recalibrate them after applying the masks, :func:`sfpk.recalibrate_bn`).
 
-Distributed (``torchrun``, :mod:`sfpk.distributed`): every rank holds the full replicated
+Distributed (``torchrun``, :mod:`sfpk.training.distributed`): every rank holds the full replicated
 state and draws every batch in the same order, but runs the forward+backward only of the
 particles it owns (round-robin); one SUM all-reduce of the forces and energies per step
 (other rows are exact zeros) makes every rank's state equal to the single-process run, and
@@ -31,11 +31,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ...distributed import is_main, particle_owner, rank, world_size
-from ...distributed import resolve_distributed as _resolve_distributed
 from ...errors import NonFiniteError, SfpkError
-from ...threads import intra_op_threads
+from ...training.distributed import is_main, particle_owner, rank, world_size
+from ...training.distributed import resolve_distributed as _resolve_distributed
 from ..base import Batch, PruneContext, PruneObserver, batch_stream
+from ..threads import intra_op_threads
 from .batching import resolve_batching
 from .dynamics import (
     drift,
@@ -243,7 +243,7 @@ class ParticleSystem:
         """One synchronous step of all particles (spec §3.1 loop body).
 
         On the CPU the step's own vector work runs on one intra-op thread and the network
-        passes on the caller's count (:mod:`sfpk.threads` says why); the caller's count is
+        passes on the caller's count (:mod:`sfpk.pruners.threads` says why); the caller's count is
         restored when the step returns or raises.
         """
         if self.layout.device.type != "cpu":

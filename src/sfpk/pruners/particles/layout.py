@@ -4,7 +4,7 @@ Particles, forces and scores live in flat tensors (rows of ``[n, P_m]`` buffers)
 them to per-parameter views (no copies) and holds the per-entry constants the dynamics need
 (``|θ|`` reduced to mask shape, weights per entry, layer ids), computed once per call.
 
-Head and neuron masks (:mod:`sfpk.groups`) have one coordinate per **group**, not per mask
+Head and neuron masks (:mod:`sfpk.masks.groups`) have one coordinate per **group**, not per mask
 entry: a head spans rows of q, k, v and columns of o, and must move as one. Their "layers"
 (segments, layer ids) are the coupled blocks (one attention module's heads, one MLP's
 neurons); :meth:`FlatLayout.views` expands a row to mask tensors by indexing (a copy), and
@@ -19,8 +19,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ...masks import Masks, reduce_to_mask
-from ...prunable import parse_nm
+from ...masks.core import Masks, reduce_to_mask
+from ...masks.prunable import parse_nm
 
 __all__ = ["FlatLayout"]
 
@@ -162,7 +162,7 @@ class FlatLayout:
     def entry_scores(self, row: Tensor) -> dict[str, Tensor]:
         """Mask-shaped scores whose sum over each selection group is ``row``'s value.
 
-        Selection (:func:`sfpk.selection.select_topk`) scores a coupled group by the sum of
+        Selection (:func:`sfpk.selection.topk.select_topk`) scores a coupled group by the sum of
         its entries, so each group's value goes on its first entry and zeros on the others
         (an exact sum); uncoupled masks get plain views.
         """

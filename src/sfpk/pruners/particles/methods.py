@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, check_choice, check_positive
-from ...masks import Masks, Scope
-from ...selection import select_topk
+from ...masks.core import Masks, Scope
+from ...selection.topk import select_topk
 from ..base import PruneContext, PruneObserver, Pruner, PruneResult, StartState, register
 from .dynamics import DT_SCHEDULES, RADIUS_SCHEDULES, dt_schedule, parse_size_functional
 from .engine import ParticleSystem

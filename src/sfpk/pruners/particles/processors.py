@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
-from ...selection import cut, weighted_cut
+from ...selection.cuts import cut, weighted_cut
 
 __all__ = ["PROCESSORS", "ThresholdLayout", "binarize", "process", "quantile"]
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
-from ...selection import cut, nm_cut, weighted_cut
+from ...selection.cuts import cut, nm_cut, weighted_cut
 from .processors import ThresholdLayout
 
 __all__ = ["VOTES", "SCORES", "rank_voters", "score_weight", "hard_cut", "vote"]
