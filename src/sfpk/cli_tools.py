@@ -123,9 +123,10 @@ def _export_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=["safetensors", "onnx"],
+        choices=["safetensors", "onnx", "hf"],
         default="safetensors",
-        help="model file format (onnx needs sfpk[onnx] and is checked in onnxruntime)",
+        help="model file format (onnx needs sfpk[onnx] and is checked in onnxruntime; hf: a "
+        "save_pretrained folder of an hf: model, pruned MLP neurons removed where possible)",
     )
     parser.add_argument(
         "--semi-structured",
@@ -158,6 +159,11 @@ def _export(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         overwrite=args.overwrite,
     )
-    for file in sorted([*path.parent.glob("*.safetensors"), *path.parent.glob("*.onnx")]):
+    files = (
+        sorted(p for p in path.iterdir() if p.is_file())
+        if args.format == "hf"
+        else sorted([*path.parent.glob("*.safetensors"), *path.parent.glob("*.onnx")])
+    )
+    for file in files:
         print(f"wrote {file} ({file.stat().st_size:,} bytes)")
     return 0

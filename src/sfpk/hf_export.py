@@ -1,0 +1,559 @@
+"""Hugging Face checkpoints out: a pruned ``hf:`` model as a ``save_pretrained`` folder.
+
+``export_hf(model, folder, masks)`` (or ``sfpk export RUN --out DIR --format hf``) writes a
+folder that ``transformers``' ``AutoModelForCausalLM`` / ``AutoModelForImageClassification``
+``.from_pretrained(folder)`` loads with nothing from sfpk, and that computes what sfpk's
+masked model computes:
+
+* ``config.json`` (the checkpoint's own config; only an MLP width changes when the model is
+  slimmed) and ``model.safetensors`` in transformers' own layout: GPT-2's ``Conv1D``
+  weights, which the ``hf:`` loader turned into ``nn.Linear`` (:mod:`sfpk.models.hf`), are
+  transposed back;
+* the masks baked in: pruned weights are exact ``+0.0`` in the file;
+* the tokenizer (and image processor) files of the source folder, copied as they are;
+* ``sfpk_export.json``: the source, the masks' method / structure / sparsity, whether the
+  model was slimmed and, if it was not, why (the note is also logged).
+
+**Slimming.** Where the pruned MLP neurons can be removed and the config can still describe
+the model, they are: every MLP block of a transformers config has the same width
+(``intermediate_size``, GPT-2's ``n_inner``), so ``k`` neurons go from every block, ``k``
+being the fewest that any block can lose (a neuron can go when its input column of the second
+projection is all zeros: nothing reads it). Blocks that pruned more keep their extra neurons
+as zeros (noted). Head pruning is not slimmed (a config has one head count for all layers and
+sfpk does not rewrite attention shapes): those zeros stay in place, with a note. The slim
+model is checked against the masked one before anything is written.
+
+Everything is checked before the folder is written: the logits of the exported model on a
+fixed sample must equal those of sfpk's masked model (``atol=1e-5``).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from . import models
+from .errors import CheckpointError, ConfigError, SfpkError
+from .masks import Masks, load_masks
+from .model_files import MASKS_FILE, MODEL_FILE, Architecture
+from .prunable import parse_nm
+
+__all__ = [
+    "EXPORT_INFO",
+    "TOKENIZER_FILES",
+    "WIDTH_KEYS",
+    "HFExport",
+    "export_hf",
+    "export_hf_run",
+    "formats_for",
+]
+
+log = logging.getLogger(__name__)
+
+EXPORT_INFO = "sfpk_export.json"
+# Tokenizer and processor files of a save_pretrained folder; copied when the source has them.
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+# Config attributes holding the (one, shared) MLP width of a transformers model.
+WIDTH_KEYS: tuple[str, ...] = ("intermediate_size", "n_inner", "ffn_dim")
+ATOL = 1e-5
+
+
+@dataclass(frozen=True)
+class HFExport:
+    """What :func:`export_hf` wrote.
+
+    Attributes:
+        folder: the ``save_pretrained`` folder.
+        slimmed: whether pruned MLP neurons were removed (the config's width changed).
+        note: why the model was not (fully) slimmed; None when nothing is left to say.
+        tokenizer_files: the tokenizer / processor files copied from the source folder.
+        max_abs_diff: largest logit difference to sfpk's masked model on the check sample.
+    """
+
+    folder: Path
+    slimmed: bool
+    note: str | None
+    tokenizer_files: tuple[str, ...]
+    max_abs_diff: float
+
+
+def formats_for(model_name: str) -> tuple[str, ...]:
+    """The ``sfpk export`` formats a run of ``model_name`` can be written in."""
+    base = ("safetensors", "onnx")
+    return (*base, "hf") if model_name.lower().startswith("hf:") else base
+
+
+# -- the model --------------------------------------------------------------------------
+
+
+def _split(model: nn.Module) -> tuple[nn.Module, str]:
+    """The transformers model inside ``model`` and the prefix of its names in ``model``."""
+    hf = getattr(model, "hf", None)
+    if isinstance(hf, nn.Module) and hasattr(hf, "config"):
+        return hf, "hf."
+    if hasattr(model, "config") and hasattr(model, "save_pretrained"):
+        return model, ""
+    raise ConfigError(
+        f"export_hf needs an hf: model (sfpk's HFModel, or a transformers PreTrainedModel), "
+        f"not {type(model).__name__}; export it with format 'safetensors' or 'onnx'"
+    )
+
+
+def _baked_copy(model: nn.Module, masks: Masks | None) -> nn.Module:
+    """A CPU float copy of the transformers model with ``masks`` baked in (exact +0.0)."""
+    from .export import bake
+
+    hf, prefix = _split(model)
+    state = bake(model, masks)
+    work = copy.deepcopy(hf).to("cpu")
+    own = {name[len(prefix) :]: t for name, t in state.items() if name.startswith(prefix)}
+    work.load_state_dict(own, strict=True)
+    return work.eval()
+
+
+def _conv1d_type() -> type[nn.Module]:
+    return importlib.import_module("transformers.pytorch_utils").Conv1D
+
+
+def _conv1d_names(work: nn.Module) -> list[str]:
+    """The modules that are ``Conv1D`` in the model class built from its config (on meta)."""
+    conv1d = _conv1d_type()
+    with torch.device("meta"):
+        reference = type(work)(copy.deepcopy(work.config))
+    return [name for name, module in reference.named_modules() if isinstance(module, conv1d)]
+
+
+@torch.no_grad()
+def _restore_conv1d_(work: nn.Module, names: list[str]) -> None:
+    """Put GPT-2's ``Conv1D`` back where the ``hf:`` loader put ``nn.Linear`` (mutates)."""
+    conv1d = _conv1d_type()
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = work.get_submodule(parent_name) if parent_name else work
+        linear = getattr(parent, child)
+        if isinstance(linear, conv1d):
+            continue
+        layer = conv1d(linear.out_features, linear.in_features)
+        layer.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        layer.weight.copy_(linear.weight.t())
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias)
+        else:  # Conv1D always has a bias; a Linear without one adds zero
+            layer.bias.zero_()
+        setattr(parent, child, layer)
+
+
+# -- slimming MLP neurons ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SlimPlan:
+    key: str  # the config attribute of the MLP width
+    width: int  # before
+    keep: dict[str, tuple[Any, list[int]]]  # block name -> (block, kept neurons)
+
+
+def _width_key(config: Any, width: int) -> str | None:
+    for key in WIDTH_KEYS:
+        if getattr(config, key, None) == width:
+            return key
+    if getattr(config, "n_inner", "absent") is None and getattr(config, "n_embd", 0) * 4 == width:
+        return "n_inner"  # GPT-2: n_inner None means 4 * n_embd
+    return None
+
+
+def _removable(work: nn.Module, block: Any) -> list[bool]:
+    """Per neuron of ``block``: nothing reads it (every consumer column is zero), or a
+    producer row and its bias are zero (its activation is then 0 for the usual GELU / SiLU /
+    ReLU, and Llama's gate times up is 0; the logits check catches any other activation)."""
+    params = dict(work.named_parameters())
+    ignored = torch.ones(block.groups, dtype=torch.bool)
+    silent = torch.zeros(block.groups, dtype=torch.bool)
+    for member in block.members:
+        weight = params[member.name].detach().cpu()
+        if member.dim == 1:
+            ignored &= (weight == 0).all(dim=0)
+        else:
+            zero = (weight == 0).all(dim=1)
+            bias = params.get(member.name.rsplit(".", 1)[0] + ".bias")
+            if bias is not None:
+                zero &= bias.detach().cpu() == 0
+            silent |= zero
+    return (ignored | silent).tolist()
+
+
+def _slim_plan(work: nn.Module) -> tuple[_SlimPlan | None, str | None]:
+    """Which neurons go (same count in every MLP), or None and why not."""
+    from .group_finder import find_groups
+
+    try:
+        blocks = list(find_groups(work, ("neuron",)).blocks)
+    except ConfigError:
+        return None, "no MLP blocks sfpk recognises; the pruned weights stay zeros in place"
+    if any(m.span != 1 or m.offset != 0 for b in blocks for m in b.members):
+        return None, "fused MLP projections are not slimmed; the pruned weights stay zeros"
+    widths = {b.groups for b in blocks}
+    key = _width_key(work.config, blocks[0].groups) if len(widths) == 1 else None
+    if key is None:
+        return None, (
+            f"the MLP widths {sorted(widths)} are not the config's one width "
+            f"({', '.join(WIDTH_KEYS)}); the pruned weights stay zeros in place"
+        )
+    free = {b.name: _removable(work, b) for b in blocks}
+    counts = {name: sum(f) for name, f in free.items()}
+    drop = min(counts.values())
+    if drop == 0:
+        if max(counts.values()) == 0:
+            return None, None  # nothing to slim (unstructured, N:M, head masks or dense)
+        return None, (
+            f"MLP neurons removable per block: {sorted(set(counts.values()))}; the config has "
+            f"one width ({key}) for every block and one block can lose none, so the pruned "
+            "neurons stay zeros in place (prune with scope=local for equal widths)"
+        )
+    keep: dict[str, tuple[Any, list[int]]] = {}
+    for block in blocks:
+        gone = [i for i, f in enumerate(free[block.name]) if f][:drop]
+        keep[block.name] = (block, [i for i in range(block.groups) if i not in set(gone)])
+    return _SlimPlan(key, blocks[0].groups, keep), None
+
+
+def _slim_decision(
+    work: nn.Module, masks: Masks | None, slim: bool
+) -> tuple[_SlimPlan | None, str | None]:
+    """The slim plan for structured masks, and the note on what stays zeros in place."""
+    structure = None if masks is None else masks.structure
+    if structure is None or structure == "unstructured" or parse_nm(structure) is not None:
+        return None, None  # scattered zeros: nothing a config could express
+    if not slim:
+        return None, "slim=False: the pruned weights stay zeros in place"
+    plan, note = _slim_plan(work)
+    if "head" in structure:
+        heads = (
+            "attention heads are not removed (sfpk does not rewrite attention shapes, and a "
+            "config has one head count for every layer): pruned heads stay zeros in place"
+        )
+        note = heads if note is None else f"{heads}; {note}"
+    return plan, note
+
+
+def _sliced_linear(linear: nn.Linear, index: Tensor, dim: int) -> nn.Linear:
+    weight = linear.weight.index_select(dim, index)
+    out = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=linear.bias is not None,
+        device=weight.device, dtype=weight.dtype,
+    )  # fmt: skip
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias if dim == 1 else linear.bias.index_select(0, index))
+    return out
+
+
+def _apply_slim_(work: nn.Module, plan: _SlimPlan) -> int:
+    """Remove the planned neurons from every MLP (mutates); returns the new width."""
+    width = plan.width
+    for block, kept in plan.keep.values():
+        index = torch.tensor(kept, dtype=torch.long)
+        width = len(kept)
+        for member in block.members:
+            path = member.name.rsplit(".", 1)[0]
+            parent_name, _, child = path.rpartition(".")
+            parent = work.get_submodule(parent_name) if parent_name else work
+            setattr(parent, child, _sliced_linear(getattr(parent, child), index, member.dim))
+        module = work.get_submodule(block.name)
+        if hasattr(module, "intermediate_size"):
+            module.intermediate_size = width
+    setattr(work.config, plan.key, width)
+    return width
+
+
+# -- checking ---------------------------------------------------------------------------
+
+
+def _task(work: nn.Module) -> str:
+    return "classification" if "pixel_values" in _forward_names(work) else "language_model"
+
+
+def _forward_names(work: nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(work.forward).parameters)
+
+
+def _sample(work: nn.Module) -> dict[str, Tensor]:
+    """A fixed input batch of 2 for the logits check."""
+    config = work.config
+    generator = torch.Generator().manual_seed(0)
+    if _task(work) == "classification":
+        size = getattr(config, "image_size", 224)
+        size = size if isinstance(size, int) else int(size[0])
+        channels = getattr(config, "num_channels", 3)
+        return {"pixel_values": torch.randn(2, channels, size, size, generator=generator)}
+    vocab = work.get_input_embeddings().num_embeddings
+    positions = getattr(config, "max_position_embeddings", None) or getattr(
+        config, "n_positions", 16
+    )
+    length = max(1, min(8, int(positions)))
+    return {"input_ids": torch.randint(0, vocab, (2, length), generator=generator)}
+
+
+@torch.no_grad()
+def _logits(work: nn.Module, sample: Mapping[str, Tensor]) -> Tensor:
+    extra = {"use_cache": False} if "use_cache" in _forward_names(work) else {}
+    return work(**sample, **extra).logits.float()
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+def _source_folder(work: nn.Module, source: str | os.PathLike | None) -> Path | None:
+    name = str(source) if source is not None else getattr(work.config, "_name_or_path", "")
+    path = Path(name).expanduser() if name else None
+    return path if path is not None and path.is_dir() else None
+
+
+def _copy_tokenizer(source: Path | None, folder: Path) -> tuple[str, ...]:
+    if source is None:
+        return ()
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file() and not (folder / name).exists():
+            shutil.copy2(source / name, folder / name)
+            copied.append(name)
+    return tuple(copied)
+
+
+def _check_folder(folder: Path, *, overwrite: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"export folder {str(folder)!r} is a file")
+    if (folder / "config.yaml").is_file():
+        raise ConfigError(
+            f"{str(folder)!r} is a run directory; export into another folder so that its "
+            f"{MODEL_FILE} is not replaced"
+        )
+    if (folder / "config.json").exists() and not overwrite:
+        raise ConfigError(
+            f"{str(folder / 'config.json')!r} already exists; pass overwrite=True (--overwrite)"
+        )
+
+
+def export_hf(
+    model_or_run: nn.Module | str | os.PathLike,
+    folder: str | os.PathLike,
+    masks: Masks | None = None,
+    *,
+    source: str | os.PathLike | None = None,
+    slim: bool = True,
+    num_classes: int | None = None,
+    overwrite: bool = False,
+) -> HFExport:
+    """Write an ``hf:`` model (or a finished run of one) as a ``save_pretrained`` folder.
+
+    ``model`` is not changed. The export is checked before the folder is written: its
+    logits on a fixed sample equal those of the masked model (``atol=1e-5``).
+
+    Args:
+        model_or_run: sfpk's :class:`sfpk.models.hf.HFModel` (what ``hf:`` loads), a bare
+            transformers model, or a run directory of an ``hf:`` model (its masks are used).
+        folder: the output folder (not a run directory).
+        masks: the model's masks (names as in ``model``), or None; ignored for a run.
+        source: the folder to copy tokenizer files from; default: the folder the model was
+            loaded from (its config's ``name_or_path``; for a run, the ``hf:`` folder).
+        slim: remove pruned MLP neurons where the config can express the widths.
+        num_classes: for a run whose data set cannot be read here (see ``sfpk export``).
+        overwrite: replace an earlier export in ``folder``.
+
+    Returns:
+        What was written (:class:`HFExport`).
+
+    Raises:
+        ConfigError: not an ``hf:`` model, ``folder`` is a file, a run directory or holds an
+            export (without ``overwrite``).
+        MaskMismatchError: the masks do not fit the model.
+        SfpkError: the exported model's logits differ from the masked model's.
+
+    Example:
+        >>> export_hf(model, "out/", masks)                            # doctest: +SKIP
+        >>> AutoModelForCausalLM.from_pretrained("out/")                 # doctest: +SKIP
+    """
+    if not isinstance(model_or_run, nn.Module):
+        return export_hf_run(
+            model_or_run, folder, slim=slim, num_classes=num_classes, overwrite=overwrite
+        )
+    return _export(model_or_run, Path(folder), masks, source, slim=slim, overwrite=overwrite)
+
+
+def _export(
+    model: nn.Module,
+    folder: Path,
+    masks: Masks | None,
+    source: str | os.PathLike | None,
+    *,
+    slim: bool,
+    overwrite: bool,
+    extra_info: Mapping[str, Any] | None = None,
+) -> HFExport:
+    _split(model)
+    _check_folder(folder, overwrite=overwrite)
+    if masks is not None:
+        masks.check_fits(model)
+    work = _baked_copy(model, masks)
+    sample = _sample(work)
+    expected = _logits(work, sample)  # the masked sfpk model (Linear layout, zeros baked)
+    conv1d = _conv1d_names(work)
+    plan, note = _slim_decision(work, masks, slim)
+    slimmed = False
+    if plan is not None:
+        width = _apply_slim_(work, plan)
+        diff = (_logits(work, sample) - expected).abs().max().item()
+        if diff <= ATOL:
+            slimmed = True
+            log.info("hf export: MLP width %s %d -> %d", plan.key, plan.width, width)
+        else:  # keep the dense-with-zeros model
+            work, note = _baked_copy(model, masks), f"slimming changed the logits by {diff:.2e}"
+    _restore_conv1d_(work, conv1d)
+    got = _logits(work, sample)
+    diff = (got - expected).abs().max().item() if got.shape == expected.shape else float("inf")
+    if diff > ATOL:
+        raise SfpkError(
+            f"the exported model's logits differ from the masked model's by {diff:.2e} "
+            f"(> {ATOL}); nothing was written"
+        )
+    if note:
+        log.warning("hf export: not slimmed: %s", note)
+    folder.mkdir(parents=True, exist_ok=True)
+    work.save_pretrained(folder, safe_serialization=True)
+    src = _source_folder(work, source)
+    copied = _copy_tokenizer(src, folder)
+    info = {
+        "format": "sfpk-hf-export",
+        "source": None if src is None else str(src.resolve()),
+        "method": None if masks is None else masks.method,
+        "structure": None if masks is None else masks.structure,
+        "sparsity": None if masks is None else masks.sparsity(),
+        "slimmed": slimmed,
+        "slim": (
+            {"key": plan.key, "from": plan.width, "to": getattr(work.config, plan.key)}
+            if slimmed and plan is not None
+            else None
+        ),
+        "note": note,
+        "tokenizer_files": list(copied),
+        "max_abs_logit_diff": diff,
+        **(extra_info or {}),
+    }
+    (folder / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return HFExport(folder, slimmed, note, copied, diff)
+
+
+# -- runs -------------------------------------------------------------------------------
+
+
+def _run_model_name(run: Path) -> tuple[str, dict[str, Any]]:
+    """The model name of a run directory, from its ``config.yaml``, and the parsed YAML."""
+    try:
+        data = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        name = data["model"]["name"]
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{str(run / 'config.yaml')!r} names no model ({exc})") from None
+    return str(name), data
+
+
+def _check_run(run: Path) -> None:
+    if not run.is_dir():
+        raise CheckpointError(f"run directory {str(run)!r} does not exist")
+    if not (run / "config.yaml").is_file():
+        raise CheckpointError(f"{str(run)!r} is not a run directory (no config.yaml)")
+    if not (run / MODEL_FILE).is_file():
+        raise CheckpointError(
+            f"{str(run)!r} has no {MODEL_FILE}: the run has not finished "
+            f"(continue it with `sfpk resume {run}`)"
+        )
+
+
+def check_hf_run(run_dir: str | os.PathLike) -> str:
+    """The ``hf:`` model name of a run, or a ConfigError naming its model and formats."""
+    run = Path(run_dir)
+    _check_run(run)
+    name, _ = _run_model_name(run)
+    if "hf" not in formats_for(name):
+        raise ConfigError(
+            f"format 'hf' writes Hugging Face checkpoints of hf: models; the run's model is "
+            f"{name!r}: export it with --format {' or --format '.join(formats_for(name))}"
+        )
+    return name
+
+
+def _run_architecture(run: Path, data: dict[str, Any], num_classes: int | None) -> Architecture:
+    if data.get("command") == "prune":  # sfpk prune writes its own small config
+        model = data["model"]
+        return Architecture(
+            name=model["name"],
+            num_classes=int(num_classes or model["num_classes"]),
+            input_shape=None,
+            options=dict(model.get("options") or {}),
+        )
+    from .config import load_config
+    from .export import run_architecture
+
+    return run_architecture(load_config(run / "config.yaml", check_paths=False), num_classes=num_classes)
+
+
+def export_hf_run(
+    run_dir: str | os.PathLike,
+    folder: str | os.PathLike,
+    *,
+    slim: bool = True,
+    num_classes: int | None = None,
+    overwrite: bool = False,
+) -> HFExport:
+    """:func:`export_hf` for a finished run directory of an ``hf:`` model.
+
+    The model is rebuilt from the run's ``hf:`` folder (it must still exist: the config and
+    tokenizer come from it) and filled with the run's ``model.safetensors``; the run's
+    ``masks.safetensors`` are baked in.
+
+    Raises:
+        CheckpointError: not a finished run directory.
+        ConfigError: the run's model is not an ``hf:`` model (the message names it and the
+            formats it can be exported in).
+    """
+    run = Path(run_dir)
+    check_hf_run(run)
+    name, data = _run_model_name(run)
+    _check_folder(Path(folder), overwrite=overwrite)
+    architecture = _run_architecture(run, data, num_classes)
+    model = models.load_weights(architecture.build(), run / MODEL_FILE)
+    masks = load_masks(run / MASKS_FILE, model) if (run / MASKS_FILE).is_file() else None
+    source = name.split(":", 1)[1]
+    return _export(
+        model, Path(folder), masks, source, slim=slim, overwrite=overwrite,
+        extra_info={"run": str(run.resolve())},
+    )  # fmt: skip
