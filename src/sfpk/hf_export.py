@@ -523,7 +523,9 @@ def _run_architecture(run: Path, data: dict[str, Any], num_classes: int | None) 
     from .config import load_config
     from .export import run_architecture
 
-    return run_architecture(load_config(run / "config.yaml", check_paths=False), num_classes=num_classes)
+    return run_architecture(
+        load_config(run / "config.yaml", check_paths=False), num_classes=num_classes
+    )
 
 
 def export_hf_run(
