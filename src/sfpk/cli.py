@@ -18,6 +18,7 @@ from typing import NoReturn
 
 # Importing the subcommand modules registers their commands, in this order.
 from . import cli_pipelines as _cli_pipelines  # noqa: F401  (pretrain ... resume)
+from . import cli_prune as _cli_prune  # noqa: F401  (prune: layer-wise LLM pruning)
 from . import cli_tools as _cli_tools  # noqa: F401  (methods ... reference, report, export)
 from .cli_commands import COMMANDS, Command, command
 from .cli_pipelines import Terminated, sigterm_interrupts
