@@ -192,17 +192,30 @@ def test_equal_neuron_widths_export_a_slim_model(folders, tmp_path, kind):
     assert json.loads((tmp_path / "out" / EXPORT_INFO).read_text())["slimmed"] is True
 
 
-def _uneven_neuron_masks(model):
-    """Neuron masks removing 8 neurons of layer 0's MLP and none of layer 1's."""
+def _uneven_neuron_masks(model, second: int = 0):
+    """Neuron masks removing neurons 0-7 of layer 0's MLP and ``second`` of layer 1's."""
     masks = sfpk.prune(
         model, [_inputs("llama")], method="mag", sparsity=0.5, structure="neuron", scope="local"
     )
     tensors = {n: torch.ones_like(m) for n, m in masks.items()}
     for name in tensors:
-        if ".layers.0.mlp." in name:
-            view = tensors[name].view(-1)
-            view[:8] = 0
+        for layer, count in ((0, 8), (1, second)):
+            if f".layers.{layer}.mlp." in name:
+                tensors[name].view(-1)[:count] = 0
     return masks.with_tensors(tensors)
+
+
+def test_partly_even_neuron_widths_slim_to_the_common_width(folders, tmp_path):
+    """8 and 3 neurons pruned: 3 go from both layers (width 29), 5 stay zeros, noted."""
+    model = create(f"hf:{folders['llama']}", num_classes=VOCAB)
+    masks = _uneven_neuron_masks(model, second=3)
+    result = export_hf(model, tmp_path / "out", masks)
+    assert result.slimmed and "5 pruned neurons stay zeros" in result.note
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["intermediate_size"] == 29
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(
+        _hf_logits(loaded, "llama"), _masked_logits(model, masks, "llama"), atol=1e-5, rtol=0
+    )
 
 
 def test_uneven_neuron_widths_stay_dense_with_a_note(folders, tmp_path, caplog):

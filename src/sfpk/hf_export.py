@@ -239,9 +239,17 @@ def _slim_plan(work: nn.Module) -> tuple[_SlimPlan | None, str | None]:
         )
     keep: dict[str, tuple[Any, list[int]]] = {}
     for block in blocks:
-        gone = [i for i, f in enumerate(free[block.name]) if f][:drop]
-        keep[block.name] = (block, [i for i in range(block.groups) if i not in set(gone)])
-    return _SlimPlan(key, blocks[0].groups, keep), None
+        gone = set([i for i, f in enumerate(free[block.name]) if f][:drop])
+        keep[block.name] = (block, [i for i in range(block.groups) if i not in gone])
+    left = sum(counts.values()) - drop * len(blocks)
+    note = None
+    if left:
+        note = (
+            f"MLP neurons removable per block: {sorted(set(counts.values()))}; the config has "
+            f"one width ({key}), so {drop} go from every block and {left} pruned neurons stay "
+            "zeros in place (prune with scope=local for equal widths)"
+        )
+    return _SlimPlan(key, blocks[0].groups, keep), note
 
 
 def _slim_decision(
