@@ -1,8 +1,7 @@
 """``sfpk prune``: layer-wise pruning of a pretrained LM, no training; its run folder and its
 Hugging Face export. Offline: a tiny random Llama and a word-level tokenizer in tmp folders.
 
-The end-to-end tests need :mod:`sfpk.llm` (``prune_layerwise``, ``perplexity``); the checks
-of bad values stop before it is imported, so they run without it.
+The end-to-end tests use :mod:`sfpk.llm` (``prune_layerwise``, ``perplexity``).
 """
 
 from __future__ import annotations
@@ -58,6 +57,8 @@ def _argv(inputs, out, *extra: str) -> list[str]:
         (["--sparsity", "0.5", "--seed", "-1"], "--seed -1"),
         (["--sparsity", "0.5", "--device", "cuda:7"], "cuda:7"),
         ([], "--sparsity is required"),
+        (["--sparsity", "0.5", "--option", "colour=red"], "takes no option 'colour'"),
+        (["--sparsity", "0.5", "--calibration-seqlen", "64"], "64"),
     ],
 )
 def test_bad_values_stop_before_any_work(inputs, tmp_path, capsys, extra, needle):
@@ -109,13 +110,11 @@ def test_existing_run_needs_overwrite(inputs, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def pruned_run(inputs):
     """``sfpk prune ... --method sparsegpt --structure 2:4`` on the tiny Llama."""
-    pytest.importorskip("sfpk.llm")
     out = inputs / "run"
     assert main(_argv(inputs, out, "--method", "sparsegpt", "--structure", "2:4")) == 0
     return out
 
 
-@pytest.mark.slow
 def test_prune_writes_the_run_folder(pruned_run):
     """The run folder holds config.yaml, summary.json with every key, masks and model."""
     names = {p.name for p in pruned_run.iterdir()}
@@ -130,7 +129,6 @@ def test_prune_writes_the_run_folder(pruned_run):
     assert config["command"] == "prune" and config["prune"]["structure"] == "2:4"
 
 
-@pytest.mark.slow
 def test_pruned_weights_are_2_of_4(pruned_run):
     """Every pruned layer of model.safetensors keeps at most 2 of each 4 input weights."""
     state = load_file(pruned_run / "model.safetensors")
@@ -141,7 +139,6 @@ def test_pruned_weights_are_2_of_4(pruned_run):
         assert int(groups.max()) <= 2, name
 
 
-@pytest.mark.slow
 def test_prune_run_exports_to_hf(pruned_run, tmp_path):
     """`sfpk export RUN --format hf` on the prune run: transformers loads it and gives the
     run's model's logits, with the 2:4 zeros in place."""

@@ -279,11 +279,17 @@ def prune_lm(settings: LMPruneSettings) -> dict[str, Any]:
     """
     started = time.perf_counter()
     settings = _replace(settings.check(), model=_absolute_model(settings.model))
+    # Reading the config (not the weights) also checks that the folder or cached id is there.
+    positions = _model_positions(settings.model)
+    seqlen = settings.calibration_seqlen or min(DEFAULT_SEQLEN_CAP, positions or 2048)
+    if positions is not None and seqlen > positions:
+        raise ConfigError(
+            f"--calibration-seqlen {seqlen} is longer than the {positions} positions of "
+            f"{settings.model}; choose at most {positions}"
+        )
     llm = _llm()
+    llm.methods.method_options(settings.method, settings.method_options)  # before any work
     device = select_device(settings.device)
-    seqlen = settings.calibration_seqlen or min(
-        DEFAULT_SEQLEN_CAP, _model_positions(settings.model) or DEFAULT_SEQLEN_CAP
-    )
     splits = data.load_dataset(settings.data, **_data_options(settings, seqlen))
     # The data's vocabulary (the tokenizer's) must fit the model's; the hf: loader checks.
     model = models.create(settings.model, num_classes=splits.num_classes, **settings.model_options)
