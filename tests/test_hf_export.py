@@ -281,3 +281,26 @@ def test_cli_refuses_format_hf_for_a_zoo_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'resnet20'" in err and "--format safetensors or --format onnx" in err
     assert err.count("\n") == 1
+
+
+def test_pipeline_run_exports_to_hf(folders, tmp_path):
+    """A `sfpk oneshot` run of an hf: model (pruned, fine-tuned) exports with --format hf:
+    transformers loads the run's final weights, zeros in place, tokenizer copied."""
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(SENTENCES[i % 3] for i in range(60)))
+    run, out = tmp_path / "run", tmp_path / "hf"
+    assert main([
+        "oneshot", "--data", f"text:{text}", "--data-option", "block_size=8",
+        "--model", f"hf:{folders['llama']}", "--method", "mag", "--sparsity", "0.5",
+        "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--prune-samples", "8",
+        "--quiet", "--device", "cpu", "--no-plots", "--out", str(run),
+    ]) == 0  # fmt: skip
+    assert main(["export", str(run), "--out", str(out), "--format", "hf"]) == 0
+    loaded = dict(transformers.AutoModelForCausalLM.from_pretrained(out).named_parameters())
+    state = load_file(run / "model.safetensors")
+    masks = sfpk.load_masks(run / "masks.safetensors")
+    for name, mask in masks.items():
+        weight = loaded[name.removeprefix("hf.")].detach()
+        assert torch.equal(weight, state[name])
+        assert bool((weight[mask.expand_as(weight) == 0] == 0).all())
+    assert (out / "tokenizer.json").is_file()

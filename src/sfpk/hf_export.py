@@ -563,6 +563,9 @@ def export_hf_run(
     model = models.load_weights(architecture.build(), run / MODEL_FILE)
     masks = load_masks(run / MASKS_FILE, model) if (run / MASKS_FILE).is_file() else None
     source = name.split(":", 1)[1]
+    tokenizer = ((data.get("data") or {}).get("options") or {}).get("tokenizer")
+    if not Path(source).expanduser().is_dir() and isinstance(tokenizer, str):
+        source = tokenizer  # a Hub id's files are in the cache; the run's data read these
     return _export(
         model, Path(folder), masks, source, slim=slim, overwrite=overwrite,
         extra_info={"run": str(run.resolve())},
