@@ -304,3 +304,10 @@ def test_pipeline_run_exports_to_hf(folders, tmp_path):
         assert torch.equal(weight, state[name])
         assert bool((weight[mask.expand_as(weight) == 0] == 0).all())
     assert (out / "tokenizer.json").is_file()
+
+
+def test_cli_refuses_sparse_with_format_hf(tmp_path, capsys):
+    """--sparse stores sfpk's compressed tensors, which transformers cannot read: exit 2."""
+    argv = ["export", str(tmp_path), "--out", str(tmp_path / "o"), "--format", "hf", "--sparse"]
+    assert main(argv) == 2
+    assert "--sparse does not apply to --format hf" in capsys.readouterr().err

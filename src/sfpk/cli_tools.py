@@ -17,6 +17,7 @@ from .config import build_config
 from .data import dataset_prefixes, list_datasets
 from .errors import ConfigError
 from .export import export_run
+from .hf_export import export_hf_run
 from .models import list_models
 from .pruners import methods, pruner_class
 from .reference import native_command, translate
@@ -149,6 +150,8 @@ def _export_flags(parser: argparse.ArgumentParser) -> None:
     configure=_export_flags,
 )
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "hf":  # a save_pretrained folder of an hf: run (sfpk.hf_export)
+        return _export_hf(args)
     path = export_run(
         args.run_dir,
         args.out,
@@ -159,11 +162,20 @@ def _export(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         overwrite=args.overwrite,
     )
-    files = (
-        sorted(p for p in path.iterdir() if p.is_file())
-        if args.format == "hf"
-        else sorted([*path.parent.glob("*.safetensors"), *path.parent.glob("*.onnx")])
-    )
-    for file in files:
+    for file in sorted([*path.parent.glob("*.safetensors"), *path.parent.glob("*.onnx")]):
         print(f"wrote {file} ({file.stat().st_size:,} bytes)")
     return 0
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    if args.sparse or args.semi_structured:
+        flag = "--sparse" if args.sparse else "--semi-structured"
+        raise ConfigError(
+            f"{flag} does not apply to --format hf (transformers reads dense weights)"
+        )
+    result = export_hf_run(
+        args.run_dir, args.out, num_classes=args.num_classes, overwrite=args.overwrite
+    )
+    for file in sorted(p for p in result.folder.iterdir() if p.is_file()):
+        print(f"wrote {file} ({file.stat().st_size:,} bytes)")
+    return 0  # a note on what was not slimmed is logged (and in sfpk_export.json)

@@ -315,16 +315,14 @@ def export_run(
         out: output folder (not the run directory).
         sparse: store the masked tensors compressed.
         slim: remove the pruned filters/channels (structured runs only).
-        format: ``"safetensors"``, ``"onnx"`` or ``"hf"`` (a ``save_pretrained`` folder of an
-            ``hf:`` model, pruned MLP neurons removed where its config can express it;
-            :func:`sfpk.hf_export.export_hf`).
+        format: ``"safetensors"`` or ``"onnx"`` (a Hugging Face ``save_pretrained`` folder
+            of an ``hf:`` run: :func:`sfpk.hf_export.export_hf_run`).
         semi_structured: convert 2:4 linear layers on this machine's GPU (2:4 runs only).
         num_classes: skip loading the data set to count the classes.
         overwrite: replace an earlier export in ``out``.
 
     Returns:
-        The path of the exported ``model.safetensors`` (or ``model.onnx``; for ``"hf"`` the
-        folder).
+        The path of the exported ``model.safetensors`` (or ``model.onnx``).
 
     Raises:
         CheckpointError: no such run directory, no ``config.yaml`` or ``model.safetensors``,
@@ -332,13 +330,6 @@ def export_run(
         MaskMismatchError: the run's masks do not fit its model.
         ConfigError: an option that does not fit the run (see :func:`export`).
     """
-    if format == "hf":  # a save_pretrained folder (sfpk.hf_export), hf: models only
-        from .hf_export import export_hf_run
-
-        if sparse or semi_structured:
-            option = "sparse" if sparse else "semi_structured"
-            raise ConfigError(f"{option}=True does not apply to format 'hf'")
-        return export_hf_run(run_dir, out, num_classes=num_classes, overwrite=overwrite).folder
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"run directory {str(run)!r} does not exist")
