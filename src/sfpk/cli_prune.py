@@ -13,10 +13,22 @@ import argparse
 from typing import Any
 
 from .cli_commands import command
-from .config_flags import _option
+from .config_layers import yaml_value
+from .errors import ConfigError
 from .lm_prune import LM_METHODS, LMPruneSettings, prune_lm
 
 __all__: list[str] = []
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with the value read as YAML, as the pipeline commands' option flags."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} must look like KEY=VALUE")
+    try:
+        return key.strip(), yaml_value(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _prune_flags(parser: argparse.ArgumentParser) -> None:

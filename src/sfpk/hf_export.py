@@ -126,15 +126,16 @@ def _split(model: nn.Module) -> tuple[nn.Module, str]:
     )
 
 
+@torch.no_grad()
 def _baked_copy(model: nn.Module, masks: Masks | None) -> nn.Module:
-    """A CPU float copy of the transformers model with ``masks`` baked in (exact +0.0)."""
-    from .export import bake
-
+    """A CPU copy of the transformers model with ``masks`` baked in (exact +0.0)."""
     hf, prefix = _split(model)
-    state = bake(model, masks)
     work = copy.deepcopy(hf).to("cpu")
-    own = {name[len(prefix) :]: t for name, t in state.items() if name.startswith(prefix)}
-    work.load_state_dict(own, strict=True)
+    params = dict(work.named_parameters())
+    for name, mask in (masks.effective_masks() if masks is not None else {}).items():
+        weight = params[name[len(prefix) :]]
+        keep = mask.to("cpu") != 0
+        weight.copy_(torch.where(keep, weight, torch.zeros((), dtype=weight.dtype)))
     return work.eval()
 
 

@@ -344,6 +344,16 @@ def prune_lm(settings: LMPruneSettings) -> dict[str, Any]:
     return summary
 
 
+@torch.no_grad()
+def _zero_pruned_(model: nn.Module, masks: Any) -> None:
+    """Make every pruned weight an exact ``+0.0`` in place (no copy of the model)."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.effective_masks().items():
+        weight = params[name]
+        keep = mask.to(weight.device) != 0
+        weight.copy_(torch.where(keep, weight, torch.zeros((), dtype=weight.dtype)))
+
+
 def _write_run(
     settings: LMPruneSettings,
     model: nn.Module,
@@ -353,8 +363,6 @@ def _write_run(
     summary: dict[str, Any],
     started: float,
 ) -> None:
-    from .export import bake
-
     out = Path(settings.out)
     if out.exists() and any(out.iterdir()):  # checked before the work: --overwrite given
         log.info("replacing the run directory %s", out)
@@ -362,7 +370,8 @@ def _write_run(
     out.mkdir(parents=True, exist_ok=True)
     record = _config_record(settings, seqlen, num_classes)
     (out / "config.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
-    save_state_dict(bake(model, masks), out / MODEL_FILE)
+    _zero_pruned_(model, masks)
+    save_state_dict(model, out / MODEL_FILE)
     masks.save(out / MASKS_FILE)
     summary["seconds"] = time.perf_counter() - started
     _write_json(out / "summary.json", summary)
