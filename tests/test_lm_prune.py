@@ -151,3 +151,16 @@ def test_prune_run_exports_to_hf(pruned_run, tmp_path):
         if name.startswith("hf.") and name[3:] in weights:
             assert torch.equal(weights[name[3:]].detach(), tensor), name
     assert (out / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [(["resume"], "no checkpoints to resume"), (["export", "--out", "x"], "--format hf")],
+)
+def test_pipeline_tools_refuse_a_prune_run(pruned_run, capsys, argv, needle):
+    """resume and a safetensors export cannot read a prune run's config: one line says so."""
+    command, *rest = argv
+    rest = [str(pruned_run.parent / a) if a == "x" else a for a in rest]
+    assert main([command, str(pruned_run), *rest]) == 2
+    err = capsys.readouterr().err
+    assert "written by `sfpk prune`" in err and needle in err and err.count("\n") == 1

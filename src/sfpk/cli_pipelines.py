@@ -34,6 +34,7 @@ from .config_flags import (
     check_pretrain_flags_apply,
     overrides_from_args,
 )
+from .lm_prune import check_not_prune_run
 from .run import read_status
 
 __all__ = ["Terminated", "in_process_group", "sigterm_interrupts"]
@@ -203,6 +204,7 @@ def _resume_flags(parser: argparse.ArgumentParser) -> None:
     "resume", help="continue an interrupted run from its last checkpoint", configure=_resume_flags
 )
 def _resume(args: argparse.Namespace) -> int:
+    check_not_prune_run(args.directory, "it has no checkpoints to resume (rerun it)")
     saved = Path(args.directory) / "config.yaml"  # missing: pipelines.resume explains
     device = load_config(saved).run.device if saved.is_file() else "auto"
     return in_process_group(

@@ -18,6 +18,7 @@ from .data import dataset_prefixes, list_datasets
 from .errors import ConfigError
 from .export import export_run
 from .hf_export import export_hf_run
+from .lm_prune import check_not_prune_run
 from .models import list_models
 from .pruners import methods, pruner_class
 from .reference import native_command, translate
@@ -152,6 +153,7 @@ def _export_flags(parser: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     if args.format == "hf":  # a save_pretrained folder of an hf: run (sfpk.hf_export)
         return _export_hf(args)
+    check_not_prune_run(args.run_dir, "export it with --format hf")
     path = export_run(
         args.run_dir,
         args.out,

@@ -49,7 +49,7 @@ from .prunable import parse_nm
 from .prune_args import SEED_MAX
 from .train import select_device
 
-__all__ = ["LM_METHODS", "LMPruneSettings", "prune_lm", "SUMMARY_KEYS"]
+__all__ = ["LM_METHODS", "LMPruneSettings", "check_not_prune_run", "prune_lm", "SUMMARY_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,18 @@ class LMPruneSettings:
         select_device(self.device)
         _check_out(Path(self.out), overwrite=self.overwrite)
         return _replace(self, sparsity=float(sparsity), structure=structure)
+
+
+def check_not_prune_run(run_dir: str | os.PathLike, what: str) -> None:
+    """Raise ConfigError if ``run_dir`` was written by ``sfpk prune`` (``what`` cannot read it:
+    its ``config.yaml`` is that command's own, not a pipeline config)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        record = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return  # the command's own reading reports it
+    if isinstance(record, dict) and record.get("command") == "prune":
+        raise ConfigError(f"{str(run_dir)!r} was written by `sfpk prune`; {what}")
 
 
 def _replace(settings: LMPruneSettings, **changes: Any) -> LMPruneSettings:
