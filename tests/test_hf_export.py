@@ -226,7 +226,7 @@ def test_uneven_neuron_widths_stay_dense_with_a_note(folders, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="sfpk.hf_export"):
         result = export_hf(model, tmp_path / "out", masks)
     assert not result.slimmed and "intermediate_size" in result.note
-    assert "not slimmed" in caplog.text
+    assert "not (fully) slimmed" in caplog.text
     info = json.loads((tmp_path / "out" / EXPORT_INFO).read_text())
     assert info["slimmed"] is False and info["note"] == result.note
     config = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -237,13 +237,35 @@ def test_uneven_neuron_widths_stay_dense_with_a_note(folders, tmp_path, caplog):
     )
 
 
-def test_head_masks_stay_dense_with_a_note(folders, tmp_path):
-    """Pruned attention heads are not slimmed: the note says so, the zeros stay in place."""
+def test_llama_heads_pruned_evenly_export_fewer_heads(folders, tmp_path):
+    """Local head masks on Llama (head_dim in its config): one key/value group goes from
+    every layer, the config says so, and the logits stay the masked model's."""
     model, masks = _pruned(folders, "llama", structure="head", scope="local")
     result = export_hf(model, tmp_path / "out", masks)
-    assert not result.slimmed and "attention heads" in result.note
+    assert result.slimmed and result.note is None
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (1, 1)
+    assert config["head_dim"] == 8
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert loaded.model.layers[0].self_attn.q_proj.weight.shape == (8, 16)
+    torch.testing.assert_close(
+        _hf_logits(loaded, "llama"), _masked_logits(model, masks, "llama"), atol=1e-5, rtol=0
+    )
+
+
+def test_gpt2_head_masks_stay_dense_with_a_note(folders, tmp_path):
+    """GPT-2's head size is n_embd / n_head (no head_dim): pruned heads stay zeros in place,
+    the note says why, and the model still loads with the masked logits."""
+    model, masks = _pruned(folders, "gpt2", structure="head", scope="local")
+    result = export_hf(model, tmp_path / "out", masks)
+    assert not result.slimmed and "head_dim" in result.note
     state = load_file(tmp_path / "out" / "model.safetensors")
-    assert int((state["model.layers.0.self_attn.q_proj.weight"] == 0).all(dim=1).sum()) > 0
+    proj = state["transformer.h.0.attn.c_proj.weight"]  # Conv1D [in, out]: head rows zero
+    assert int((proj == 0).all(dim=1).sum()) == 8
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(
+        _hf_logits(loaded, "gpt2"), _masked_logits(model, masks, "gpt2"), atol=1e-5, rtol=0
+    )
 
 
 def test_export_leaves_the_model_unchanged(folders, tmp_path):

@@ -128,7 +128,7 @@ def _export_flags(parser: argparse.ArgumentParser) -> None:
         choices=["safetensors", "onnx", "hf"],
         default="safetensors",
         help="model file format (onnx needs sfpk[onnx] and is checked in onnxruntime; hf: a "
-        "save_pretrained folder of an hf: model, pruned MLP neurons removed where possible)",
+        "save_pretrained folder of an hf: model, pruned neurons/heads removed where possible)",
     )
     parser.add_argument(
         "--semi-structured",

@@ -14,14 +14,12 @@ masked model computes:
 * ``sfpk_export.json``: the source, the masks' method / structure / sparsity, whether the
   model was slimmed and, if it was not, why (the note is also logged).
 
-**Slimming.** Where the pruned MLP neurons can be removed and the config can still describe
-the model, they are: every MLP block of a transformers config has the same width
-(``intermediate_size``, GPT-2's ``n_inner``), so ``k`` neurons go from every block, ``k``
-being the fewest that any block can lose (a neuron can go when its input column of the second
-projection is all zeros: nothing reads it). Blocks that pruned more keep their extra neurons
-as zeros (noted). Head pruning is not slimmed (a config has one head count for all layers and
-sfpk does not rewrite attention shapes): those zeros stay in place, with a note. The slim
-model is checked against the masked one before anything is written.
+**Slimming** (:mod:`sfpk.hf_slim`). Where pruned MLP neurons and attention heads can be
+removed and the config can still describe the model, they are: a config has one MLP width
+and one head count for every layer, so the same number goes from every block (the fewest any
+block can lose; the rest stay zeros, noted). Heads are removed only where the config states
+``head_dim`` (Llama, Mistral, Qwen2); GPT-2's and ViT's pruned heads stay zeros in place,
+with a note.
 
 Everything is checked before the folder is written: the logits of the exported model on a
 fixed sample must equal those of sfpk's masked model (``atol=1e-5``).
@@ -46,6 +44,7 @@ from torch import Tensor, nn
 
 from . import models
 from .errors import CheckpointError, ConfigError, SfpkError
+from .hf_slim import WIDTH_KEYS, apply_slim_, plan_slim
 from .masks import Masks, load_masks
 from .model_files import MASKS_FILE, MODEL_FILE, Architecture
 from .prunable import parse_nm
@@ -80,8 +79,6 @@ TOKENIZER_FILES: tuple[str, ...] = (
     "preprocessor_config.json",
     "processor_config.json",
 )
-# Config attributes holding the (one, shared) MLP width of a transformers model.
-WIDTH_KEYS: tuple[str, ...] = ("intermediate_size", "n_inner", "ffn_dim")
 ATOL = 1e-5
 
 
@@ -171,136 +168,16 @@ def _restore_conv1d_(work: nn.Module, names: list[str]) -> None:
         setattr(parent, child, layer)
 
 
-# -- slimming MLP neurons ---------------------------------------------------------------
+# -- slimming (sfpk.hf_slim) -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _SlimPlan:
-    key: str  # the config attribute of the MLP width
-    width: int  # before
-    keep: dict[str, tuple[Any, list[int]]]  # block name -> (block, kept neurons)
-
-
-def _width_key(config: Any, width: int) -> str | None:
-    for key in WIDTH_KEYS:
-        if getattr(config, key, None) == width:
-            return key
-    if getattr(config, "n_inner", "absent") is None and getattr(config, "n_embd", 0) * 4 == width:
-        return "n_inner"  # GPT-2: n_inner None means 4 * n_embd
-    return None
-
-
-def _removable(work: nn.Module, block: Any) -> list[bool]:
-    """Per neuron of ``block``: nothing reads it (every consumer column is zero), or a
-    producer row and its bias are zero (its activation is then 0 for the usual GELU / SiLU /
-    ReLU, and Llama's gate times up is 0; the logits check catches any other activation)."""
-    params = dict(work.named_parameters())
-    ignored = torch.ones(block.groups, dtype=torch.bool)
-    silent = torch.zeros(block.groups, dtype=torch.bool)
-    for member in block.members:
-        weight = params[member.name].detach().cpu()
-        if member.dim == 1:
-            ignored &= (weight == 0).all(dim=0)
-        else:
-            zero = (weight == 0).all(dim=1)
-            bias = params.get(member.name.rsplit(".", 1)[0] + ".bias")
-            if bias is not None:
-                zero &= bias.detach().cpu() == 0
-            silent |= zero
-    return (ignored | silent).tolist()
-
-
-def _slim_plan(work: nn.Module) -> tuple[_SlimPlan | None, str | None]:
-    """Which neurons go (same count in every MLP), or None and why not."""
-    from .group_finder import find_groups
-
-    try:
-        blocks = list(find_groups(work, ("neuron",)).blocks)
-    except ConfigError:
-        return None, "no MLP blocks sfpk recognises; the pruned weights stay zeros in place"
-    if any(m.span != 1 or m.offset != 0 for b in blocks for m in b.members):
-        return None, "fused MLP projections are not slimmed; the pruned weights stay zeros"
-    widths = {b.groups for b in blocks}
-    key = _width_key(work.config, blocks[0].groups) if len(widths) == 1 else None
-    if key is None:
-        return None, (
-            f"the MLP widths {sorted(widths)} are not the config's one width "
-            f"({', '.join(WIDTH_KEYS)}); the pruned weights stay zeros in place"
-        )
-    free = {b.name: _removable(work, b) for b in blocks}
-    counts = {name: sum(f) for name, f in free.items()}
-    drop = min(counts.values())
-    if drop == 0:
-        if max(counts.values()) == 0:
-            return None, None  # nothing to slim (unstructured, N:M, head masks or dense)
-        return None, (
-            f"MLP neurons removable per block: {sorted(set(counts.values()))}; the config has "
-            f"one width ({key}) for every block and one block can lose none, so the pruned "
-            "neurons stay zeros in place (prune with scope=local for equal widths)"
-        )
-    keep: dict[str, tuple[Any, list[int]]] = {}
-    for block in blocks:
-        gone = set([i for i, f in enumerate(free[block.name]) if f][:drop])
-        keep[block.name] = (block, [i for i in range(block.groups) if i not in gone])
-    left = sum(counts.values()) - drop * len(blocks)
-    note = None
-    if left:
-        note = (
-            f"MLP neurons removable per block: {sorted(set(counts.values()))}; the config has "
-            f"one width ({key}), so {drop} go from every block and {left} pruned neurons stay "
-            "zeros in place (prune with scope=local for equal widths)"
-        )
-    return _SlimPlan(key, blocks[0].groups, keep), note
-
-
-def _slim_decision(
-    work: nn.Module, masks: Masks | None, slim: bool
-) -> tuple[_SlimPlan | None, str | None]:
-    """The slim plan for structured masks, and the note on what stays zeros in place."""
-    structure = None if masks is None else masks.structure
+def _slim_kinds(structure: str | None) -> tuple[str, ...]:
+    """The group kinds whose pruned groups the export tries to remove, for ``structure``."""
     if structure is None or structure == "unstructured" or parse_nm(structure) is not None:
-        return None, None  # scattered zeros: nothing a config could express
-    if not slim:
-        return None, "slim=False: the pruned weights stay zeros in place"
-    plan, note = _slim_plan(work)
-    if "head" in structure:
-        heads = (
-            "attention heads are not removed (sfpk does not rewrite attention shapes, and a "
-            "config has one head count for every layer): pruned heads stay zeros in place"
-        )
-        note = heads if note is None else f"{heads}; {note}"
-    return plan, note
-
-
-def _sliced_linear(linear: nn.Linear, index: Tensor, dim: int) -> nn.Linear:
-    weight = linear.weight.index_select(dim, index)
-    out = nn.Linear(
-        weight.shape[1], weight.shape[0], bias=linear.bias is not None,
-        device=weight.device, dtype=weight.dtype,
-    )  # fmt: skip
-    with torch.no_grad():
-        out.weight.copy_(weight)
-        if linear.bias is not None:
-            out.bias.copy_(linear.bias if dim == 1 else linear.bias.index_select(0, index))
-    return out
-
-
-def _apply_slim_(work: nn.Module, plan: _SlimPlan) -> int:
-    """Remove the planned neurons from every MLP (mutates); returns the new width."""
-    width = plan.width
-    for block, kept in plan.keep.values():
-        index = torch.tensor(kept, dtype=torch.long)
-        width = len(kept)
-        for member in block.members:
-            path = member.name.rsplit(".", 1)[0]
-            parent_name, _, child = path.rpartition(".")
-            parent = work.get_submodule(parent_name) if parent_name else work
-            setattr(parent, child, _sliced_linear(getattr(parent, child), index, member.dim))
-        module = work.get_submodule(block.name)
-        if hasattr(module, "intermediate_size"):
-            module.intermediate_size = width
-    setattr(work.config, plan.key, width)
-    return width
+        return ()  # scattered zeros: nothing a config could express
+    if structure in ("head", "neuron"):
+        return (structure,)
+    return ("head", "neuron") if structure == "head+neuron" else ("neuron",)
 
 
 # -- checking ---------------------------------------------------------------------------
@@ -437,16 +314,21 @@ def _export(
     sample = _sample(work)
     expected = _logits(work, sample)  # the masked sfpk model (Linear layout, zeros baked)
     conv1d = _conv1d_names(work)
-    plan, note = _slim_decision(work, masks, slim)
+    kinds = _slim_kinds(None if masks is None else masks.structure)
+    plan, notes = plan_slim(work, kinds) if kinds and slim else (None, [])
+    if kinds and not slim:
+        notes = ["slim=False: the pruned weights stay zeros in place"]
     slimmed = False
     if plan is not None:
-        width = _apply_slim_(work, plan)
+        apply_slim_(work, plan)
         diff = (_logits(work, sample) - expected).abs().max().item()
         if diff <= ATOL:
             slimmed = True
-            log.info("hf export: MLP width %s %d -> %d", plan.key, plan.width, width)
+            log.info("hf export: slimmed %s", plan.changes)
         else:  # keep the dense-with-zeros model
-            work, note = _baked_copy(model, masks), f"slimming changed the logits by {diff:.2e}"
+            work = _baked_copy(model, masks)
+            notes.append(f"not slimmed: slimming changed the logits by {diff:.2e}")
+    note = "; ".join(notes) or None
     _restore_conv1d_(work, conv1d)
     got = _logits(work, sample)
     diff = (got - expected).abs().max().item() if got.shape == expected.shape else float("inf")
@@ -456,7 +338,7 @@ def _export(
             f"(> {ATOL}); nothing was written"
         )
     if note:
-        log.warning("hf export: not slimmed: %s", note)
+        log.warning("hf export: not (fully) slimmed: %s", note)
     folder.mkdir(parents=True, exist_ok=True)
     work.save_pretrained(folder, safe_serialization=True)
     src = _source_folder(work, source)
@@ -468,11 +350,7 @@ def _export(
         "structure": None if masks is None else masks.structure,
         "sparsity": None if masks is None else masks.sparsity(),
         "slimmed": slimmed,
-        "slim": (
-            {"key": plan.key, "from": plan.width, "to": getattr(work.config, plan.key)}
-            if slimmed and plan is not None
-            else None
-        ),
+        "slim": plan.changes if slimmed and plan is not None else None,
         "note": note,
         "tokenizer_files": list(copied),
         "max_abs_logit_diff": diff,
