@@ -88,7 +88,8 @@ class HFExport:
 
     Attributes:
         folder: the ``save_pretrained`` folder.
-        slimmed: whether pruned MLP neurons were removed (the config's width changed).
+        slimmed: whether pruned MLP neurons or attention heads were removed (the config's
+            width or head counts changed; sfpk_export.json's ``slim`` says which).
         note: why the model was not (fully) slimmed; None when nothing is left to say.
         tokenizer_files: the tokenizer / processor files copied from the source folder.
         max_abs_diff: largest logit difference to sfpk's masked model on the check sample.
