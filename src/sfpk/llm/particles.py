@@ -26,6 +26,7 @@ pure functions of the dynamics are sfpk's own (:mod:`sfpk.pruners.particles.dyna
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,7 +41,6 @@ from ..pruners.particles.dynamics import (
     repulsion,
     size_and_gradient,
 )
-from .select import keep_mask
 
 __all__ = ["ParticleOptions", "particle_scores", "hessian_sqrt"]
 
@@ -87,13 +87,29 @@ def hessian_sqrt(hessian: Tensor) -> Tensor:
     return (vectors * values.clamp_min(0).sqrt()[None, :]) @ vectors.T
 
 
-def _polarise(mask: Tensor, abs_weight: Tensor, level: float, nm: tuple[int, int] | None) -> Tensor:
-    """``ohh`` at density ``level``: the top ``|m ⊙ W|`` of every row / N:M group -> 1, the
-    rest -> 0; the mask itself where nothing would be cut (§2.5)."""
-    width = nm[1] if nm is not None else abs_weight.shape[1]
-    if int((1.0 - level) * width) < 1:
-        return mask
-    return keep_mask(mask * abs_weight, 1.0 - level, nm)
+def _polarise(
+    masks: Tensor, abs_weight: Tensor, levels: Tensor, nm: tuple[int, int] | None
+) -> Tensor:
+    """``ohh`` of every particle at its own density ``G_i`` (§2.5), all at once.
+
+    ``masks`` is ``[n, d_out, d_in]``. Every row (or N:M group) of particle ``i`` with
+    ``k_i = floor((1 - G_i)·width) >= 1`` becomes 1 where ``|m ⊙ W|`` reaches its k-th
+    smallest value ``τ`` (ties at τ kept, the reference's polarisation rule) and 0 below;
+    a particle with ``k_i < 1`` keeps its continuous mask.
+    """
+    n = masks.shape[0]
+    width = nm[1] if nm is not None else masks.shape[2]
+    ranked = (masks * abs_weight).reshape(n, -1, width)
+    remove = ((1.0 - levels) * width + 1e-9).floor().long().clamp_(0, width)
+    if int(remove.max()) < 1:
+        return masks
+    tau = ranked.new_full((n, ranked.shape[1], 1), -math.inf)
+    for k in sorted(set(remove.tolist()) - {0}):  # usually one k for all particles
+        chosen = (remove == k).nonzero().reshape(-1).to(masks.device)
+        tau[chosen] = ranked[chosen].kthvalue(k, dim=2, keepdim=True).values
+    binary = (ranked >= tau).to(masks.dtype).reshape(masks.shape)
+    active = (remove >= 1).to(masks.device)[:, None, None]
+    return torch.where(active, binary, masks)
 
 
 @torch.no_grad()
@@ -137,13 +153,13 @@ def particle_scores(
     for step in range(steps):
         levels, _ = size_and_gradient(particles, _L2, total=rows * width, out=neg_grads)
         dt = float(dt_schedule(options.dt_schedule, step, steps, start, end)[0])
-        for i, level in enumerate(levels.tolist()):
-            b = _polarise(particles[i].view(rows, width), abs_w, level, nm)
-            delta_w = (1.0 - b) * w
-            columns = torch.randperm(width, generator=generator)[:batch].to(w.device)
-            sub = factor[:, columns]
-            force = ((delta_w @ sub) @ sub.T).mul_(w).mul_(2.0 * scale)  # −∂E_B/∂b
-            forces[i] = force.reshape(-1)
+        masks = particles.view(n, rows, width)
+        delta_w = (1.0 - _polarise(masks, abs_w, levels.cpu().double(), nm)).mul_(w)
+        draws = [torch.randperm(width, generator=generator)[:batch] for _ in range(n)]
+        sub = factor[:, torch.stack(draws).to(w.device)].permute(1, 0, 2)  # [n, d_in, k]
+        projected = torch.bmm(delta_w, sub)
+        force = torch.bmm(projected, sub.transpose(1, 2)).mul_(w).mul_(2.0 * scale)
+        forces.copy_(force.view(n, -1))  # −∂E_B/∂b, straight through the polarisation
         if n > 1 and options.repulsion_weight > 0:
             push, _ = repulsion(
                 particles, mode="exp", sqrt_numerator_weight=flat_abs,
