@@ -182,7 +182,6 @@ def _distortion(dense: nn.Module, pruned: nn.Module, ids: torch.Tensor) -> float
                           reduction="batchmean"))  # fmt: skip
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_distorts_less_than_random_masks(method):
     """Each method must keep the calibration outputs closer to the dense model than random
