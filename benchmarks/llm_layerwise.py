@@ -88,6 +88,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="SFPK/SpODE num_steps")
     parser.add_argument("--particles", type=int, default=10)
     parser.add_argument("--update-weights", default="true", choices=["true", "false"])
+    parser.add_argument("--selection", default="auto", choices=["auto", "vote", "adaptive"])
+    parser.add_argument("--energy", default="compensated", choices=["plain", "compensated"])
+    parser.add_argument("--rank-by", default="metric", choices=["metric", "weight"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default="/tmp/sfpk_llm_layerwise")
     parser.add_argument("--out", default=str(RESULTS / "llm_layerwise.json"))
@@ -103,7 +106,13 @@ def main() -> None:
         for method in args.methods.split(","):
             options = None
             if method in ("sfpk", "spode"):
-                options = {"num_steps": args.steps, "update_weights": args.update_weights == "true"}
+                options = {
+                    "num_steps": args.steps,
+                    "update_weights": args.update_weights == "true",
+                    "selection": args.selection,
+                    "energy": args.energy,
+                    "rank_by": args.rank_by,
+                }
                 if method == "sfpk":
                     options["num_particles"] = args.particles
             row = {"method": method, "structure": structure, "ppl": [], "seconds": []}

@@ -62,6 +62,18 @@ class ParticleOptions:
         dt_schedule: ``exp`` (default), ``lin`` or ``invexp`` (§2.3).
         update_weights: after the vote, SparseGPT's OBS update of the kept weights with
             the voted mask fixed.
+        selection: ``auto`` (default): ``vote`` for unstructured masks, ``adaptive`` for
+            N:M (the better of the two on each in benchmarks/llm_layerwise.py);
+            ``vote``: the final mask is the per-row / N:M top-k of the voted score;
+            ``adaptive``: SparseGPT's sweep chooses the mask, ranking weights by
+            ``(m̄ · w)² / [U]_jj²`` with the voted mask value ``m̄ = S/|W|`` and the weights
+            as updated so far (``update_weights`` is then implied).
+        energy: ``plain``: ``E = tr(ΔW H ΔWᵀ)``; ``compensated``: ``H`` congruently rescaled
+            to ``K = S H S`` with ``S_jj = 1 / sqrt(H_jj [H⁻¹]_jj)``, so removing one weight
+            costs its OBS error after compensation, ``w_j² / [H⁻¹]_jj`` (docs/llm.md).
+        rank_by: magnitudes ``θ`` that polarisation, repulsion and the vote use:
+            ``metric``: ``|W_ij| · sqrt(K_jj)`` (Wanda's score for the plain energy,
+            SparseGPT's for the compensated one); ``weight``: ``|W_ij|`` as in the paper.
         block_size: SparseGPT block size of that update.
         damping: SparseGPT dampening of that update.
     """
@@ -74,6 +86,9 @@ class ParticleOptions:
     batch_fraction: float = dataclasses.field(default=0.25, metadata=bounds(gt=0, le=1))
     dt_schedule: Literal["exp", "lin", "invexp"] = "exp"
     update_weights: bool = True
+    selection: Literal["auto", "vote", "adaptive"] = "auto"
+    energy: Literal["plain", "compensated"] = "compensated"
+    rank_by: Literal["metric", "weight"] = "metric"
     block_size: int = dataclasses.field(default=128, metadata=bounds(ge=1))
     damping: float = dataclasses.field(default=0.01, metadata=bounds(gt=0))
 
@@ -112,6 +127,19 @@ def _polarise(
     return torch.where(active, binary, masks)
 
 
+def _metric(hessian: Tensor, options: ParticleOptions) -> Tensor:
+    """The energy's matrix: ``H`` (plain) or ``K = S H S`` (compensated, see options)."""
+    if options.energy == "plain":
+        return hessian
+    damped = hessian.clone()
+    diagonal = damped.diagonal()
+    diagonal[diagonal == 0] = 1.0  # dead inputs, as SparseGPT
+    diagonal.add_(options.damping * float(diagonal.mean()))
+    inverse_diag = torch.cholesky_inverse(torch.linalg.cholesky(damped)).diagonal()
+    scale = (diagonal * inverse_diag).clamp_min(1e-30).rsqrt()
+    return damped * scale[:, None] * scale[None, :]
+
+
 @torch.no_grad()
 def particle_scores(
     weight: Tensor,
@@ -121,8 +149,9 @@ def particle_scores(
     nm: tuple[int, int] | None,
     options: ParticleOptions,
     generator: torch.Generator,
-) -> Tensor:
-    """The voted scores ``S`` (``[d_out, d_in]``, higher means keep) of one layer.
+) -> tuple[Tensor, Tensor]:
+    """The voted scores ``S`` (``[d_out, d_in]``, higher means keep) of one layer, and the
+    magnitudes ``θ`` they are measured in (``S = Σ_t μ^(T-t) mean_i |m_i| ⊙ θ``).
 
     Args:
         weight: ``W [d_out, d_in]``; not modified.
@@ -135,8 +164,11 @@ def particle_scores(
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     w = weight.detach().to(dtype)
     rows, width = w.shape
+    metric = _metric(hessian.to(device=w.device, dtype=dtype), options)
+    factor = hessian_sqrt(metric)
     abs_w = w.abs()
-    factor = hessian_sqrt(hessian.to(device=w.device, dtype=dtype))
+    if options.rank_by == "metric":
+        abs_w = abs_w * metric.diagonal().clamp_min(0).sqrt()[None, :]
     reference = max(float((w @ factor).square().sum()), 1e-30)  # E(0) = ‖W F‖²
     n, steps = options.num_particles, options.num_steps
     batch = max(1, round(options.batch_fraction * width))
@@ -172,4 +204,4 @@ def particle_scores(
         scores.mul_(options.momentum).add_(voted)
         if float(levels.mean()) <= density:
             break
-    return scores.view(rows, width)
+    return scores.view(rows, width), abs_w
