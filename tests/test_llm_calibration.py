@@ -26,10 +26,11 @@ def test_same_seed_same_windows_other_seed_other_windows():
     assert not torch.equal(first, sample_calibration(tokens, num_samples=4, seqlen=8, seed=2))
 
 
-def test_text_shorter_than_a_window_names_both_numbers():
-    """A stream too short for the asked windows must fail early, saying what was asked."""
-    with pytest.raises(DataError, match=r"10 tokens.*seqlen=16.*4 samples"):
-        sample_calibration(torch.arange(10), num_samples=4, seqlen=16, seed=0)
+def test_text_smaller_than_the_asked_calibration_names_both_numbers():
+    """A stream with fewer tokens than S x L must fail early, saying what was asked."""
+    with pytest.raises(DataError, match=r"63 tokens, fewer than the 4 samples x 16 tokens = 64"):
+        sample_calibration(torch.arange(63), num_samples=4, seqlen=16, seed=0)
+    assert sample_calibration(torch.arange(64), num_samples=4, seqlen=16, seed=0).shape == (4, 16)
 
 
 def test_seqlen_above_the_model_positions_is_refused():
