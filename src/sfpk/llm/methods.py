@@ -136,8 +136,8 @@ def prune_layer(
         if selection == "auto":
             selection = "vote" if nm is None else "adaptive"
         if selection == "adaptive":
-            # The voted mask value per weight, m̄ = S / θ, steers SparseGPT's selection.
-            prior = scores / magnitude.clamp_min(1e-30)
+            # The voted mask value per weight, m̄ = S / θ (tempered), steers SparseGPT's selection.
+            prior = (scores / magnitude.clamp_min(1e-30)).pow(options.prior_power)
             return sparsegpt(
                 w, hessian, sparsity=sparsity, nm=nm, prior=prior,
                 block_size=options.block_size, damping=options.damping,

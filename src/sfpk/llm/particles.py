@@ -42,7 +42,7 @@ from ..pruners.particles.dynamics import (
     size_and_gradient,
 )
 
-__all__ = ["ParticleOptions", "particle_scores", "hessian_sqrt"]
+__all__ = ["ParticleOptions", "particle_scores", "hessian_sqrt", "energy_forces"]
 
 _L2 = parse_size_functional("l2")
 
@@ -66,8 +66,10 @@ class ParticleOptions:
             N:M (the better of the two on each in benchmarks/llm_layerwise.py);
             ``vote``: the final mask is the per-row / N:M top-k of the voted score;
             ``adaptive``: SparseGPT's sweep chooses the mask, ranking weights by
-            ``(m̄ · w)² / [U]_jj²`` with the voted mask value ``m̄ = S/|W|`` and the weights
+            ``(m̄^γ · w)² / [U]_jj²`` with the voted mask value ``m̄ = S/θ`` and the weights
             as updated so far (``update_weights`` is then implied).
+        prior_power: ``γ`` of the adaptive selection's prior ``m̄^γ`` (0: plain SparseGPT,
+            1: the vote's mask values as they are).
         energy: ``plain``: ``E = tr(ΔW H ΔWᵀ)``; ``compensated``: ``H`` congruently rescaled
             to ``K = S H S`` with ``S_jj = 1 / sqrt(H_jj [H⁻¹]_jj)``, so removing one weight
             costs its OBS error after compensation, ``w_j² / [H⁻¹]_jj`` (docs/llm.md).
@@ -87,6 +89,7 @@ class ParticleOptions:
     dt_schedule: Literal["exp", "lin", "invexp"] = "exp"
     update_weights: bool = True
     selection: Literal["auto", "vote", "adaptive"] = "auto"
+    prior_power: float = dataclasses.field(default=0.5, metadata=bounds(ge=0))
     energy: Literal["plain", "compensated"] = "compensated"
     rank_by: Literal["metric", "weight"] = "metric"
     block_size: int = dataclasses.field(default=128, metadata=bounds(ge=1))
@@ -125,6 +128,16 @@ def _polarise(
     binary = (ranked >= tau).to(masks.dtype).reshape(masks.shape)
     active = (remove >= 1).to(masks.device)[:, None, None]
     return torch.where(active, binary, masks)
+
+
+def energy_forces(delta_w: Tensor, weight: Tensor, factor: Tensor, scale: float) -> Tensor:
+    """``e = −∂E/∂b = 2·scale·W ⊙ (ΔW F Fᵀ)`` of ``E = scale·‖ΔW F‖²``, ``ΔW = (1 − b) ⊙ W``.
+
+    Batched over particles: ``delta_w [n, d_out, d_in]``, ``factor [n, d_in, k]`` (each
+    particle's columns of the factor), ``weight [d_out, d_in]``.
+    """
+    projected = torch.bmm(delta_w, factor)
+    return torch.bmm(projected, factor.transpose(1, 2)).mul_(weight).mul_(2.0 * scale)
 
 
 def _metric(hessian: Tensor, options: ParticleOptions) -> Tensor:
@@ -189,9 +202,7 @@ def particle_scores(
         delta_w = (1.0 - _polarise(masks, abs_w, levels.cpu().double(), nm)).mul_(w)
         draws = [torch.randperm(width, generator=generator)[:batch] for _ in range(n)]
         sub = factor[:, torch.stack(draws).to(w.device)].permute(1, 0, 2)  # [n, d_in, k]
-        projected = torch.bmm(delta_w, sub)
-        force = torch.bmm(projected, sub.transpose(1, 2)).mul_(w).mul_(2.0 * scale)
-        forces.copy_(force.view(n, -1))  # −∂E_B/∂b, straight through the polarisation
+        forces.copy_(energy_forces(delta_w, w, sub, scale).view(n, -1))
         if n > 1 and options.repulsion_weight > 0:
             push, _ = repulsion(
                 particles, mode="exp", sqrt_numerator_weight=flat_abs,
