@@ -16,57 +16,20 @@ from safetensors.torch import load_file
 from torch import nn
 
 import sfpk
-from lm_helpers import write_tokenizer_json
+from hf_helpers import CLASSES, SENTENCES, VISION, VOCAB, hf_configs, write_hf_folder
+from hf_helpers import auto_class as _auto
 from sfpk.cli import main
 from sfpk.errors import ConfigError
 from sfpk.hf_export import EXPORT_INFO, export_hf
 from sfpk.models import create
 
-VOCAB, CLASSES = 48, 3
-SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "one two three four five"]
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _configs() -> dict[str, object]:
-    tokens = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)
-    llama = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, **tokens)
-    llama.update(num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
-    vit = dict(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=2)
-    vit.update(num_attention_heads=2, intermediate_size=32, num_labels=CLASSES)
-    return {
-        "gpt2": transformers.GPT2Config(
-            n_positions=32, n_embd=16, n_layer=2, n_head=2, architectures=["GPT2LMHeadModel"],
-            **tokens,
-        ),
-        "llama": transformers.LlamaConfig(**llama, architectures=["LlamaForCausalLM"]),
-        "vit": transformers.ViTConfig(**vit, architectures=["ViTForImageClassification"]),
-    }  # fmt: skip
-
-
-def _auto(kind: str):
-    return (
-        transformers.AutoModelForImageClassification
-        if kind == "vit"
-        else transformers.AutoModelForCausalLM
-    )
-
-
-def write_hf_folder(folder, kind: str) -> None:
-    """A tiny random ``kind`` model (and, for LMs, a word-level tokenizer) in ``folder``."""
-    torch.manual_seed(0)
-    _auto(kind).from_config(_configs()[kind]).save_pretrained(folder)
-    if kind != "vit":
-        write_tokenizer_json(folder / "raw.json", SENTENCES)
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "raw.json"))
-        fast.save_pretrained(folder)
-        (folder / "raw.json").unlink()
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     out = {}
-    for kind in _configs():
+    for kind in hf_configs():
         out[kind] = tmp_path_factory.mktemp(kind)
         write_hf_folder(out[kind], kind)
     return out
@@ -74,14 +37,14 @@ def folders(tmp_path_factory):
 
 def _inputs(kind: str):
     gen = torch.Generator().manual_seed(1)
-    if kind == "vit":
+    if kind in VISION:
         return torch.randn(4, 1, 8, 8, generator=gen), torch.randint(0, CLASSES, (4,))
     ids = torch.randint(0, VOCAB, (4, 10), generator=gen)
     return ids, ids
 
 
 def _pruned(folders, kind: str, structure: str = "unstructured", scope: str = "global"):
-    model = create(f"hf:{folders[kind]}", num_classes=CLASSES if kind == "vit" else VOCAB)
+    model = create(f"hf:{folders[kind]}", num_classes=CLASSES if kind in VISION else VOCAB)
     masks = sfpk.prune(
         model, [_inputs(kind)], method="mag", sparsity=0.5, structure=structure, scope=scope
     )
@@ -91,7 +54,7 @@ def _pruned(folders, kind: str, structure: str = "unstructured", scope: str = "g
 def _hf_logits(hf: nn.Module, kind: str):
     x, _ = _inputs(kind)
     with torch.no_grad():
-        return (hf(pixel_values=x) if kind == "vit" else hf(input_ids=x)).logits
+        return (hf(pixel_values=x) if kind in VISION else hf(input_ids=x)).logits
 
 
 def _masked_logits(model, masks, kind: str):
@@ -100,7 +63,7 @@ def _masked_logits(model, masks, kind: str):
         return masks.apply(copy.deepcopy(model)).eval()(x)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "vit"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "vit", "deit", "swin"])
 def test_export_loads_in_transformers_with_the_masked_logits(folders, tmp_path, kind):
     """from_pretrained on the folder alone gives sfpk's masked-model logits (1e-5)."""
     model, masks = _pruned(folders, kind)
@@ -333,3 +296,15 @@ def test_cli_refuses_sparse_with_format_hf(tmp_path, capsys):
     argv = ["export", str(tmp_path), "--out", str(tmp_path / "o"), "--format", "hf", "--sparse"]
     assert main(argv) == 2
     assert "--sparse does not apply to --format hf" in capsys.readouterr().err
+
+
+def test_swin_neurons_stay_dense_with_a_note(folders, tmp_path):
+    """Swin's stages have different MLP widths (mlp_ratio, no one intermediate_size): the
+    pruned neurons stay zeros in place, noted, and the logits are the masked model's."""
+    model, masks = _pruned(folders, "swin", structure="neuron", scope="local")
+    result = export_hf(model, tmp_path / "out", masks)
+    assert not result.slimmed and "MLP widths [16, 32]" in result.note
+    loaded = transformers.AutoModelForImageClassification.from_pretrained(tmp_path / "out")
+    torch.testing.assert_close(
+        _hf_logits(loaded.eval(), "swin"), _masked_logits(model, masks, "swin"), atol=1e-5, rtol=0
+    )

@@ -14,9 +14,9 @@ import transformers
 import yaml
 from safetensors.torch import load_file
 
+from hf_helpers import SENTENCES, VOCAB, write_hf_folder
 from sfpk.cli import main
 from sfpk.lm_prune import SUMMARY_KEYS
-from test_hf_export import SENTENCES, VOCAB, write_hf_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
