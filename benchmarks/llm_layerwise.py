@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="SFPK/SpODE num_steps")
     parser.add_argument("--particles", type=int, default=10)
     parser.add_argument("--update-weights", default="true", choices=["true", "false"])
-    parser.add_argument("--selection", default="auto", choices=["auto", "vote", "adaptive"])
+    parser.add_argument("--selection", default="adaptive", choices=["vote", "adaptive"])
     parser.add_argument("--energy", default="compensated", choices=["plain", "compensated"])
     parser.add_argument("--rank-by", default="metric", choices=["metric", "weight"])
     parser.add_argument("--threads", type=int, default=1)

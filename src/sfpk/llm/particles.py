@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import bounds, check_fields
+from ..errors import ConfigError, bounds, check_fields
 from ..pruners.particles.dynamics import (
     drift,
     dt_schedule,
@@ -63,12 +63,12 @@ class ParticleOptions:
         dt_schedule: ``exp`` (default), ``lin`` or ``invexp`` (§2.3).
         update_weights: after the vote, SparseGPT's OBS update of the kept weights with
             the voted mask fixed.
-        selection: ``auto`` (default): ``vote`` for unstructured masks, ``adaptive`` for
-            N:M (the better of the two on each in benchmarks/llm_layerwise.py);
+        selection: ``adaptive`` (default; below SparseGPT at 50 % on both benchmark models,
+            where ``vote`` is better on one and worse on the other, docs/llm.md) or ``vote``.
             ``vote``: the final mask is the per-row / N:M top-k of the voted score;
             ``adaptive``: SparseGPT's sweep chooses the mask, ranking weights by
             ``(m̄^γ · w)² / [U]_jj²`` with the voted mask value ``m̄ = S/θ`` and the weights
-            as updated so far (``update_weights`` is then implied).
+            as updated so far (it needs ``update_weights=True``).
         prior_power: ``γ`` of the adaptive selection's prior ``m̄^γ`` (0: plain SparseGPT,
             1: the vote's mask values as they are).
         energy: ``plain``: ``E = tr(ΔW H ΔWᵀ)``; ``compensated``: ``H`` congruently rescaled
@@ -89,7 +89,7 @@ class ParticleOptions:
     batch_fraction: float = dataclasses.field(default=0.25, metadata=bounds(gt=0, le=1))
     dt_schedule: Literal["exp", "lin", "invexp"] = "exp"
     update_weights: bool = True
-    selection: Literal["auto", "vote", "adaptive"] = "auto"
+    selection: Literal["vote", "adaptive"] = "adaptive"
     prior_power: float = dataclasses.field(default=0.5, metadata=bounds(ge=0))
     energy: Literal["plain", "compensated"] = "compensated"
     rank_by: Literal["metric", "weight"] = "metric"
@@ -98,6 +98,12 @@ class ParticleOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.selection == "adaptive" and not self.update_weights:
+            raise ConfigError(
+                "update_weights=False needs selection='vote' (the adaptive selection chooses "
+                "the mask while it updates the weights); choose one of selection='vote' or "
+                "update_weights=True"
+            )
 
 
 def hessian_sqrt(hessian: Tensor) -> Tensor:
