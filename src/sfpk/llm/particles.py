@@ -30,10 +30,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import bounds, check_fields
+from ..errors import ConfigError, bounds, check_fields
 from ..pruners.particles.dynamics import (
     drift,
     dt_schedule,
@@ -62,12 +63,12 @@ class ParticleOptions:
         dt_schedule: ``exp`` (default), ``lin`` or ``invexp`` (§2.3).
         update_weights: after the vote, SparseGPT's OBS update of the kept weights with
             the voted mask fixed.
-        selection: ``auto`` (default): ``vote`` for unstructured masks, ``adaptive`` for
-            N:M (the better of the two on each in benchmarks/llm_layerwise.py);
+        selection: ``adaptive`` (default; below SparseGPT at 50 % on both benchmark models,
+            where ``vote`` is better on one and worse on the other, docs/llm.md) or ``vote``.
             ``vote``: the final mask is the per-row / N:M top-k of the voted score;
             ``adaptive``: SparseGPT's sweep chooses the mask, ranking weights by
             ``(m̄^γ · w)² / [U]_jj²`` with the voted mask value ``m̄ = S/θ`` and the weights
-            as updated so far (``update_weights`` is then implied).
+            as updated so far (it needs ``update_weights=True``).
         prior_power: ``γ`` of the adaptive selection's prior ``m̄^γ`` (0: plain SparseGPT,
             1: the vote's mask values as they are).
         energy: ``plain``: ``E = tr(ΔW H ΔWᵀ)``; ``compensated``: ``H`` congruently rescaled
@@ -88,7 +89,7 @@ class ParticleOptions:
     batch_fraction: float = dataclasses.field(default=0.25, metadata=bounds(gt=0, le=1))
     dt_schedule: Literal["exp", "lin", "invexp"] = "exp"
     update_weights: bool = True
-    selection: Literal["auto", "vote", "adaptive"] = "auto"
+    selection: Literal["vote", "adaptive"] = "adaptive"
     prior_power: float = dataclasses.field(default=0.5, metadata=bounds(ge=0))
     energy: Literal["plain", "compensated"] = "compensated"
     rank_by: Literal["metric", "weight"] = "metric"
@@ -97,12 +98,27 @@ class ParticleOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.selection == "adaptive" and not self.update_weights:
+            raise ConfigError(
+                "update_weights=False needs selection='vote' (the adaptive selection chooses "
+                "the mask while it updates the weights); choose one of selection='vote' or "
+                "update_weights=True"
+            )
 
 
 def hessian_sqrt(hessian: Tensor) -> Tensor:
     """The symmetric square root ``F = H^{1/2}`` (negative eigenvalues from round-off -> 0)."""
     values, vectors = torch.linalg.eigh(hessian)
     return (vectors * values.clamp_min(0).sqrt()[None, :]) @ vectors.T
+
+
+def _kth_smallest(values: Tensor, k: int) -> Tensor:
+    """The k-th smallest entry along the last dim (keepdim). On CPU numpy's partition is
+    about 8x faster than ``kthvalue`` (10 particles of a 512x512 layer: 0.03 s vs 0.26 s)."""
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        part = np.partition(values.numpy(), k - 1, axis=-1)[..., k - 1 : k]
+        return torch.from_numpy(np.ascontiguousarray(part))
+    return values.kthvalue(k, dim=-1, keepdim=True).values
 
 
 def _polarise(
@@ -124,7 +140,7 @@ def _polarise(
     tau = ranked.new_full((n, ranked.shape[1], 1), -math.inf)
     for k in sorted(set(remove.tolist()) - {0}):  # usually one k for all particles
         chosen = (remove == k).nonzero().reshape(-1).to(masks.device)
-        tau[chosen] = ranked[chosen].kthvalue(k, dim=2, keepdim=True).values
+        tau[chosen] = _kth_smallest(ranked[chosen], k)
     binary = (ranked >= tau).to(masks.dtype).reshape(masks.shape)
     active = (remove >= 1).to(masks.device)[:, None, None]
     return torch.where(active, binary, masks)
