@@ -22,7 +22,8 @@ from typing import NoReturn
 
 from ..errors import SfpkError
 
-# Importing the subcommand module registers its commands.
+# Importing the subcommand modules registers their commands, in this order.
+from . import prune as _prune  # noqa: F401  (prune: layer-wise LLM pruning, after the others)
 from .commands import (
     COMMANDS,
     PASSTHROUGH_OWN_FLAGS,

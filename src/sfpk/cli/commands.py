@@ -48,6 +48,8 @@ from ..data import dataset_prefixes, list_datasets
 from ..deploy.export import ExportOptions
 from ..errors import ConfigError
 from ..models import list_models
+from ..pipelines.hf_run import export_hf_run
+from ..pipelines.llm_prune import check_not_prune_run
 from ..pipelines.report import write_report
 from ..pipelines.run import export_run, read_status
 from ..pruners import methods, pruner_class
@@ -267,6 +269,7 @@ def _resume_flags(parser: argparse.ArgumentParser) -> None:
     "resume", help="continue an interrupted run from its last checkpoint", configure=_resume_flags
 )
 def _resume(args: argparse.Namespace) -> int:
+    check_not_prune_run(args.directory, "it has no checkpoints to resume (rerun it)")
     saved = Path(args.directory) / "config.yaml"  # missing: pipelines.resume explains
     device = load_config(saved).run.device if saved.is_file() else "auto"
     return in_process_group(
@@ -374,9 +377,10 @@ def _export_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=["safetensors", "onnx"],
+        choices=["safetensors", "onnx", "hf"],
         default="safetensors",
-        help="model file format (onnx needs sfpk[onnx] and is checked in onnxruntime)",
+        help="model file format (onnx needs sfpk[onnx] and is checked in onnxruntime; hf: a "
+        "save_pretrained folder of an hf: model, pruned neurons/heads removed where possible)",
     )
     parser.add_argument(
         "--semi-structured",
@@ -399,6 +403,9 @@ def _export_flags(parser: argparse.ArgumentParser) -> None:
     configure=_export_flags,
 )
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "hf":  # a save_pretrained folder of an hf: run (sfpk.deploy.hf_export)
+        return _export_hf(args)
+    check_not_prune_run(args.run_dir, "export it with --format hf")
     options = ExportOptions(
         sparse=args.sparse,
         slim=args.slim,
@@ -410,3 +417,17 @@ def _export(args: argparse.Namespace) -> int:
     for file in sorted([*path.parent.glob("*.safetensors"), *path.parent.glob("*.onnx")]):
         print(f"wrote {file} ({file.stat().st_size:,} bytes)")
     return 0
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    if args.sparse or args.semi_structured:
+        flag = "--sparse" if args.sparse else "--semi-structured"
+        raise ConfigError(
+            f"{flag} does not apply to --format hf (transformers reads dense weights)"
+        )
+    result = export_hf_run(
+        args.run_dir, args.out, num_classes=args.num_classes, overwrite=args.overwrite
+    )
+    for file in sorted(p for p in result.folder.iterdir() if p.is_file()):
+        print(f"wrote {file} ({file.stat().st_size:,} bytes)")
+    return 0  # a note on what was not slimmed is logged (and in sfpk_export.json)

@@ -424,6 +424,7 @@ def run_architecture(config: Config, *, num_classes: int | None = None) -> Archi
                 seed=config.run.seed,
                 val_fraction=config.data.val_fraction,
                 augment=False,
+                **config.data.options,  # e.g. a text data set's tokenizer sets its vocabulary
             )
         except DataError as exc:
             raise DataError(
