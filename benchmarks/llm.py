@@ -228,8 +228,12 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         rows = previous["rows"]
     done = {(r["method"], r["sparsity"], r["seed"]) for r in rows}
     dense_ppl = previous.get("dense", {}).get("ppl") or perplexity(dense.model, test, seqlen=seqlen)
-    dense_row = {**dense.info, "ppl": dense_ppl, "eval_tokens": int(test.numel())}
-    _log(f"dense test ppl {dense_ppl:.2f} (unigram {dense.info['unigram_ppl']:.1f}) on "
+    unigram = math.exp(llm_dense.unigram_nll(dense.tokens["train"], test, dense.info["vocab_size"]))
+    dense_row = {
+        **dense.info, "ppl": dense_ppl, "eval_tokens": int(test.numel()),
+        "unigram_ppl": unigram, "unigram_ppl_whole_test": dense.info["unigram_ppl"],
+    }  # fmt: skip
+    _log(f"dense test ppl {dense_ppl:.2f} (unigram {unigram:.1f}) on "
          f"{test.numel()} test tokens, windows of {seqlen}")  # fmt: skip
     start = time.perf_counter()
 
@@ -262,7 +266,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
                 write()
                 _log(f"s{seed} {method:9s} {_label(token):5s} ppl {row['ppl']:9.2f}  "
                      f"sparsity {row['achieved_sparsity']:.3f}  {row['prune_seconds']:6.1f} s "
-                     f" peak +{row['peak_above_mb']:.0f} MB (load {_loadavg()[0]:.1f})")  # fmt: skip
+                     f" peak +{row['peak_above_mb']:.0f} MB, load {_loadavg()[0]:.1f}")  # fmt: skip
     payload = write()
     print("\n" + quality_tables(payload["summary"], dense_row))
     curve = dense.info["curve"]
@@ -311,6 +315,10 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda needs CUDA, and torch sees no GPU here")
+    # Their import is part of the baseline, not of the pruning.
+    from transformers import GPT2LMHeadModel  # noqa: F401
+    from transformers.pytorch_utils import Conv1D  # noqa: F401
+
     base_rss = rss_bytes()
     results = []
     for method in args.methods:
@@ -348,6 +356,7 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             "fp32_mb_run": 4 * params / 2**20, "fp32_mb_full": 4 * full_params / 2**20,
             "rss_before_mb": before / 2**20, "rss_at_import_mb": base_rss / 2**20,
             "peak_rss_mb": peak / 2**20, "reported_peak_rss_mb": result.peak_rss_mb,
+            "peak_above_import_mb": (peak - base_rss) / 2**20,
             "achieved_sparsity": result.masks.sparsity(),
             "options": method_options(method, args),
         }  # fmt: skip
@@ -382,20 +391,25 @@ def scale_table(payload: dict[str, Any]) -> str:
     rs = payload["results"]
     first = rs[0]
     lines = [
-        f"GPT-2 small, 50 % unstructured, {first['samples']} x {first['seqlen']} calibration "
+        f"{'tiny GPT-2' if payload['tiny'] else 'GPT-2 small'}, 50 % unstructured, "
+        f"{first['samples']} x {first['seqlen']} calibration "
         f"tokens, {payload['device']}, {payload['threads']} thread(s); {first['blocks_run']} "
         f"of {first['blocks_full']} blocks run (* = all-block seconds extrapolated from the "
         f"mean per block); fp32 "
         f"model {first['fp32_mb_full']:.0f} MB (as run {first['fp32_mb_run']:.0f} MB)",
-        "| method | s / block | all blocks (s) | x sparsegpt | peak RSS (MB) | peak / fp32 full |",
-        "|---|---|---|---|---|---|",
+        f"RSS after importing torch and transformers: {first['rss_at_import_mb']:.0f} MB",
+        "| method | s / block | all blocks (s) | x sparsegpt (per block) | peak RSS (MB) | "
+        "peak / fp32 | peak above import (MB) | above import / fp32 |",
+        "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rs:
         star = "*" if r["extrapolated"] else ""
         ratio = f"{r['x_sparsegpt']:.2f}" if "x_sparsegpt" in r else ""
         lines.append(
             f"| {r['method']} | {r['seconds_per_block']:.1f} | {r['full_seconds']:.0f}{star} | "
-            f"{ratio} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / r['fp32_mb_full']:.2f} |"
+            f"{ratio} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / r['fp32_mb_run']:.2f} | "
+            f"{r['peak_above_import_mb']:.0f} | "
+            f"{r['peak_above_import_mb'] / r['fp32_mb_run']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -458,6 +472,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             help='per-method options, JSON: \'{"sfpk": {"num_particles": 4}}\'',
         )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.tiny and not args.options:  # the particle methods' default budget takes long
+        args.options = {"sfpk": {"num_steps": 5, "num_particles": 2}, "spode": {"num_steps": 5}}
     if args.part == "quality":
         quick = args.quick or args.tiny
         args.methods = args.methods or list(METHODS)
