@@ -22,6 +22,8 @@ def sample_calibration(tokens: Tensor, *, num_samples: int, seqlen: int, seed: i
 
     Offsets are drawn uniformly (with replacement, as SparseGPT and Wanda do) from a
     ``torch.Generator`` seeded with ``seed``, so the same call returns the same windows.
+    The text must hold at least ``num_samples * seqlen`` tokens (windows may overlap, but
+    a text smaller than the calibration asked for is refused).
 
     Args:
         tokens: the training text as one flat ``LongTensor [N]`` of token ids.
@@ -34,7 +36,8 @@ def sample_calibration(tokens: Tensor, *, num_samples: int, seqlen: int, seed: i
 
     Raises:
         ConfigError: ``num_samples`` or ``seqlen`` below 1, or ``tokens`` not 1-D integers.
-        DataError: the stream is shorter than one window (the message names both numbers).
+        DataError: the stream has fewer than ``num_samples * seqlen`` tokens, so it cannot
+            give the calibration asked for (the message names both numbers).
 
     Example:
         >>> windows = sample_calibration(train_ids, num_samples=128, seqlen=2048, seed=0)
@@ -48,12 +51,13 @@ def sample_calibration(tokens: Tensor, *, num_samples: int, seqlen: int, seed: i
             f"tokens must be a 1-D tensor of token ids, got {tokens.dtype} of shape "
             f"{tuple(tokens.shape)}"
         )
-    available = tokens.numel() - seqlen + 1
-    if available < 1:
+    asked = num_samples * seqlen
+    if tokens.numel() < asked:
         raise DataError(
-            f"the calibration text has {tokens.numel()} tokens, fewer than one window of "
-            f"seqlen={seqlen}; {num_samples} samples of {seqlen} tokens were asked for"
+            f"the calibration text has {tokens.numel()} tokens, fewer than the "
+            f"{num_samples} samples x {seqlen} tokens = {asked} asked for"
         )
+    available = tokens.numel() - seqlen + 1
     generator = torch.Generator().manual_seed(int(seed))
     starts = torch.randint(0, available, (num_samples,), generator=generator)
     offsets = starts[:, None] + torch.arange(seqlen)[None, :]

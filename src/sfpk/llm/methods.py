@@ -129,9 +129,19 @@ def prune_layer(
         )  # fmt: skip
     if method in ("spode", "sfpk"):
         hessian = stats.hessian()
-        scores = particle_scores(
+        scores, magnitude = particle_scores(
             w, hessian, sparsity=sparsity, nm=nm, options=options, generator=generator
         )
+        selection = options.selection
+        if selection == "auto":
+            selection = "vote" if nm is None else "adaptive"
+        if selection == "adaptive":
+            # The voted mask value per weight, m̄ = S / θ, steers SparseGPT's selection.
+            prior = scores / magnitude.clamp_min(1e-30)
+            return sparsegpt(
+                w, hessian, sparsity=sparsity, nm=nm, prior=prior,
+                block_size=options.block_size, damping=options.damping,
+            )  # fmt: skip
         keep = keep_mask(scores, sparsity, nm)
         if not options.update_weights:
             keep = keep.to(w.dtype)

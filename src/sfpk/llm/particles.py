@@ -26,6 +26,7 @@ pure functions of the dynamics are sfpk's own (:mod:`sfpk.pruners.particles.dyna
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,7 +41,6 @@ from ..pruners.particles.dynamics import (
     repulsion,
     size_and_gradient,
 )
-from .select import keep_mask
 
 __all__ = ["ParticleOptions", "particle_scores", "hessian_sqrt"]
 
@@ -62,6 +62,18 @@ class ParticleOptions:
         dt_schedule: ``exp`` (default), ``lin`` or ``invexp`` (§2.3).
         update_weights: after the vote, SparseGPT's OBS update of the kept weights with
             the voted mask fixed.
+        selection: ``auto`` (default): ``vote`` for unstructured masks, ``adaptive`` for
+            N:M (the better of the two on each in benchmarks/llm_layerwise.py);
+            ``vote``: the final mask is the per-row / N:M top-k of the voted score;
+            ``adaptive``: SparseGPT's sweep chooses the mask, ranking weights by
+            ``(m̄ · w)² / [U]_jj²`` with the voted mask value ``m̄ = S/|W|`` and the weights
+            as updated so far (``update_weights`` is then implied).
+        energy: ``plain``: ``E = tr(ΔW H ΔWᵀ)``; ``compensated``: ``H`` congruently rescaled
+            to ``K = S H S`` with ``S_jj = 1 / sqrt(H_jj [H⁻¹]_jj)``, so removing one weight
+            costs its OBS error after compensation, ``w_j² / [H⁻¹]_jj`` (docs/llm.md).
+        rank_by: magnitudes ``θ`` that polarisation, repulsion and the vote use:
+            ``metric``: ``|W_ij| · sqrt(K_jj)`` (Wanda's score for the plain energy,
+            SparseGPT's for the compensated one); ``weight``: ``|W_ij|`` as in the paper.
         block_size: SparseGPT block size of that update.
         damping: SparseGPT dampening of that update.
     """
@@ -74,6 +86,9 @@ class ParticleOptions:
     batch_fraction: float = dataclasses.field(default=0.25, metadata=bounds(gt=0, le=1))
     dt_schedule: Literal["exp", "lin", "invexp"] = "exp"
     update_weights: bool = True
+    selection: Literal["auto", "vote", "adaptive"] = "auto"
+    energy: Literal["plain", "compensated"] = "compensated"
+    rank_by: Literal["metric", "weight"] = "metric"
     block_size: int = dataclasses.field(default=128, metadata=bounds(ge=1))
     damping: float = dataclasses.field(default=0.01, metadata=bounds(gt=0))
 
@@ -87,13 +102,42 @@ def hessian_sqrt(hessian: Tensor) -> Tensor:
     return (vectors * values.clamp_min(0).sqrt()[None, :]) @ vectors.T
 
 
-def _polarise(mask: Tensor, abs_weight: Tensor, level: float, nm: tuple[int, int] | None) -> Tensor:
-    """``ohh`` at density ``level``: the top ``|m ⊙ W|`` of every row / N:M group -> 1, the
-    rest -> 0; the mask itself where nothing would be cut (§2.5)."""
-    width = nm[1] if nm is not None else abs_weight.shape[1]
-    if int((1.0 - level) * width) < 1:
-        return mask
-    return keep_mask(mask * abs_weight, 1.0 - level, nm)
+def _polarise(
+    masks: Tensor, abs_weight: Tensor, levels: Tensor, nm: tuple[int, int] | None
+) -> Tensor:
+    """``ohh`` of every particle at its own density ``G_i`` (§2.5), all at once.
+
+    ``masks`` is ``[n, d_out, d_in]``. Every row (or N:M group) of particle ``i`` with
+    ``k_i = floor((1 - G_i)·width) >= 1`` becomes 1 where ``|m ⊙ W|`` reaches its k-th
+    smallest value ``τ`` (ties at τ kept, the reference's polarisation rule) and 0 below;
+    a particle with ``k_i < 1`` keeps its continuous mask.
+    """
+    n = masks.shape[0]
+    width = nm[1] if nm is not None else masks.shape[2]
+    ranked = (masks * abs_weight).reshape(n, -1, width)
+    remove = ((1.0 - levels) * width + 1e-9).floor().long().clamp_(0, width)
+    if int(remove.max()) < 1:
+        return masks
+    tau = ranked.new_full((n, ranked.shape[1], 1), -math.inf)
+    for k in sorted(set(remove.tolist()) - {0}):  # usually one k for all particles
+        chosen = (remove == k).nonzero().reshape(-1).to(masks.device)
+        tau[chosen] = ranked[chosen].kthvalue(k, dim=2, keepdim=True).values
+    binary = (ranked >= tau).to(masks.dtype).reshape(masks.shape)
+    active = (remove >= 1).to(masks.device)[:, None, None]
+    return torch.where(active, binary, masks)
+
+
+def _metric(hessian: Tensor, options: ParticleOptions) -> Tensor:
+    """The energy's matrix: ``H`` (plain) or ``K = S H S`` (compensated, see options)."""
+    if options.energy == "plain":
+        return hessian
+    damped = hessian.clone()
+    diagonal = damped.diagonal()
+    diagonal[diagonal == 0] = 1.0  # dead inputs, as SparseGPT
+    diagonal.add_(options.damping * float(diagonal.mean()))
+    inverse_diag = torch.cholesky_inverse(torch.linalg.cholesky(damped)).diagonal()
+    scale = (diagonal * inverse_diag).clamp_min(1e-30).rsqrt()
+    return damped * scale[:, None] * scale[None, :]
 
 
 @torch.no_grad()
@@ -105,8 +149,9 @@ def particle_scores(
     nm: tuple[int, int] | None,
     options: ParticleOptions,
     generator: torch.Generator,
-) -> Tensor:
-    """The voted scores ``S`` (``[d_out, d_in]``, higher means keep) of one layer.
+) -> tuple[Tensor, Tensor]:
+    """The voted scores ``S`` (``[d_out, d_in]``, higher means keep) of one layer, and the
+    magnitudes ``θ`` they are measured in (``S = Σ_t μ^(T-t) mean_i |m_i| ⊙ θ``).
 
     Args:
         weight: ``W [d_out, d_in]``; not modified.
@@ -119,8 +164,11 @@ def particle_scores(
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     w = weight.detach().to(dtype)
     rows, width = w.shape
+    metric = _metric(hessian.to(device=w.device, dtype=dtype), options)
+    factor = hessian_sqrt(metric)
     abs_w = w.abs()
-    factor = hessian_sqrt(hessian.to(device=w.device, dtype=dtype))
+    if options.rank_by == "metric":
+        abs_w = abs_w * metric.diagonal().clamp_min(0).sqrt()[None, :]
     reference = max(float((w @ factor).square().sum()), 1e-30)  # E(0) = ‖W F‖²
     n, steps = options.num_particles, options.num_steps
     batch = max(1, round(options.batch_fraction * width))
@@ -137,13 +185,13 @@ def particle_scores(
     for step in range(steps):
         levels, _ = size_and_gradient(particles, _L2, total=rows * width, out=neg_grads)
         dt = float(dt_schedule(options.dt_schedule, step, steps, start, end)[0])
-        for i, level in enumerate(levels.tolist()):
-            b = _polarise(particles[i].view(rows, width), abs_w, level, nm)
-            delta_w = (1.0 - b) * w
-            columns = torch.randperm(width, generator=generator)[:batch].to(w.device)
-            sub = factor[:, columns]
-            force = ((delta_w @ sub) @ sub.T).mul_(w).mul_(2.0 * scale)  # −∂E_B/∂b
-            forces[i] = force.reshape(-1)
+        masks = particles.view(n, rows, width)
+        delta_w = (1.0 - _polarise(masks, abs_w, levels.cpu().double(), nm)).mul_(w)
+        draws = [torch.randperm(width, generator=generator)[:batch] for _ in range(n)]
+        sub = factor[:, torch.stack(draws).to(w.device)].permute(1, 0, 2)  # [n, d_in, k]
+        projected = torch.bmm(delta_w, sub)
+        force = torch.bmm(projected, sub.transpose(1, 2)).mul_(w).mul_(2.0 * scale)
+        forces.copy_(force.view(n, -1))  # −∂E_B/∂b, straight through the polarisation
         if n > 1 and options.repulsion_weight > 0:
             push, _ = repulsion(
                 particles, mode="exp", sqrt_numerator_weight=flat_abs,
@@ -156,4 +204,4 @@ def particle_scores(
         scores.mul_(options.momentum).add_(voted)
         if float(levels.mean()) <= density:
             break
-    return scores.view(rows, width)
+    return scores.view(rows, width), abs_w

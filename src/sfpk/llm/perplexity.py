@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError, NonFiniteError, check_number
-from .calibration import check_seqlen
+from .blocks import find_decoder, max_positions
 
 __all__ = ["perplexity"]
 
@@ -28,6 +28,20 @@ def _logits(model: nn.Module, ids: Tensor) -> Tensor:
         return model(input_ids=ids, use_cache=False).logits
     out = model(ids)
     return out if isinstance(out, Tensor) else out.logits
+
+
+def _check_positions(model: nn.Module, seqlen: int) -> None:
+    """A ConfigError if ``seqlen`` exceeds the positions of a recognised decoder; models
+    without a recognisable block list (any other LM) are not checked."""
+    try:
+        limit = max_positions(find_decoder(model))
+    except ConfigError:
+        return
+    if limit is not None and seqlen > limit:
+        raise ConfigError(
+            f"seqlen={seqlen} is longer than the {limit} positions of {type(model).__name__}; "
+            f"choose seqlen <= {limit}"
+        )
 
 
 @torch.no_grad()
@@ -53,7 +67,8 @@ def perplexity(model: nn.Module, tokens: Tensor, *, seqlen: int, batch_size: int
         >>> perplexity(model, test_ids, seqlen=1024)  # doctest: +SKIP
         29.9
     """
-    seqlen = check_seqlen(model, seqlen)
+    seqlen = check_number("seqlen", seqlen, integer=True)
+    _check_positions(model, seqlen)
     if seqlen < 2:
         raise ConfigError(f"seqlen={seqlen} must be >= 2 (one predicted token per window)")
     batch_size = check_number("batch_size", batch_size, integer=True)

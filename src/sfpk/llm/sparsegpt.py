@@ -74,11 +74,24 @@ def inverse_hessian_factor(hessian: Tensor, *, damping: float = 0.01) -> tuple[T
     )
 
 
+def _saliency(block: Tensor, diag: Tensor, prior: Tensor | None) -> Tensor:
+    """OBS saliency ``w² / [U]_jj²`` (times ``prior²`` when given)."""
+    saliency = block.square() / diag.square()
+    return saliency if prior is None else saliency.mul_(prior.square())
+
+
 def _nm_select(
-    block: Tensor, diag: Tensor, dead: Tensor, start: int, m: int, remove: int
+    block: Tensor,
+    diag: Tensor,
+    dead: Tensor,
+    start: int,
+    m: int,
+    remove: int,
+    prior: Tensor | None,
 ) -> Tensor:
     """Keep mask of columns ``start : start + m`` of a block by OBS saliency."""
-    saliency = block[:, start : start + m].square() / diag[start : start + m].square()
+    part = prior[:, start : start + m] if prior is not None else None
+    saliency = _saliency(block[:, start : start + m], diag[start : start + m], part)
     saliency.masked_fill_(dead[start : start + m][None, :], -math.inf)
     keep = torch.ones_like(saliency)
     if remove > 0:
@@ -96,6 +109,7 @@ def sparsegpt(
     mask: Tensor | None = None,
     block_size: int = 128,
     damping: float = 0.01,
+    prior: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Prune ``weight`` with SparseGPT; returns ``(new weight, keep mask)``.
 
@@ -108,6 +122,9 @@ def sparsegpt(
             reconstruction of the kept weights runs (used after SFPK's vote).
         block_size: columns per lazy-update block (rounded up to a multiple of M).
         damping: dampening as a fraction of the mean Hessian diagonal.
+        prior: optional ``[d_out, d_in]`` factor on the adaptive selection: weight ``j`` is
+            ranked by ``(prior_j · w_j)² / [U]_jj²`` (SFPK's voted mask values, so the
+            vote steers SparseGPT's choice, which still sees the updated weights).
 
     Returns:
         The pruned weight (pruned entries exactly 0, kept ones updated) in ``weight``'s
@@ -118,6 +135,8 @@ def sparsegpt(
     rows, cols = w.shape
     upper, dead = inverse_hessian_factor(hessian.to(device=w.device, dtype=dtype), damping=damping)
     keep = mask.to(device=w.device, dtype=dtype).clone() if mask is not None else torch.ones_like(w)
+    if prior is not None:
+        prior = prior.to(device=w.device, dtype=dtype)
     if nm is not None:
         block_size = nm[1] * math.ceil(block_size / nm[1])
     for lo in range(0, cols, block_size):
@@ -126,9 +145,11 @@ def sparsegpt(
         factor = upper[lo:hi, lo:hi]
         diag = factor.diagonal()
         errors = torch.zeros_like(block)
+        part_prior = prior[:, lo:hi] if prior is not None else None
         if mask is None and nm is None:
             remove = removal_count(hi, sparsity) - removal_count(lo, sparsity)
-            saliency = block.square() / diag.square()
+            part = prior[:, lo:hi] if prior is not None else None
+            saliency = _saliency(block, diag, part)
             saliency.masked_fill_(dead[lo:hi][None, :], -math.inf)
             if remove > 0:
                 order = saliency.sort(dim=1, stable=True).indices[:, :remove]
@@ -136,7 +157,7 @@ def sparsegpt(
         for j in range(hi - lo):
             if mask is None and nm is not None and j % nm[1] == 0:
                 keep[:, lo + j : lo + j + nm[1]] = _nm_select(
-                    block, diag, dead[lo:hi], j, nm[1], removal_count(nm[1], sparsity)
+                    block, diag, dead[lo:hi], j, nm[1], removal_count(nm[1], sparsity), part_prior
                 )
             column = block[:, j]
             kept = column * keep[:, lo + j]
