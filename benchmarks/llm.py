@@ -39,6 +39,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -154,7 +155,8 @@ def prune_one(
         "achieved_sparsity": result.masks.sparsity(), "prune_seconds": seconds,
         "block_seconds": list(result.block_seconds),
         "peak_above_mb": (peak - before) / 2**20, "peak_rss_mb": peak / 2**20,
-        "reported_peak_rss_mb": result.peak_rss_mb, "options": options,
+        "reported_peak_rss_mb": result.peak_rss_mb, "options": options, "commit": _commit(),
+        "load_average": list(_loadavg()),
     }  # fmt: skip
 
 
@@ -320,7 +322,34 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
     from transformers.pytorch_utils import Conv1D  # noqa: F401
 
     base_rss = rss_bytes()
-    results = []
+    out = Path(args.out)
+    protocol = {"samples": args.samples, "seqlen": args.seqlen, "blocks": args.blocks,
+                "device": str(device), "tiny": args.tiny}  # fmt: skip
+    results: list[dict[str, Any]] = []
+    if args.resume and out.is_file():
+        previous = json.loads(out.read_text())
+        if previous.get("protocol") != protocol:
+            raise SystemExit(f"error: --resume: {out} was measured with other settings")
+        results = [r for r in previous["results"] if r["method"] not in args.methods]
+
+    def write() -> dict[str, Any]:
+        order = {m: i for i, m in enumerate((*SCALE_METHODS, *args.methods))}
+        results.sort(key=lambda r: order.get(r["method"], len(order)))
+        base = {r["method"]: r for r in results}
+        for r in results:
+            if "sparsegpt" in base:
+                r["x_sparsegpt"] = r["seconds_per_block"] / base["sparsegpt"]["seconds_per_block"]
+        payload = {
+            "part": "scale", "sfpk": sfpk.__version__, "torch": torch.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "device": str(device), "cpu_count": os.cpu_count(), "protocol": protocol,
+            "model": f"GPT2LMHeadModel(GPT2Config({GPT2_TINY if args.tiny else ''})), random init",
+            "tiny": args.tiny, "sparsity": 0.5, "results": results,
+        }  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2, default=_json) + "\n")
+        return payload
+
     for method in args.methods:
         model, full_params = gpt2_small(args.blocks, seed=0, tiny=args.tiny)
         full_blocks = 2 if args.tiny else 12
@@ -358,29 +387,17 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             "peak_rss_mb": peak / 2**20, "reported_peak_rss_mb": result.peak_rss_mb,
             "peak_above_import_mb": (peak - base_rss) / 2**20,
             "achieved_sparsity": result.masks.sparsity(),
-            "options": method_options(method, args),
+            "options": method_options(method, args), "commit": _commit(),
+            "load_average": list(_loadavg()),
         }  # fmt: skip
         if device.type == "cuda":
             entry["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        results.append(entry)
         _log(f"{method:9s} {blocks} blocks: {seconds:.1f} s ({per_block:.1f} s/block), "
              f"peak RSS {entry['peak_rss_mb']:.0f} MB (load {_loadavg()[0]:.1f})")  # fmt: skip
+        results.append(entry)
+        write()
         del model, calibration, result
-    base = {r["method"]: r for r in results}
-    for r in results:
-        if "sparsegpt" in base:
-            r["x_sparsegpt"] = r["seconds_per_block"] / base["sparsegpt"]["seconds_per_block"]
-    payload = {
-        "part": "scale", "sfpk": sfpk.__version__, "torch": torch.__version__,
-        "python": platform.python_version(), "threads": torch.get_num_threads(),
-        "device": str(device), "cpu_count": os.cpu_count(), "load_average": list(_loadavg()),
-        "model": f"GPT2LMHeadModel(GPT2Config({GPT2_TINY if args.tiny else ''})), random init",
-        "tiny": args.tiny, "sparsity": 0.5,
-        "results": results,
-    }  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, default=_json) + "\n")
+    payload = write()
     print("\n" + scale_table(payload))
     print(f"\nwrote {out}")
     return payload
@@ -424,6 +441,18 @@ def _loadavg() -> tuple[float, float, float]:
         return (math.nan, math.nan, math.nan)
 
 
+def _commit() -> str:
+    """The repository's HEAD commit (what code was measured), or ``unknown``."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
 def _json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -444,7 +473,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     quality.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=None)
     quality.add_argument("--calib-samples", type=int, default=None, help="default 128")
     quality.add_argument("--seqlen", type=int, default=None, help="default: the context")
-    quality.add_argument("--eval-tokens", type=int, default=None, help="default 65536 (0: all)")
+    quality.add_argument("--eval-tokens", type=int, default=None, help="default 32768 (0: all)")
     quality.add_argument("--quick", action="store_true",
                          help="every method at 50 %% and 2:4, seed 0, 32 calibration windows, "
                               "16384 test tokens")  # fmt: skip
@@ -465,6 +494,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     scale.add_argument("--device", default="cpu")
     scale.add_argument("--tiny", action="store_true", help="a tiny GPT-2 (the test's mode)")
     scale.add_argument("--out", default=None)
+    scale.add_argument(
+        "--resume", action="store_true", help="keep --out's other methods, run only these"
+    )
     for p in (quality, scale):
         p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
         p.add_argument(
@@ -481,7 +513,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
         args.calib_samples = args.calib_samples or (8 if args.tiny else 32 if quick else 128)
         if args.eval_tokens is None:
-            args.eval_tokens = 16_384 if quick else 65_536
+            args.eval_tokens = 16_384 if quick else 32_768
         name = "llm_tiny.json" if args.tiny else "llm_quick.json" if args.quick else "llm.json"
     else:
         device = "" if args.device == "cpu" else "_" + args.device
