@@ -221,13 +221,16 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
     previous: dict[str, Any] = {}
-    if args.resume and out.is_file():
-        previous = json.loads(out.read_text())
-        if previous.get("dense", {}).get("key") != dense.info["key"] or previous.get(
+    sources = [Path(f) for f in args.include] + ([out] if args.resume and out.is_file() else [])
+    for source in sources:  # rows measured earlier (or by another process) under this protocol
+        earlier = json.loads(source.read_text())
+        if earlier.get("dense", {}).get("key") != dense.info["key"] or earlier.get(
             "protocol"
         ) != _protocol(args, seqlen, test):
-            raise SystemExit(f"error: --resume: {out} was measured with other settings")
-        rows = previous["rows"]
+            raise SystemExit(f"error: {source} was measured with other settings")
+        have = {(r["method"], r["sparsity"], r["seed"]) for r in rows}
+        rows += [r for r in earlier["rows"] if (r["method"], r["sparsity"], r["seed"]) not in have]
+        previous = earlier
     done = {(r["method"], r["sparsity"], r["seed"]) for r in rows}
     dense_ppl = previous.get("dense", {}).get("ppl") or perplexity(dense.model, test, seqlen=seqlen)
     unigram = math.exp(llm_dense.unigram_nll(dense.tokens["train"], test, dense.info["vocab_size"]))
@@ -486,6 +489,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--resume", action="store_true", help="keep the rows in --out, run only the missing ones"
     )
     quality.add_argument("--out", default=None)
+    quality.add_argument(
+        "--include", type=_csv, default=[],
+        help="JSON files of the same protocol whose rows are kept (and not run again)",
+    )  # fmt: skip
     scale = sub.add_parser("scale", help="seconds and memory on GPT-2 small")
     scale.add_argument("--methods", type=_csv, default=list(SCALE_METHODS))
     scale.add_argument("--samples", type=int, default=128)
