@@ -10,7 +10,7 @@ the dense model with :func:`sfpk.llm.prune_layerwise` on ``--calib-samples`` win
 seeded), then measures :func:`sfpk.llm.perplexity` on the test split (non-overlapping
 windows of ``--seqlen``, the first ``--eval-tokens`` tokens). Sparsities are fractions
 removed per row (``0.5``) or ``N:M`` patterns (``2:4`` keeps 2 of every 4). Magnitude does
-not read the calibration data, so it runs once (seed 0) whatever ``--seeds`` says. Each
+not read the calibration data, so it runs for the first of ``--seeds`` only. Each
 row records the pruning seconds and the peak RSS above the RSS before the call (the peak
 is reset before each run: ``/proc/self/clear_refs``).
 
