@@ -255,7 +255,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         out.write_text(json.dumps(payload, indent=2, default=_json) + "\n")
         return payload
 
-    for seed in args.seeds:
+    for seed in [] if args.report_only else args.seeds:
         calibration = sample_calibration(
             dense.tokens["calibration"], num_samples=args.calib_samples, seqlen=seqlen, seed=seed
         )
@@ -489,6 +489,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--resume", action="store_true", help="keep the rows in --out, run only the missing ones"
     )
     quality.add_argument("--out", default=None)
+    quality.add_argument(
+        "--report-only", action="store_true", help="run nothing: merge --include, print, write"
+    )
     quality.add_argument(
         "--include", type=_csv, default=[],
         help="JSON files of the same protocol whose rows are kept (and not run again)",
