@@ -17,6 +17,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -36,13 +37,27 @@ def build(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "gpt_tiny":
         return create("gpt_tiny", num_classes=256, context=SEQLEN, dim=64, depth=3)
-    import transformers
-
+    transformers = _hf_transformers()
     config = transformers.LlamaConfig(
         vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQLEN,
     )  # fmt: skip
     return transformers.LlamaForCausalLM(config)
+
+
+def _hf_transformers():
+    """The transformers package (benchmarks/transformers.py shadows it on this script's path)."""
+    import importlib
+
+    here = Path(__file__).resolve().parent
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    try:
+        if getattr(sys.modules.get("transformers"), "__file__", "").startswith(str(here)):
+            del sys.modules["transformers"]
+        return importlib.import_module("transformers")
+    finally:
+        sys.path[:] = saved
 
 
 def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -88,7 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="SFPK/SpODE num_steps")
     parser.add_argument("--particles", type=int, default=10)
     parser.add_argument("--update-weights", default="true", choices=["true", "false"])
-    parser.add_argument("--selection", default="auto", choices=["auto", "vote", "adaptive"])
+    parser.add_argument("--selection", default="adaptive", choices=["vote", "adaptive"])
     parser.add_argument("--energy", default="compensated", choices=["plain", "compensated"])
     parser.add_argument("--rank-by", default="metric", choices=["metric", "weight"])
     parser.add_argument("--threads", type=int, default=1)

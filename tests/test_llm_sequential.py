@@ -213,7 +213,7 @@ def test_particle_methods_are_reproducible_by_seed(method):
         model = _gpt_tiny()
         result = prune_layerwise(
             model, _calibration(), method=method, sparsity=0.5, seed=seed,
-            options={**OPTIONS[method], "update_weights": False},
+            options={**OPTIONS[method], "update_weights": False, "selection": "vote"},
         )  # fmt: skip
         runs.append(result.masks)
     assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
@@ -234,6 +234,7 @@ def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
         ({"options": {"num_step": 3}}, ConfigError, r"num_step.*num_steps"),
         ({"method": "wanda", "options": {"damping": 0.1}}, ConfigError, r"'wanda' takes no"),
         ({"method": "spode", "options": {"num_particles": 4}}, ConfigError, r"num_particles"),
+        ({"options": {"update_weights": False}}, ConfigError, r"update_weights=False.*'vote'"),
     ],
 )
 def test_bad_arguments_fail_early_and_leave_the_model_as_it_was(kwargs, error, match):
