@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'device_check.sh needs a CUDA GPU')"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_batched_particles.py tests/test_precision.py
+"$PY" -m pytest -q -p no:cacheprovider tests/training/test_cuda.py tests/pruners/test_batched_particles.py tests/training/test_precision.py
 "$PY" benchmarks/device_check.py "$@"
 "$PY" benchmarks/semi_structured_speed.py --repeats 30
 if "$PY" -c "import transformers" 2>/dev/null; then

@@ -74,7 +74,8 @@ def _kept_agreement(a: sfpk.Masks, b: sfpk.Masks) -> float:
 def test_sfpk_vmap_under_autocast_on_cuda_prunes_a_batchnorm_net(precision):
     """The vmapped pass under autocast with BatchNorm (whose vmap batching rule cannot mix a
     low-precision input with fp32 statistics): exact sparsity, and as close to the fp32
-    masks as the loop at the same precision (tests/test_batched_particles.py's yardstick)."""
+    masks as the loop at the same precision (the yardstick of
+    tests/pruners/test_batched_particles.py)."""
     _, _, vmap = _prune("cuda", particle_batching="vmap", precision=precision)
     _, _, loop = _prune("cuda", particle_batching="loop", precision=precision)
     _, _, fp32 = _prune("cuda", particle_batching="loop")
