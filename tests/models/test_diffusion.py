@@ -102,8 +102,9 @@ def test_seeded_prune_of_a_unet_is_exact_and_reproducible(method: str, options: 
     model, data = _unet(), _batches()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     runs = [
-        sfpk.prune(model, data, method=method, sparsity=0.5, loss_fn=denoise_loss, seed=3,
-                   **options)  # fmt: skip
+        sfpk.prune(
+            model, data, method=method, sparsity=0.5, loss_fn=denoise_loss, seed=3, **options
+        )  # fmt: skip
         for _ in range(2)
     ]
     total = runs[0].total_weights()

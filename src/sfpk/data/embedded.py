@@ -120,9 +120,7 @@ _DIGITS16_SHAPE = (1, 16, 16)
 
 
 @register_dataset("digits16", input_shape=_DIGITS16_SHAPE, on_disk=False, task="denoise")
-def load_digits16(
-    *, seed: int = 0, val_fraction: float = 0.1, augment: bool = True
-) -> DataSplits:
+def load_digits16(*, seed: int = 0, val_fraction: float = 0.1, augment: bool = True) -> DataSplits:
     """scikit-learn digits for denoising: 16×16 grey images in [-1, 1] (``task="denoise"``).
 
     Each 8×8 digit is upsampled 2× (nearest, every pixel a 2×2 block: a UNet with two

@@ -132,9 +132,7 @@ class DenoisingModel(nn.Module):
         alpha = alpha.view(-1, *([1] * (x0.dim() - 1)))
         return alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
 
-    def forward(
-        self, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         if t is None:
             t = torch.randint(*self.timesteps, (x0.shape[0],), device=x0.device)
         if noise is None:
@@ -153,9 +151,7 @@ def _check_range(timesteps: Sequence[int], steps: int) -> tuple[int, int]:
     try:
         low, high = (int(v) for v in timesteps)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"timesteps={timesteps!r}: must be two integers (low, high)"
-        ) from None
+        raise ConfigError(f"timesteps={timesteps!r}: must be two integers (low, high)") from None
     if not 0 <= low < high <= steps:
         raise ConfigError(
             f"timesteps=({low}, {high}): must satisfy 0 <= low < high <= {steps} "

@@ -306,9 +306,7 @@ def hf_model(
                 f"{HF_PREFIX}:{name}: the folder holds a diffusers UNet, whose task is "
                 f"'denoise', not task={task!r}"
             )
-        return load_unet_folder(
-            name, timesteps=timesteps, num_train_timesteps=num_train_timesteps
-        )
+        return load_unet_folder(name, timesteps=timesteps, num_train_timesteps=num_train_timesteps)
     if timesteps is not None or num_train_timesteps is not None:
         raise ConfigError(
             f"{HF_PREFIX}:{name}: timesteps / num_train_timesteps apply to diffusers UNet "
