@@ -218,3 +218,15 @@ def test_missing_diffusers_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ConfigError, match=r"pip install 'sfpk\[diffusion\]'"):
         make_scheduler()
+
+
+def test_denoise_runs_select_the_epoch_of_lowest_validation_loss() -> None:
+    """A denoiser has no accuracy: the pipelines' best epoch is the lowest validation ε-loss."""
+    from sfpk.pipelines.phases import best_record
+
+    records = [
+        {"epoch": 0, "val_loss": 0.3, "val_acc": 0.0},
+        {"epoch": 1, "val_loss": 0.1, "val_acc": 0.0},
+        {"epoch": 2, "val_loss": 0.2, "val_acc": 0.0},
+    ]
+    assert best_record(records, "denoise")["epoch"] == 1
