@@ -205,6 +205,8 @@ def check_loss_targets(
     ``[B, T]`` integer targets are a language model's, which the default loss would read
     with ``T`` as the classes: refused, naming ``loss_fn=sfpk.losses.next_token_loss``
     (``task="language_model"``, a model's ``sfpk_task``, settles the case ``T == V``).
+    A denoiser (``task="denoise"``) under the default loss is refused, naming
+    ``loss_fn=sfpk.losses.denoise_loss``.
     Other losses are the caller's: nothing is assumed about their targets.
 
     Args:
@@ -214,6 +216,12 @@ def check_loss_targets(
     Raises:
         DataMismatchError: naming the targets' range and ``C``, or the loss to pass.
     """
+    if task == "denoise" and loss_fn is None:
+        raise DataMismatchError(
+            f"{where}: the model is a denoiser (task 'denoise'), whose output is predicted "
+            "and true noise, and the default loss_fn is classification cross-entropy: pass "
+            "loss_fn=sfpk.losses.denoise_loss"
+        )
     if not isinstance(output, Tensor) or output.dim() == 0:
         return
     if targets.is_floating_point() or targets.is_complex():

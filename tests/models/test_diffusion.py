@@ -195,6 +195,15 @@ def test_the_denoise_task_on_a_classifier_is_refused() -> None:
         sfpk.prune(_classifier(), _batches(), method="snip", sparsity=0.5, loss_fn=denoise_loss)
 
 
+def test_pruning_a_denoiser_under_the_default_loss_names_denoise_loss() -> None:
+    """Cross-entropy on predicted noise is meaningless: refused early, naming the loss to pass."""
+    model = _unet()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(SfpkError, match="loss_fn=sfpk.losses.denoise_loss"):
+        sfpk.prune(model, _batches(), method="snip", sparsity=0.5)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
