@@ -1,4 +1,4 @@
-"""Losses by task: classification cross-entropy and next-token cross-entropy.
+"""Losses by task: classification cross-entropy, next-token cross-entropy, DDPM denoising.
 
 A data set declares its task (:attr:`sfpk.data.DataSplits.task`); the Trainer, evaluation
 and the pruning calls of the pipelines take their loss from :func:`task_loss`, so the same
@@ -9,6 +9,10 @@ pruners (SNIP, GraSP, SFPK, SpODE, ...) take gradients through the right loss.
 * ``"language_model"``: logits ``[B, T, V]``, targets ``[B, T]`` (the inputs shifted by one
   token); the loss is the cross-entropy over all ``B * T`` positions (:func:`next_token_loss`).
   Perplexity is ``exp`` of the token-weighted mean of that loss over a split.
+* ``"denoise"``: a denoiser (:class:`sfpk.models.diffusion.DenoisingModel`) maps clean
+  images ``x0`` to ``[B, 2, C, H, W]``: the noise it predicts for a noised ``x0`` and the
+  noise that was added; the loss is DDPM's ε-prediction MSE between the two
+  (:func:`denoise_loss`). Class targets are ignored; no accuracy is defined (reported as 0).
 
 Example:
     >>> logits = torch.zeros(2, 3, 5)  # uniform over 5 tokens
@@ -35,6 +39,7 @@ __all__ = [
     "Task",
     "LossFn",
     "next_token_loss",
+    "denoise_loss",
     "flatten_tokens",
     "task_loss",
     "flatten_for_task",
@@ -47,7 +52,7 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: targets of this value are skipped
 
-Task = Literal["classification", "language_model"]
+Task = Literal["classification", "language_model", "denoise"]
 TASKS: tuple[str, ...] = typing.get_args(Task)
 LossFn = Callable[..., Tensor]
 
@@ -100,6 +105,45 @@ def next_token_loss(
     )
 
 
+def denoise_loss(
+    output: Tensor,
+    targets: Tensor | None = None,
+    *,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """DDPM's ε-prediction loss: the MSE between the predicted and the added noise.
+
+    ``output[:, 0]`` is the noise the denoiser predicts for ``x_t``, ``output[:, 1]`` the
+    noise ``ε`` that made ``x_t`` from ``x0`` (:class:`sfpk.models.diffusion.DenoisingModel`
+    returns both, so every pruner's ``loss_fn(model(inputs), targets)`` is this loss).
+
+    Args:
+        output: ``[B, 2, ...]``: predicted and true noise, stacked on dimension 1.
+        targets: ignored (class labels of the images, if any).
+        reduction: ``"mean"`` (over every element), ``"sum"`` (of the per-image means,
+            so that a sum over a split divided by its images is the mean) or ``"none"``
+            (``[B]`` per-image means).
+        label_smoothing: ignored (accepted because the Trainer passes it to every loss).
+
+    Raises:
+        SfpkError: ``output`` is not ``[B, 2, ...]`` (a classifier's logits, say).
+    """
+    del targets, label_smoothing
+    if not isinstance(output, Tensor) or output.dim() < 3 or output.shape[1] != 2:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise SfpkError(
+            f"the denoise loss needs a denoiser's output [B, 2, C, H, W] (predicted and true "
+            f"noise), got {shape}: wrap a UNet in sfpk.models.diffusion.DenoisingModel "
+            "(e.g. sfpk.models.create('unet_tiny', ...)); classifiers take task='classification'"
+        )
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    per_image = (output[:, 0] - output[:, 1]).pow(2).flatten(1).mean(1)
+    if reduction == "none":
+        return per_image
+    return per_image.sum() if reduction == "sum" else per_image.mean()
+
+
 def task_loss(task: Task) -> LossFn:
     """The training / scoring loss of ``task``: ``loss(logits, targets, **kw) -> Tensor``.
 
@@ -114,6 +158,8 @@ def task_loss(task: Task) -> LossFn:
         return F.cross_entropy
     if task == "language_model":
         return next_token_loss
+    if task == "denoise":
+        return denoise_loss
     raise SfpkError(f"task={task!r} has no loss")  # unreachable after check_choice
 
 
@@ -127,6 +173,9 @@ def flatten_for_task(task: Task, logits: Tensor, targets: Tensor) -> tuple[Tenso
         return logits, targets
     if task == "language_model":
         return flatten_tokens(logits, targets)
+    if task == "denoise":  # one row per image, never a hit: no accuracy for a denoiser
+        rows = logits.shape[0]
+        return logits.new_zeros(rows, 1), torch.full((rows,), -1, device=logits.device)
     raise SfpkError(f"task={task!r}; choose one of {', '.join(TASKS)}")
 
 
@@ -156,6 +205,8 @@ def check_loss_targets(
     ``[B, T]`` integer targets are a language model's, which the default loss would read
     with ``T`` as the classes: refused, naming ``loss_fn=sfpk.losses.next_token_loss``
     (``task="language_model"``, a model's ``sfpk_task``, settles the case ``T == V``).
+    A denoiser (``task="denoise"``) under the default loss is refused, naming
+    ``loss_fn=sfpk.losses.denoise_loss``.
     Other losses are the caller's: nothing is assumed about their targets.
 
     Args:
@@ -165,6 +216,12 @@ def check_loss_targets(
     Raises:
         DataMismatchError: naming the targets' range and ``C``, or the loss to pass.
     """
+    if task == "denoise" and loss_fn is None:
+        raise DataMismatchError(
+            f"{where}: the model is a denoiser (task 'denoise'), whose output is predicted "
+            "and true noise, and the default loss_fn is classification cross-entropy: pass "
+            "loss_fn=sfpk.losses.denoise_loss"
+        )
     if not isinstance(output, Tensor) or output.dim() == 0:
         return
     if targets.is_floating_point() or targets.is_complex():

@@ -80,10 +80,10 @@ def test_language_model_predictions_flatten_to_one_row_per_token():
 
 
 def test_unknown_task_names_the_choices():
-    """A misspelt task lists the two there are."""
+    """A misspelt task lists the three there are."""
     with pytest.raises(UnknownNameError, match="language_model"):
         task_loss("lm")
-    assert TASKS == ("classification", "language_model")
+    assert TASKS == ("classification", "language_model", "denoise")
 
 
 def test_perplexity_overflows_to_infinity():

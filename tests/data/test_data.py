@@ -53,6 +53,7 @@ def test_list_datasets_is_the_documented_set() -> None:
         "cifar10",
         "cifar100",
         "digits",
+        "digits16",
         "imagenet",
         "mnist1d",
         "tiny_imagenet",
@@ -89,7 +90,7 @@ def test_unknown_dataset_lists_every_choice() -> None:
 
 def test_embedded_datasets_come_from_the_registry() -> None:
     """The data sets needing no data directory are the registry's, not a list kept elsewhere."""
-    assert embedded_datasets() == ["digits", "mnist1d", "tinytext"]
+    assert embedded_datasets() == ["digits", "digits16", "mnist1d", "tinytext"]
     assert sorted(set(list_datasets()) - set(embedded_datasets())) == sorted(ON_DISK)
 
 

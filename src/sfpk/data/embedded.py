@@ -14,7 +14,7 @@ import torch
 from .base import ArrayDataset, DataSplits, split_train_val
 from .registry import register_dataset
 
-__all__ = ["load_mnist1d", "load_digits"]
+__all__ = ["load_mnist1d", "load_digits", "load_digits16"]
 
 _DIGITS_SHAPE = (1, 8, 8)
 
@@ -113,4 +113,41 @@ def load_digits(*, seed: int = 0, val_fraction: float = 0.1, augment: bool = Tru
         test=ArrayDataset(x[test_idx], y[test_idx]),
         num_classes=10,
         input_shape=_DIGITS_SHAPE,
+    )
+
+
+_DIGITS16_SHAPE = (1, 16, 16)
+
+
+@register_dataset("digits16", input_shape=_DIGITS16_SHAPE, on_disk=False, task="denoise")
+def load_digits16(*, seed: int = 0, val_fraction: float = 0.1, augment: bool = True) -> DataSplits:
+    """scikit-learn digits for denoising: 16×16 grey images in [-1, 1] (``task="denoise"``).
+
+    Each 8×8 digit is upsampled 2× (nearest, every pixel a 2×2 block: a UNet with two
+    levels needs even sides) and scaled from [0, 1] to [-1, 1], the range DDPM's noise
+    schedule assumes. The splits are those of ``digits``; the labels are kept (the
+    denoise loss ignores them).
+
+    Args:
+        seed: Seed of the train/validation split.
+        val_fraction: Fraction of the training part held out for validation.
+        augment: Ignored.
+
+    Returns:
+        The splits, input shape ``(1, 16, 16)``, ``task="denoise"``.
+    """
+    del augment
+    x, y, train_all, test_idx = _digits_tensors()
+    x = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) * 2 - 1
+    train_pos, val_pos = split_train_val(len(train_all), val_fraction, seed)
+    train_idx = [train_all[i] for i in train_pos]
+    val_idx = [train_all[i] for i in val_pos]
+    return DataSplits(
+        name="digits16",
+        train=ArrayDataset(x[train_idx], y[train_idx]),
+        val=ArrayDataset(x[val_idx], y[val_idx]),
+        test=ArrayDataset(x[test_idx], y[test_idx]),
+        num_classes=10,
+        input_shape=_DIGITS16_SHAPE,
+        task="denoise",
     )

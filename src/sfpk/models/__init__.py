@@ -11,6 +11,7 @@ from __future__ import annotations
 
 # Imported for their @register_model / @register_prefix side effect.
 from . import (  # noqa: F401
+    diffusion,
     external,
     hf,
     mobilenet,

@@ -10,6 +10,10 @@ plain logits, so every method, pipeline and :func:`sfpk.prune` work unchanged:
 * ``task="language_model"`` (``AutoModelForCausalLM``: GPT-2, Llama, ...):
   ``input_ids [B, T] -> logits [B, T, V]``.
 
+* ``task="denoise"``: a folder whose ``config.json`` names a diffusers UNet
+  (``_class_name: UNet2DModel``) is loaded with ``UNet2DModel.from_pretrained`` into a
+  :class:`sfpk.models.diffusion.DenoisingModel` (``diffusers`` needed, nothing downloaded).
+
 The task comes from ``config.architectures`` (else the model type), or the ``task=`` option.
 Nothing is downloaded unless the option ``download=True`` allows ``from_pretrained`` to.
 
@@ -35,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, check_choice
+from .diffusion import is_unet_folder, load_unet_folder
 from .registry import register_prefix
 
 __all__ = [
@@ -267,6 +272,8 @@ def hf_model(
     task: Task | None = None,
     attn_implementation: str = "eager",
     download: bool = False,
+    timesteps: Sequence[int] | None = None,
+    num_train_timesteps: int | None = None,
 ) -> nn.Module:
     """Load ``name`` (a folder or a Hub id) with transformers and wrap it in :class:`HFModel`.
 
@@ -279,6 +286,9 @@ def hf_model(
         attn_implementation: transformers' attention kernel. The default ``"eager"`` is
             differentiable twice, which GraSP needs; ``"sdpa"`` is faster for the others.
         download: let ``from_pretrained`` download a Hub id that is not in the cache.
+        timesteps, num_train_timesteps: UNet folders only: the ``[low, high)`` range of the
+            drawn timesteps and the DDPM schedule's length (default: the folder's
+            ``scheduler_config.json``, else 1000 linear-beta steps).
 
     Returns:
         The :class:`HFModel`, in float32 and training mode.
@@ -290,6 +300,18 @@ def hf_model(
     Example:
         >>> model = create("hf:facebook/deit-tiny-patch16-224", num_classes=1000)  # doctest: +SKIP
     """
+    if is_unet_folder(name):
+        if task not in (None, "denoise"):
+            raise ConfigError(
+                f"{HF_PREFIX}:{name}: the folder holds a diffusers UNet, whose task is "
+                f"'denoise', not task={task!r}"
+            )
+        return load_unet_folder(name, timesteps=timesteps, num_train_timesteps=num_train_timesteps)
+    if timesteps is not None or num_train_timesteps is not None:
+        raise ConfigError(
+            f"{HF_PREFIX}:{name}: timesteps / num_train_timesteps apply to diffusers UNet "
+            "folders only (config.json with _class_name: UNet2DModel)"
+        )
     transformers = _import_transformers()
     config = _read_config(transformers, name, download)
     task = check_choice("task", task, TASKS) if task is not None else _task_of(name, config)

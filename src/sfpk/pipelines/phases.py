@@ -42,12 +42,12 @@ log = logging.getLogger(__name__)
 def best_record(records: list[dict[str, Any]], task: Task = "classification") -> dict[str, Any]:
     """The best-on-validation record (the earliest one on ties); test never selects.
 
-    Classification: the highest validation accuracy. Language models: the lowest validation
-    loss (the lowest perplexity).
+    Classification: the highest validation accuracy. Language models and denoisers: the
+    lowest validation loss (the lowest perplexity; the lowest ε-MSE).
     """
     if task == "classification":
         return max(records, key=lambda r: (r["val_acc"], -r["epoch"]))
-    if task == "language_model":
+    if task in ("language_model", "denoise"):
         return max(records, key=lambda r: (-r["val_loss"], -r["epoch"]))
     raise SfpkError(f"task={task!r} has no model-selection rule")
 

@@ -102,7 +102,9 @@ class Trainer:
         progress: show a tqdm bar per epoch (only when stderr is a terminal).
         task: ``"classification"`` (logits ``[B, C]``, cross-entropy) or
             ``"language_model"`` (logits ``[B, T, V]``, :func:`sfpk.losses.next_token_loss`;
-            accuracy and loss are per token). The data set declares it
+            accuracy and loss are per token) or ``"denoise"`` (a
+            :class:`sfpk.models.diffusion.DenoisingModel`, :func:`sfpk.losses.denoise_loss`,
+            loss per image, accuracy 0). The data set declares it
             (:attr:`sfpk.data.DataSplits.task`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 with loss scaling;
             :mod:`sfpk.training.precision`). Weights, gradients and optimizer state stay fp32.
@@ -136,6 +138,13 @@ class Trainer:
         compile: bool = False,
     ) -> None:
         check_choice("task", task, TASKS)
+        model_task = getattr(model, "sfpk_task", None)
+        if (task == "denoise") != (model_task == "denoise"):
+            raise ConfigError(
+                f"task={task!r} for a model whose task is {model_task or 'classification'!r}: "
+                "the denoise task needs a denoiser (sfpk.models.diffusion.DenoisingModel, "
+                "e.g. unet_tiny) and a denoiser trains only on task='denoise'"
+            )
         self.task = task
         self.loss_fn = task_loss(task)
         self.precision = check_precision(precision, device)
