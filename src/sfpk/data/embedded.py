@@ -11,6 +11,7 @@ import random
 import numpy as np
 import torch
 
+from ..losses import Task
 from .base import ArrayDataset, DataSplits, split_train_val
 from .registry import register_dataset
 
@@ -103,16 +104,36 @@ def load_digits(*, seed: int = 0, val_fraction: float = 0.1, augment: bool = Tru
     """
     del augment
     x, y, train_all, test_idx = _digits_tensors()
+    return _digits_splits(
+        "digits", x, y, train_all, test_idx, seed=seed, val_fraction=val_fraction,
+        input_shape=_DIGITS_SHAPE,
+    )  # fmt: skip
+
+
+def _digits_splits(
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_all: list[int],
+    test_idx: list[int],
+    *,
+    seed: int,
+    val_fraction: float,
+    input_shape: tuple[int, ...],
+    task: Task = "classification",
+) -> DataSplits:
+    """The train/validation/test splits of the digits images ``x`` (both digits sets)."""
     train_pos, val_pos = split_train_val(len(train_all), val_fraction, seed)
     train_idx = [train_all[i] for i in train_pos]
     val_idx = [train_all[i] for i in val_pos]
     return DataSplits(
-        name="digits",
+        name=name,
         train=ArrayDataset(x[train_idx], y[train_idx]),
         val=ArrayDataset(x[val_idx], y[val_idx]),
         test=ArrayDataset(x[test_idx], y[test_idx]),
         num_classes=10,
-        input_shape=_DIGITS_SHAPE,
+        input_shape=input_shape,
+        task=task,
     )
 
 
@@ -139,15 +160,7 @@ def load_digits16(*, seed: int = 0, val_fraction: float = 0.1, augment: bool = T
     del augment
     x, y, train_all, test_idx = _digits_tensors()
     x = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) * 2 - 1
-    train_pos, val_pos = split_train_val(len(train_all), val_fraction, seed)
-    train_idx = [train_all[i] for i in train_pos]
-    val_idx = [train_all[i] for i in val_pos]
-    return DataSplits(
-        name="digits16",
-        train=ArrayDataset(x[train_idx], y[train_idx]),
-        val=ArrayDataset(x[val_idx], y[val_idx]),
-        test=ArrayDataset(x[test_idx], y[test_idx]),
-        num_classes=10,
-        input_shape=_DIGITS16_SHAPE,
-        task="denoise",
-    )
+    return _digits_splits(
+        "digits16", x, y, train_all, test_idx, seed=seed, val_fraction=val_fraction,
+        input_shape=_DIGITS16_SHAPE, task="denoise",
+    )  # fmt: skip

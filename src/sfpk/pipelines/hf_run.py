@@ -21,7 +21,7 @@ from ..deploy.export import MASKS_FILE, MODEL_FILE, Architecture
 from ..deploy.hf_export import HFExport, check_hf_folder, formats_for, write_hf_folder
 from ..errors import CheckpointError, ConfigError
 from ..masks.core import load_masks
-from .run import run_architecture
+from .run import check_finished_run, run_architecture
 
 __all__ = ["check_hf_run", "export_hf_run", "run_model_name"]
 
@@ -36,22 +36,10 @@ def run_model_name(run: Path) -> tuple[str, dict[str, Any]]:
     return str(name), data
 
 
-def _check_run(run: Path) -> None:
-    if not run.is_dir():
-        raise CheckpointError(f"run directory {str(run)!r} does not exist")
-    if not (run / "config.yaml").is_file():
-        raise CheckpointError(f"{str(run)!r} is not a run directory (no config.yaml)")
-    if not (run / MODEL_FILE).is_file():
-        raise CheckpointError(
-            f"{str(run)!r} has no {MODEL_FILE}: the run has not finished "
-            f"(continue it with `sfpk resume {run}`)"
-        )
-
-
 def check_hf_run(run_dir: str | os.PathLike) -> str:
     """The ``hf:`` model name of a run, or a ConfigError naming its model and formats."""
     run = Path(run_dir)
-    _check_run(run)
+    check_finished_run(run)
     name, _ = run_model_name(run)
     if "hf" not in formats_for(name):
         raise ConfigError(

@@ -49,6 +49,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "STATUS_FILE",
     "Run",
+    "check_finished_run",
     "export_run",
     "read_status",
     "run_architecture",
@@ -440,6 +441,19 @@ def run_architecture(config: Config, *, num_classes: int | None = None) -> Archi
     )
 
 
+def check_finished_run(run: Path) -> None:
+    """Raise CheckpointError unless ``run`` is a run directory whose model file is written."""
+    if not run.is_dir():
+        raise CheckpointError(f"run directory {str(run)!r} does not exist")
+    if not (run / "config.yaml").is_file():
+        raise CheckpointError(f"{str(run)!r} is not a run directory (no config.yaml)")
+    if not (run / MODEL_FILE).is_file():
+        raise CheckpointError(
+            f"{str(run)!r} has no {MODEL_FILE}: the run has not finished "
+            f"(continue it with `sfpk resume {run}`)"
+        )
+
+
 def export_run(
     run_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -470,15 +484,7 @@ def export_run(
     """
     opts = ExportOptions.of(options, keywords)
     run = Path(run_dir)
-    if not run.is_dir():
-        raise CheckpointError(f"run directory {str(run)!r} does not exist")
-    if not (run / "config.yaml").is_file():
-        raise CheckpointError(f"{str(run)!r} is not a run directory (no config.yaml)")
-    if not (run / MODEL_FILE).is_file():
-        raise CheckpointError(
-            f"{str(run)!r} has no {MODEL_FILE}: the run has not finished "
-            f"(continue it with `sfpk resume {run}`)"
-        )
+    check_finished_run(run)
     config = load_config(run / "config.yaml", check_paths=False)
     architecture = run_architecture(config, num_classes=num_classes)
     model = models.load_weights(architecture.build(), run / MODEL_FILE)
