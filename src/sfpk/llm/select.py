@@ -13,13 +13,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..masks.core import removal_count
+from ..selection.cuts import nm_cut
 
-__all__ = ["keep_mask", "removed_per_group"]
-
-
-def removed_per_group(width: int, sparsity: float, nm: tuple[int, int] | None) -> int:
-    """How many weights each comparison group loses (a row of ``width``, or ``M``)."""
-    return removal_count(nm[1] if nm is not None else width, sparsity)
+__all__ = ["keep_mask"]
 
 
 def _lowest(scores: Tensor, remove: int) -> Tensor:
@@ -42,9 +38,8 @@ def keep_mask(scores: Tensor, sparsity: float, nm: tuple[int, int] | None = None
     Returns:
         A float mask of ``scores``' shape and dtype.
     """
-    rows, width = scores.shape
-    remove = removed_per_group(width, sparsity, nm)
-    if nm is None:
-        return _lowest(scores, remove)
-    groups = scores.reshape(rows * width // nm[1], nm[1])
-    return _lowest(groups, remove).reshape(rows, width)
+    if nm is not None:  # groups of M along the input dimension: sfpk's N:M cut
+        return nm_cut(scores.reshape(-1), tuple(scores.shape), nm[1], sparsity).reshape(
+            scores.shape
+        )
+    return _lowest(scores, removal_count(scores.shape[1], sparsity))
