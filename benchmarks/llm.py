@@ -47,7 +47,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import llm_dense  # noqa: I001 (a sibling; importing it takes this folder off sys.path)
+import llm_dense  # noqa: I001 (a sibling module of this folder)
 import torch
 
 import sfpk

@@ -34,16 +34,6 @@ import torch
 EOT = "<|endoftext|>"
 
 
-def unshadow_transformers() -> None:
-    """Take this folder off ``sys.path``: its ``transformers.py`` (the transformers
-    benchmark) would otherwise be imported in place of the ``transformers`` package."""
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-
-
-unshadow_transformers()  # this module is imported by path; transformers is imported later
-
-
 @dataclass(frozen=True)
 class DenseSettings:
     """Everything that decides the dense model (and so its cache key)."""

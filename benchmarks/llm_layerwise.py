@@ -17,7 +17,6 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -37,27 +36,13 @@ def build(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "gpt_tiny":
         return create("gpt_tiny", num_classes=256, context=SEQLEN, dim=64, depth=3)
-    transformers = _hf_transformers()
+    import transformers
+
     config = transformers.LlamaConfig(
         vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQLEN,
     )  # fmt: skip
     return transformers.LlamaForCausalLM(config)
-
-
-def _hf_transformers():
-    """The transformers package (benchmarks/transformers.py shadows it on this script's path)."""
-    import importlib
-
-    here = Path(__file__).resolve().parent
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    try:
-        if getattr(sys.modules.get("transformers"), "__file__", "").startswith(str(here)):
-            del sys.modules["transformers"]
-        return importlib.import_module("transformers")
-    finally:
-        sys.path[:] = saved
 
 
 def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
